@@ -1,0 +1,91 @@
+"""SSMLMConfig: one Hugging Face config for every ssmlm model, its layers listed by block kind."""
+
+from huggingface_hub.dataclasses import strict
+
+from transformers import PreTrainedConfig
+
+BLOCK_TYPES = ("gss",)
+SSM_KERNELS = ("dss", "s4d")
+
+
+@strict
+class SSMLMConfig(PreTrainedConfig):
+    r"""
+    Configuration of an ssmlm language model. Sizes default to the GSS paper's proportions
+    (E=1024, F=4096, H=256, N=512): set `hidden_size` alone and the others follow as F = 4E, H = E/4, N = 2H.
+
+    vocab_size (`int`): tokens in the vocabulary.
+    hidden_size (`int`): E, the residual stream width.
+    num_hidden_layers (`int`): number of blocks.
+    block_types (`list[str]`, *optional*): the kind of each block, one of `BLOCK_TYPES`; defaults to all "gss".
+        (Not `layer_types`: transformers validates that name against its own attention kinds.)
+    intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch (default 4E).
+    ssm_size (`int`, *optional*): H, the narrow width the SSM runs in (default E/4).
+    ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H); the real state is 2N.
+    ssm_kernel (`str`): "dss" (DSS-exp with Δ = 1 and modes shared across channels, as in GSS) or "s4d".
+    s4d_init (`str`): "lin" or "inv", S4D's initialisation of Λ.
+    s4d_discretization (`str`): "zoh" or "bilinear".
+    s4d_dt_min, s4d_dt_max (`float`): range of S4D's log-uniform step sizes Δ.
+    layer_norm_eps (`float`): LayerNorm epsilon.
+    hidden_dropout (`float`): dropout on each block's output before the residual sum.
+    initializer_range (`float`): standard deviation of the linear and embedding weights at init.
+    use_cache (`bool`): return the recurrent state so generation continues without re-reading the prefix.
+    tie_word_embeddings (`bool`): share the input embedding with the output projection.
+    """
+
+    model_type = "ssmlm"
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    num_hidden_layers: int = 16
+    block_types: list[str] | None = None
+    intermediate_size: int | None = None
+    ssm_size: int | None = None
+    ssm_state_size: int | None = None
+    ssm_kernel: str = "dss"
+    s4d_init: str = "inv"
+    s4d_discretization: str = "zoh"
+    s4d_dt_min: float = 1e-3
+    s4d_dt_max: float = 1e-1
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.0
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
+        self.ssm_size = self.ssm_size or max(1, self.hidden_size // 4)
+        self.ssm_state_size = self.ssm_state_size or 2 * self.ssm_size
+        self.block_types = list(self.block_types or ["gss"] * self.num_hidden_layers)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: names the offending field."""
+        super().validate_architecture()
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "ssm_size",
+                     "ssm_state_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
+        if len(self.block_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"SSMLMConfig.block_types has {len(self.block_types)} entries but num_hidden_layers is "
+                f"{self.num_hidden_layers}"
+            )
+        unknown = sorted(set(self.block_types) - set(BLOCK_TYPES))
+        if unknown:
+            raise ValueError(f"SSMLMConfig.block_types: unknown block kind(s) {unknown}; expected {BLOCK_TYPES}")
+        if self.ssm_kernel not in SSM_KERNELS:
+            raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {SSM_KERNELS}, got {self.ssm_kernel!r}")
+        if self.s4d_init not in ("lin", "inv"):
+            raise ValueError(f"SSMLMConfig.s4d_init must be 'lin' or 'inv', got {self.s4d_init!r}")
+        if self.s4d_discretization not in ("zoh", "bilinear"):
+            raise ValueError(
+                f"SSMLMConfig.s4d_discretization must be 'zoh' or 'bilinear', got {self.s4d_discretization!r}"
+            )
+
+
+__all__ = ["SSMLMConfig"]

@@ -1,0 +1,65 @@
+"""S4D (Gu et al. 2022, "On the Parameterization and Initialization of Diagonal State Space Models").
+
+Per channel h a step Δ_h and N complex modes Λ_{h,n} (conjugate pairs implicit, so the real state size is 2N):
+
+    S4D-Lin  Λ_n = -1/2 + iπn                         (eq. 9)
+    S4D-Inv  Λ_n = -1/2 + i(N'/π)(N'/(2n+1) - 1)       (eq. 8), N' = 2N the real state size
+    ZOH       Ā = exp(ΔΛ),                 B̄ = (exp(ΔΛ) - 1)/Λ · B      (eq. 4)
+    bilinear  Ā = (1 + ΔΛ/2)/(1 - ΔΛ/2),   B̄ = Δ/(1 - ΔΛ/2) · B
+
+B is fixed at 1 and folded into C̃ = C ⊙ B̄ (as the S4D reference code does). Re Λ = -exp(·) < 0 keeps |Ā| < 1.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from transformers import initialization as init
+
+from .diagonal import DiagonalSSM
+
+
+class S4DKernel(DiagonalSSM):
+    def __init__(self, channels: int, modes: int, init_method: str = "lin", discretization: str = "zoh",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__(channels, modes)
+        if init_method not in ("lin", "inv"):
+            raise ValueError(f"S4D init must be 'lin' or 'inv', got {init_method!r}")
+        if discretization not in ("zoh", "bilinear"):
+            raise ValueError(f"S4D discretization must be 'zoh' or 'bilinear', got {discretization!r}")
+        self.init_method, self.discretization = init_method, discretization
+        self.dt_min, self.dt_max = dt_min, dt_max
+        self.log_dt = nn.Parameter(torch.empty(channels))
+        self.log_neg_lambda_re = nn.Parameter(torch.empty(channels, modes))
+        self.lambda_im = nn.Parameter(torch.empty(channels, modes))
+        self.C_re = nn.Parameter(torch.empty(channels, modes))
+        self.C_im = nn.Parameter(torch.empty(channels, modes))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        n = torch.arange(self.modes, dtype=torch.float64)
+        if self.init_method == "lin":
+            imag = math.pi * n
+        else:
+            real_size = 2 * self.modes
+            imag = (real_size / math.pi) * (real_size / (2 * n + 1) - 1)
+        init.copy_(self.log_neg_lambda_re, torch.full((self.channels, self.modes), math.log(0.5)))
+        init.copy_(self.lambda_im, imag.to(torch.float32).expand(self.channels, -1))
+        log_dt = torch.empty(self.channels).uniform_(math.log(self.dt_min), math.log(self.dt_max))
+        init.copy_(self.log_dt, log_dt)
+        init.normal_(self.C_re, std=0.5 ** 0.5)
+        init.normal_(self.C_im, std=0.5 ** 0.5)
+        init.ones_(self.D)
+
+    def discretize(self):
+        dtype = self.compute_dtype()
+        lam = torch.complex(-torch.exp(self.log_neg_lambda_re.to(dtype)), self.lambda_im.to(dtype))  # (H, N)
+        dt_lam = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1) * lam
+        c = torch.complex(self.C_re.to(dtype), self.C_im.to(dtype))
+        if self.discretization == "zoh":
+            return dt_lam, c * torch.expm1(dt_lam) / lam
+        a_bar = (1 + dt_lam / 2) / (1 - dt_lam / 2)
+        dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)
+        return torch.log(a_bar), c * dt / (1 - dt_lam / 2)

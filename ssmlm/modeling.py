@@ -1,0 +1,173 @@
+"""The Hugging Face face of ssmlm: SSMLMModel and SSMLMForCausalLM.
+
+Training runs each block in convolutional mode (one FFT pass, no state). With a cache, a block continues from
+its state: generate() prefills the whole prompt in one convolutional pass that also returns the state, then
+steps one token at a time; it never re-reads the prefix.
+"""
+
+import torch
+from torch import nn
+
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .blocks.gss import GSSBlock
+from .cache import SSMLMCache
+from .configuration import SSMLMConfig
+from .kernels import DiagonalSSM
+
+BLOCK_CLASSES = {"gss": GSSBlock}
+
+
+class SSMLMPreTrainedModel(PreTrainedModel):
+    config_class = SSMLMConfig
+    config: SSMLMConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["GSSBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DiagonalSSM):
+            module.reset_parameters()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a DynamicCache for us: the forward creates an SSMLMCache on first use.
+        return False
+
+
+class SSMLMModel(SSMLMPreTrainedModel):
+    def __init__(self, config: SSMLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(BLOCK_CLASSES[kind](config) for kind in config.block_types)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: SSMLMCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Caching costs a state computation per block: on by default for inference, off for training.
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if past_key_values is not None and not isinstance(past_key_values, SSMLMCache):
+            raise TypeError(
+                f"past_key_values must be the SSMLMCache this model returned, got {type(past_key_values).__name__}"
+            )
+
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch_size, length = hidden.shape[:2]
+        if use_cache and past_key_values is None:
+            past_key_values = SSMLMCache(len(self.layers))
+        # The mask may span the cached prefix too (as in generate()); only the current positions matter here.
+        padding_mask = None
+        if attention_mask is not None and not bool(attention_mask[:, -length:].all()):
+            padding_mask = attention_mask[:, -length:]
+
+        all_hidden = [] if output_hidden_states else None
+        for index, block in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            if past_key_values is None:
+                hidden, _ = block(hidden, None, padding_mask)
+            else:
+                layer = past_key_values.layers[index]
+                state = layer.state if layer.state is not None else block.initial_state(batch_size)
+                hidden, state = block(hidden, state, padding_mask)
+                layer.advance(state, length)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SSMLMConfig):
+        super().__init__(config)
+        self.model = SSMLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: SSMLMCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["SSMLMPreTrainedModel", "SSMLMModel", "SSMLMForCausalLM"]

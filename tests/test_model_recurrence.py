@@ -1,0 +1,218 @@
+"""Whole GSS blocks and models: one pass == chunks with the cache carried == token by token, and generate()
+with the cache == decoding by re-running the full prefix (greedy, sampling, beam search, left padding,
+continuing from a returned cache)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssmlm import SSMLMCache, SSMLMConfig, SSMLMForCausalLM
+from ssmlm.blocks.gss import GSSBlock
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+PAD, EOS, BOS = 0, 1, 2
+
+
+def tiny_config(**overrides):
+    options = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, pad_token_id=PAD, eos_token_id=EOS,
+                   bos_token_id=BOS)
+    options.update(overrides)
+    return SSMLMConfig(**options)
+
+
+def tiny_model(dtype=torch.float64, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return SSMLMForCausalLM(tiny_config(**overrides)).to(dtype).eval()
+
+
+def assert_close(actual, expected, dtype):
+    error = (actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)
+    assert error <= TOLERANCE[dtype], f"relative error {error:.3e}"
+
+
+def logits_in_chunks(model, ids, boundaries):
+    cache, pieces = None, []
+    edges = [0, *boundaries, ids.shape[1]]
+    for start, end in zip(edges[:-1], edges[1:]):
+        out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        pieces.append(out.logits)
+    return torch.cat(pieces, dim=1), cache
+
+
+@pytest.mark.parametrize("kernel", ["dss", "s4d"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_gss_block_one_pass_equals_chunks_equals_steps(kernel, dtype, data):
+    length = data.draw(st.one_of(st.integers(2, 200), st.integers(1000, 2500)), label="length")
+    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    torch.manual_seed(1)
+    block = GSSBlock(tiny_config(ssm_kernel=kernel)).to(dtype)
+    x = torch.randn(2, length, 32, dtype=dtype)
+    one_pass, _ = block(x)
+    edges = [0, *boundaries, length]
+    state, pieces = block.initial_state(2), []
+    for start, end in zip(edges[:-1], edges[1:]):
+        y, state = block(x[:, start:end], state)
+        pieces.append(y)
+    assert_close(torch.cat(pieces, 1), one_pass, dtype)
+    if length <= 200:
+        state, pieces = block.initial_state(2), []
+        for t in range(length):
+            y, state = block(x[:, t:t + 1], state)
+            pieces.append(y)
+        assert_close(torch.cat(pieces, 1), one_pass, dtype)
+
+
+@pytest.mark.parametrize("kernel", ["dss", "s4d"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_model_one_pass_equals_chunks_equals_tokens(kernel, dtype, data):
+    length = data.draw(st.one_of(st.integers(2, 150), st.integers(1000, 2000)), label="length")
+    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    model = tiny_model(dtype, ssm_kernel=kernel)
+    ids = torch.randint(3, 61, (2, length))
+    with torch.no_grad():
+        one_pass = model(ids).logits
+        chunked, cache = logits_in_chunks(model, ids, boundaries)
+        assert_close(chunked, one_pass, dtype)
+        assert cache.get_seq_length() == length
+        if length <= 150:
+            stepped, _ = logits_in_chunks(model, ids, list(range(1, length)))
+            assert_close(stepped, one_pass, dtype)
+
+
+def test_training_mode_keeps_no_cache_and_later_tokens_do_not_change_earlier_outputs():
+    model = tiny_model()
+    model.train()
+    ids = torch.randint(3, 61, (1, 300))
+    out = model(ids, labels=ids)
+    assert out.past_key_values is None and out.loss.ndim == 0
+    model.eval()
+    changed = ids.clone()
+    changed[0, 200:] = torch.randint(3, 61, (100,))
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    assert torch.allclose(a[:, :200], b[:, :200], rtol=0, atol=1e-12)  # causal, exactly in float64
+    assert not torch.allclose(a[:, 200:], b[:, 200:])
+
+
+def test_16k_tokens_in_convolutional_mode_are_finite():
+    model = tiny_model(torch.float32)
+    ids = torch.randint(3, 61, (1, 16384))
+    with torch.no_grad():
+        logits = model(ids, use_cache=True).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_model_state_bounded_over_100k_tokens_in_chunks():
+    model = tiny_model(torch.float32, num_hidden_layers=1)
+    generator = torch.Generator().manual_seed(0)
+    cache = None
+    with torch.no_grad():
+        for _ in range(50):
+            out = model(torch.randint(3, 61, (1, 2000), generator=generator), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+    assert cache.get_seq_length() == 100_000
+    state = cache.layers[0].state
+    assert torch.isfinite(state).all() and torch.isfinite(out.logits).all()
+    assert state.abs().max() < 1e4
+
+
+# ---- generate() with the cache == re-running the full prefix ----
+
+def decode_by_full_reforward(model, ids, steps):
+    with torch.no_grad():
+        for _ in range(steps):
+            next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_token], dim=1)
+    return ids
+
+
+class CountingForward:
+    """Records the lengths the model's forward receives, to show generate() never re-reads the prefix."""
+
+    def __init__(self, model):
+        self.lengths = []
+        self.hook = model.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.lengths.append(ids.shape[1])
+
+
+@pytest.mark.parametrize("kernel", ["dss", "s4d"])
+def test_greedy_generate_equals_full_reforward_and_prefills_once(kernel):
+    model = tiny_model(ssm_kernel=kernel)
+    prompt = torch.randint(3, 61, (2, 23))
+    counter = CountingForward(model)
+    generated = model.generate(prompt, max_new_tokens=15, do_sample=False, eos_token_id=None)
+    counter.hook.remove()
+    assert counter.lengths == [23] + [1] * 14  # one convolutional prefill, then single recurrent steps
+    assert torch.equal(generated, decode_by_full_reforward(model, prompt, 15))
+
+
+def test_sampling_with_a_seed_equals_sampling_without_cache():
+    model = tiny_model()
+    prompt = torch.randint(3, 61, (3, 11))
+    options = dict(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, eos_token_id=None)
+    torch.manual_seed(7)
+    cached = model.generate(prompt, **options)
+    torch.manual_seed(7)
+    uncached = model.generate(prompt, use_cache=False, **options)
+    assert torch.equal(cached, uncached)
+
+
+def test_beam_search_equals_beam_search_without_cache():
+    model = tiny_model()
+    prompt = torch.randint(3, 61, (2, 9))
+    options = dict(max_new_tokens=10, num_beams=4, num_return_sequences=2, do_sample=False, eos_token_id=None)
+    cached = model.generate(prompt, **options)
+    uncached = model.generate(prompt, use_cache=False, **options)
+    assert torch.equal(cached, uncached)
+
+
+def test_left_padded_batch_equals_each_prompt_alone():
+    model = tiny_model()
+    prompts = [torch.randint(3, 61, (n,)) for n in (5, 17, 11)]
+    width = max(len(p) for p in prompts)
+    batch = torch.full((3, width), PAD)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        batch[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    for row, p in enumerate(prompts):
+        alone = model.generate(p.unsqueeze(0), max_new_tokens=12, do_sample=False, eos_token_id=None)
+        assert torch.equal(together[row, width - len(p):], alone[0])
+    # and the logits of the prompt's own positions agree as well
+    with torch.no_grad():
+        padded_logits = model(batch, attention_mask=mask).logits
+        alone_logits = model(prompts[0].unsqueeze(0)).logits
+    assert_close(padded_logits[0, width - 5:], alone_logits[0], torch.float64)
+
+
+def test_generation_continues_from_a_returned_cache():
+    model = tiny_model()
+    prompt = torch.randint(3, 61, (1, 14))
+    first = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None,
+                           return_dict_in_generate=True)
+    assert isinstance(first.past_key_values, SSMLMCache)
+    continued = model.generate(first.sequences, past_key_values=first.past_key_values, max_new_tokens=6,
+                               do_sample=False, eos_token_id=None)
+    straight = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    assert torch.equal(continued, straight)
+
+
+def test_cache_cannot_be_cropped_and_rejects_foreign_caches():
+    from transformers import DynamicCache
+
+    model = tiny_model()
+    out = model(torch.randint(3, 61, (1, 5)), use_cache=True)
+    with pytest.raises(ValueError, match="cropped"):
+        out.past_key_values.crop(2)
+    with pytest.raises(TypeError, match="SSMLMCache"):
+        model(torch.randint(3, 61, (1, 5)), past_key_values=DynamicCache())

@@ -1,0 +1,161 @@
+"""ssmlm as a Hugging Face citizen: save/load through the Auto classes, tied weights, pipeline, streaming and
+config validation."""
+
+import json
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import safe_open
+
+from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
+
+PROMPT = "To be, or not to be"
+
+
+def tiny_config(**overrides) -> SSMLMConfig:
+    return SSMLMConfig(**{"vocab_size": 97, "hidden_size": 16, "num_hidden_layers": 2, **overrides})
+
+
+def padded_batch(vocab_size: int) -> dict:
+    """Two sequences, the second left-padded, as generate() and pipelines feed them."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (2, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :4] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def saved_tensor_names(directory) -> set[str]:
+    with safe_open(directory / "model.safetensors", framework="pt") as weights:
+        return set(weights.keys())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+def test_save_pretrained_writes_safetensors_only(tiny_model_dir):
+    assert (tiny_model_dir / "model.safetensors").is_file()
+    assert not (tiny_model_dir / "pytorch_model.bin").exists()
+    assert (tiny_model_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_auto_classes_round_trip(tmp_path, tie_word_embeddings):
+    torch.manual_seed(0)
+    original = SSMLMForCausalLM(tiny_config(tie_word_embeddings=tie_word_embeddings)).eval()
+    original.save_pretrained(tmp_path)
+
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(config) is SSMLMConfig
+    assert config.to_diff_dict() == original.config.to_diff_dict()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SSMLMForCausalLM
+
+    batch = padded_batch(config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, original(**batch).logits)
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_tied_embeddings_stay_tied(tmp_path):
+    SSMLMForCausalLM(tiny_config()).save_pretrained(tmp_path)
+    assert "lm_head.weight" not in saved_tensor_names(tmp_path)  # stored once, under the embedding's name
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+def test_untied_embeddings_stay_separate(tmp_path):
+    SSMLMForCausalLM(tiny_config(tie_word_embeddings=False)).save_pretrained(tmp_path)
+    assert "lm_head.weight" in saved_tensor_names(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.tie_word_embeddings is False
+    assert loaded.lm_head.weight.data_ptr() != loaded.model.embed_tokens.weight.data_ptr()
+    assert not torch.equal(loaded.lm_head.weight, loaded.model.embed_tokens.weight)
+
+
+def test_auto_model_loads_the_backbone(tiny_model_dir, model):
+    backbone = AutoModel.from_pretrained(tiny_model_dir).eval()
+    assert type(backbone) is SSMLMModel
+    batch = padded_batch(model.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(backbone(**batch).last_hidden_state, model.model(**batch).last_hidden_state)
+
+
+def test_pipeline_greedy_matches_generate(tiny_model_dir, tokenizer, model):
+    generator = pipeline("text-generation", model=str(tiny_model_dir))
+    assert type(generator.model) is SSMLMForCausalLM
+    [result] = generator(PROMPT, max_new_tokens=20, do_sample=False)
+    assert result["generated_text"].startswith(PROMPT)
+
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    assert output.shape[1] > inputs.input_ids.shape[1]
+    assert result["generated_text"] == tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def test_pipeline_samples_continuations(tiny_model_dir):
+    generator = pipeline("text-generation", model=str(tiny_model_dir))
+    results = generator(PROMPT, max_new_tokens=10, do_sample=True, num_return_sequences=2)
+    assert len(results) == 2
+    assert all(result["generated_text"].startswith(PROMPT) for result in results)
+
+
+class RecordingStreamer(TextStreamer):
+    """Keeps each piece of text instead of printing it, and the number of token batches received."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.pieces, self.puts = [], 0
+
+    def put(self, value):
+        self.puts += 1
+        super().put(value)
+
+    def on_finalized_text(self, text, stream_end=False):
+        self.pieces.append(text)
+
+
+def test_text_streamer_streams_the_continuation(tokenizer, model):
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    streamer = RecordingStreamer(tokenizer)
+    output = model.generate(**inputs, max_new_tokens=30, do_sample=False, streamer=streamer)
+    new_tokens = output[0, inputs.input_ids.shape[1]:]
+    assert streamer.puts == 1 + len(new_tokens)  # the prompt once, then each token as it is generated
+    assert "".join(streamer.pieces) == tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"hidden_size": "x"}, "hidden_size"),
+        ({"vocab_size": 1.5}, "vocab_size"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_hidden_layers": 1, "block_types": ["nope"]}, "block_types"),
+        ({"num_hidden_layers": 3, "block_types": ["gss"]}, "block_types"),
+        ({"ssm_kernel": "x"}, "ssm_kernel"),
+        ({"s4d_init": "x"}, "s4d_init"),
+        ({"s4d_discretization": "x"}, "s4d_discretization"),
+        ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
+    ],
+)
+def test_bad_config_fields_are_named(overrides, field):
+    with pytest.raises(StrictDataclassError, match=field):
+        SSMLMConfig(**overrides)
+
+
+def test_bad_config_file_is_rejected_on_load(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "ssm_kernel": "fft"}))
+    with pytest.raises(StrictDataclassError, match="ssm_kernel"):
+        AutoConfig.from_pretrained(tmp_path)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Benchmark GSS (and Mega-chunk, the hybrid, once they exist) against transformers' Llama: training tokens/s,
+peak memory, generation prefill and ms per token, model FLOPs utilisation; JSON and markdown output, and a
+regression check against a saved run. `python scripts/bench.py --help`; docs/benchmarks.md explains the figures."""
+
+import sys
+
+from ssmlm.benchmarking import main
+
+if __name__ == "__main__":
+    sys.exit(main())

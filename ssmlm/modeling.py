@@ -12,26 +12,30 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .blocks.gss import GSSBlock
+from .blocks.mega import MegaBlock, QueryKeyScaleOffset
 from .cache import SSMLMCache
 from .configuration import SSMLMConfig
 from .kernels import DiagonalSSM
 
-BLOCK_CLASSES = {"gss": GSSBlock}
+BLOCK_CLASSES = {"gss": GSSBlock, "mega": MegaBlock}
+# Modules with parameters of their own: post_init's `_init_weights` re-initialises them by their reset_parameters().
+CUSTOM_INIT_MODULES = (DiagonalSSM, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
 
 
 class SSMLMPreTrainedModel(PreTrainedModel):
     config_class = SSMLMConfig
     config: SSMLMConfig
     base_model_prefix = "model"
-    _no_split_modules = ["GSSBlock"]
+    _no_split_modules = ["GSSBlock", "MegaBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
 
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, DiagonalSSM):
+        if isinstance(module, CUSTOM_INIT_MODULES):
             module.reset_parameters()
 
     @classmethod

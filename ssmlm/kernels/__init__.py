@@ -2,6 +2,7 @@
 
 from .diagonal import DiagonalSSM
 from .dss import DSSKernel
+from .ema import DampedEMA
 from .s4d import S4DKernel
 
 
@@ -16,4 +17,4 @@ def build_ssm_kernel(config, channels: int) -> DiagonalSSM:
     raise ValueError(f"unknown ssm_kernel {config.ssm_kernel!r}")
 
 
-__all__ = ["DiagonalSSM", "DSSKernel", "S4DKernel", "build_ssm_kernel"]
+__all__ = ["DampedEMA", "DiagonalSSM", "DSSKernel", "S4DKernel", "build_ssm_kernel"]

@@ -1,0 +1,216 @@
+"""The Mega block (Ma et al. 2022, "Mega: Moving Average Equipped Gated Attention", Sec. 3.2) and Mega-chunk
+(Sec. 3.5), trained in parallel and generated recurrently.
+
+    X̂ = LayerNorm(X)                                 pre-norm, as the reference language models
+    X' = silu(EMA(X̂) + ω ⊙ X̂)                        multi-dimensional damped EMA (kernels/ema.py)
+    Z = silu(X' W_z + b_z)                           the shared representation
+    Q = κ_q ⊙ Z + μ_q,   K = κ_k ⊙ Z + μ_k           per-dimension scale and offset
+    V = silu(X̂ W_v + b_v)
+    O = f(Q K^T / τ + b_rel) V                       softmax with τ = √z, or Laplace with τ = the visible keys
+    γ = silu(X' W_γ + b_γ)                           reset gate
+    φ = sigmoid(X' W_φ + b_φ)                        update gate
+    Ĥ = silu(X' W_h + (γ ⊙ O) U_h + b_h)
+    Y = φ ⊙ Ĥ + (1 - φ) ⊙ X                          then the normalised feed-forward network (ffn.py)
+
+The attention is causal. Mega-chunk restricts it to chunks of c tokens at absolute positions, while the EMA spans
+the whole sequence, so time and memory are linear in the length. Positions count real tokens: a padded position
+is no token, so a left-padded prompt sees the chunk boundaries and distances it sees alone.
+
+Recurrent state: (EMA state, keys, values, tokens seen). Keys and values sit in "slots": slot s holds the token at
+position chunk_start + s of the chunk the row is in; a row has `seen mod c` valid slots (`seen` for full
+attention), the others are zero. Mega-chunk keeps c - 1 slots, so its cache never grows; full-attention Mega
+keeps every key. A call may start mid-chunk and cross any number of chunk boundaries: its tokens are written to
+the slots after the cached ones, and the slots are cut into chunks of c.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..kernels.ema import DampedEMA
+from .attention_bias import RotaryRelativeBias, SimpleRelativeBias
+from .ffn import NormalizedFeedForward
+
+LAPLACE_MEAN, LAPLACE_STD = math.sqrt(0.5), math.sqrt(1 / (4 * math.pi))
+
+
+def laplace(x: torch.Tensor) -> torch.Tensor:
+    """Mega's Laplace attention function (Sec. 3.4): 0.5·(1 + erf((x - μ) / (σ√2))) with μ = √(1/2) and
+    σ = √(1/(4π)), a bounded stand-in for squared ReLU."""
+    return 0.5 * (1 + torch.erf((x - LAPLACE_MEAN) / (LAPLACE_STD * math.sqrt(2))))
+
+
+def lower_toeplitz(table: torch.Tensor) -> torch.Tensor:
+    """(n,) -> (n, n) with M[i, j] = table[i - j] for i >= j and 0 above the diagonal, built from a sliding window
+    rather than an n×n index (full attention over 16k tokens would spend 2 GB on that index)."""
+    n = table.shape[0]
+    padded = torch.cat([table.new_zeros(n - 1), table])  # padded[n - 1 + d] = table[d]
+    return padded.unfold(0, n, 1).flip(-1)  # window i, reversed: element j is padded[n - 1 + i - j]
+
+
+class QueryKeyScaleOffset(nn.Module):
+    """Q = κ_q ⊙ Z + μ_q and K = κ_k ⊙ Z + μ_k (Sec. 3.2): queries and keys from the one shared Z."""
+
+    def __init__(self, dim: int, std: float = 0.02):
+        super().__init__()
+        self.std = std
+        self.query_scale, self.key_scale = nn.Parameter(torch.empty(dim)), nn.Parameter(torch.empty(dim))
+        self.query_offset, self.key_offset = nn.Parameter(torch.empty(dim)), nn.Parameter(torch.empty(dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        init.normal_(self.query_scale, std=self.std)
+        init.normal_(self.key_scale, std=self.std)
+        init.zeros_(self.query_offset)
+        init.zeros_(self.key_offset)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z * self.query_scale + self.query_offset, z * self.key_scale + self.key_offset
+
+
+class MegaBlock(GradientCheckpointingLayer):
+    def __init__(self, config):
+        super().__init__()
+        width = config.hidden_size
+        self.width, self.z_dim, self.v_dim = width, config.mega_z_dim, config.mega_v_dim
+        self.chunk_size = config.mega_chunk_size  # None: full causal attention
+        self.attention_function = config.mega_attention
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.ema = DampedEMA(width, config.mega_ema_dim)
+        self.to_values = nn.Linear(width, self.v_dim)
+        # From X', in one product: the update gate φ, Z, the reset gate γ, and X' W_h + b_h.
+        self.from_shared = nn.Linear(width, width + self.z_dim + self.v_dim + width)
+        self.query_key = QueryKeyScaleOffset(self.z_dim, config.initializer_range)
+        self.from_attention = nn.Linear(self.v_dim, width, bias=False)  # U_h; b_h is in from_shared
+        if config.mega_position_bias == "rotary":
+            self.position_bias = RotaryRelativeBias(self.z_dim, config.initializer_range)
+        elif self.chunk_size is None:
+            self.position_bias = SimpleRelativeBias(config.mega_max_positions, config.initializer_range,
+                                                    "SSMLMConfig.mega_max_positions")
+        else:
+            self.position_bias = SimpleRelativeBias(self.chunk_size, config.initializer_range,
+                                                    "SSMLMConfig.mega_chunk_size")
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.hidden_dropout = nn.Dropout(config.mega_hidden_dropout)
+        self.attention_dropout = nn.Dropout(config.mega_attention_dropout)
+        self.ffn = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
+                                         config.hidden_dropout, config.mega_hidden_dropout)
+
+    def initial_state(self, batch_size: int):
+        return (self.ema.initial_state(batch_size), *self._no_keys(batch_size))
+
+    def _no_keys(self, batch_size: int):
+        """An empty attention cache: no slots yet, no tokens seen (Mega-chunk's first call widens it to c - 1)."""
+        weight = self.to_values.weight
+        return (
+            weight.new_zeros(batch_size, 0, self.z_dim),
+            weight.new_zeros(batch_size, 0, self.v_dim),
+            torch.zeros(batch_size, dtype=torch.long, device=weight.device),
+        )
+
+    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        normed = self.norm(x)
+        ema_input = normed if padding_mask is None else normed * padding_mask.unsqueeze(-1).to(normed.dtype)
+        ema_state = None if state is None else state[0]
+        ema, ema_state = self.ema(ema_input, ema_state)  # EMA(X̂) + ω ⊙ X̂; padded positions never enter it
+        shared = self.dropout(F.silu(ema))  # X'
+        update, z_and_reset, from_shared = self.from_shared(shared).split(
+            [self.width, self.z_dim + self.v_dim, self.width], dim=-1)
+        z, reset = F.silu(z_and_reset).split([self.z_dim, self.v_dim], dim=-1)
+        query, key = self.query_key(z)
+        value = self.hidden_dropout(F.silu(self.to_values(normed)))
+        cache = self._no_keys(x.shape[0]) if state is None else state[1:]
+        attended, cache = self.attend(query, key, value, cache, padding_mask)
+        hidden = self.dropout(F.silu(from_shared + self.from_attention(attended * reset)))  # Ĥ
+        out = x + torch.sigmoid(update) * (hidden - x)  # φ ⊙ Ĥ + (1 - φ) ⊙ X
+        return self.ffn(out), None if state is None else (ema_state, *cache)
+
+    def attend(self, query, key, value, cache, padding_mask):
+        """Causal attention inside chunks (or over the whole sequence), continuing from `cache` = (slot keys, slot
+        values, tokens seen). Returns the output for each new token and the cache that continues it."""
+        cached_keys, cached_values, seen = cache
+        chunk = self.chunk_size
+        batch, length = query.shape[:2]
+        real = query.new_ones(batch, length, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
+        valid_before = seen if chunk is None else seen % chunk
+        slot = valid_before.unsqueeze(1) + real.cumsum(1) - 1  # the slot of each new token (unused for pads)
+        valid_after = valid_before + real.sum(1)
+
+        span = cached_keys.shape[1] + length  # slots this call can touch
+        block = chunk or span
+        blocked = length >= block  # whole chunks: batch them; otherwise a few query rows against the slots
+        if blocked:
+            span = -(-span // block) * block
+        # Beyond `span`: room for the next cache window, then one slot that takes every padded position.
+        dummy = span + (chunk or 1) - 1
+        write = torch.where(real, slot, dummy).unsqueeze(-1)
+        keys = self._to_slots(key, cached_keys, write, dummy + 1)
+        values = self._to_slots(value, cached_values, write, dummy + 1)
+        key_valid = torch.arange(span, device=slot.device) < valid_after.unsqueeze(1)
+
+        if blocked:
+            slot_queries = self._to_slots(query, query[:, :0], write, dummy + 1)[:, :span]
+            out = self._attend_blocks(slot_queries, keys[:, :span], values[:, :span], key_valid, block)
+            out = out.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.v_dim))
+        else:
+            out = self._attend_rows(query, slot, keys[:, :span], values[:, :span], key_valid)
+
+        if chunk is None:
+            keys, values = keys[:, :span], values[:, :span]
+        else:  # keep the unfinished chunk: its slots are zero past the valid ones
+            start = valid_after - valid_after % chunk
+            window = (start.unsqueeze(1) + torch.arange(chunk - 1, device=start.device)).unsqueeze(-1)
+            keys = keys.gather(1, window.expand(-1, -1, self.z_dim))
+            values = values.gather(1, window.expand(-1, -1, self.v_dim))
+        return out, (keys, values, seen + real.sum(1))
+
+    @staticmethod
+    def _to_slots(new, cached, write, size):
+        """Cached slots followed by zeros, `size` wide, with the new tokens written at their slots."""
+        batch, _, width = new.shape
+        buffer = torch.cat([cached.to(new.dtype), new.new_zeros(batch, size - cached.shape[1], width)], dim=1)
+        return buffer.scatter(1, write.expand(-1, -1, width), new)
+
+    def _attend_blocks(self, query, keys, values, key_valid, block):
+        """Slots cut into chunks of `block`, all chunks in one batched product (Sec. 3.5)."""
+        batch, span = query.shape[:2]
+        chunks = span // block
+        query, keys = query.view(batch, chunks, block, -1), keys.view(batch, chunks, block, -1)
+        values = values.view(batch, chunks, block, -1)
+        causal = torch.ones(block, block, dtype=torch.bool, device=query.device).tril()
+        allowed = causal & key_valid.view(batch, chunks, 1, block)
+        bias = lower_toeplitz(self.position_bias.table(block))
+        visible = torch.arange(1, block + 1, device=query.device).unsqueeze(-1)
+        return self.attention(query, keys, values, bias, allowed, visible).reshape(batch, span, -1)
+
+    def _attend_rows(self, query, slot, keys, values, key_valid):
+        """A few new tokens against all slots: for single steps, where a whole chunk of queries would be waste."""
+        chunk = self.chunk_size
+        key_slot = torch.arange(keys.shape[1], device=slot.device)
+        distance = slot.unsqueeze(-1) - key_slot
+        allowed = (distance >= 0) & key_valid.unsqueeze(1)
+        if chunk is not None:
+            allowed &= (slot // chunk).unsqueeze(-1) == key_slot // chunk
+        table_length = chunk or keys.shape[1]
+        bias = self.position_bias.table(table_length)[distance.clamp(0, table_length - 1)]
+        position_in_chunk = slot if chunk is None else slot % chunk
+        visible = (position_in_chunk + 1).clamp(min=1).unsqueeze(-1)
+        return self.attention(query, keys, values, bias, allowed, visible)
+
+    def attention(self, query, keys, values, bias, allowed, visible):
+        """O = f(Q K^T / τ + b_rel) V (Sec. 3.2) over the allowed keys. Softmax: τ = √z. Laplace (Sec. 3.4): τ is
+        the number of keys the query sees, as the reference code normalises a causal row."""
+        scores = query @ keys.transpose(-1, -2)
+        if self.attention_function == "softmax":
+            scores = scores * self.z_dim ** -0.5 + bias
+            # A finite fill: a padded query that sees no key gets harmless uniform weights instead of NaN.
+            weights = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
+        else:
+            weights = laplace(scores / visible + bias) * allowed
+        return self.attention_dropout(weights) @ values

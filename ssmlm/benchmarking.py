@@ -49,7 +49,8 @@ BATCH_SIZE = 1
 LLAMA_MAX_POSITIONS = 131072  # RoPE needs a bound; above every length benchmarked here
 BASELINE = "llama"
 MATMUL = "matmul"  # the name of the matmul timing among the contenders of each measurement
-MEGA_CHUNK_SIZE = 1024  # Mega-chunk's c: the shortest default length, so from 4k on its attention is chunked
+MEGA_CHUNK_SIZE = 128  # Mega-chunk's c, as in the reference figures of transformers 4.x Mega-chunk
+HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside chunks of this many tokens
 
 DEFAULT_LENGTHS = {"cpu": [1024, 4096, 16384], "cuda": [1024, 4096, 16384, 65536]}
 DEFAULT_PROMPT_LENGTHS = [1024, 8192, 32768]
@@ -86,8 +87,11 @@ def mega_chunk_with(intermediate_size: int) -> PreTrainedModel:
 
 def hybrid_with(intermediate_size: int) -> PreTrainedModel:
     require_block_type("attention")
-    # The GSS paper's hybrid puts a Transformer block after every few GSS blocks: here the last of the four.
+    # The GSS paper's hybrid puts a Transformer block with chunked attention after every few GSS blocks: here the
+    # last of the four.
     return SSMLMForCausalLM(ssmlm_config(block_types=["gss"] * (NUM_LAYERS - 1) + ["attention"],
+                                         attention_num_heads=NUM_HEADS, attention_span="chunked",
+                                         attention_window=HYBRID_ATTENTION_WINDOW,
                                          intermediate_size=intermediate_size))
 
 
@@ -212,6 +216,9 @@ class AttentionShape(NamedTuple):
 ATTENTION_SHAPES: dict[str, Callable[[nn.Module], AttentionShape | None]] = {
     "GSSBlock": lambda layer: None,
     "MegaBlock": lambda layer: AttentionShape(layer.z_dim, layer.v_dim, layer.chunk_size),
+    "AttentionBlock": lambda layer: AttentionShape(
+        layer.num_heads * layer.head_dim, layer.num_heads * layer.head_dim,
+        layer.window if layer.span == "chunked" else None),  # a sliding span is counted as full: an upper bound
     "LlamaDecoderLayer": lambda layer: AttentionShape(layer.self_attn.q_proj.out_features,
                                                       layer.self_attn.q_proj.out_features, None),
 }

@@ -4,10 +4,11 @@ from huggingface_hub.dataclasses import strict
 
 from transformers import PreTrainedConfig
 
-BLOCK_TYPES = ("gss", "mega")
+BLOCK_TYPES = ("gss", "mega", "attention")
 SSM_KERNELS = ("dss", "s4d")
 MEGA_ATTENTION_FUNCTIONS = ("softmax", "laplace")
 MEGA_POSITION_BIASES = ("simple", "rotary")
+ATTENTION_SPANS = ("full", "sliding", "chunked")
 
 
 @strict
@@ -21,8 +22,8 @@ class SSMLMConfig(PreTrainedConfig):
     num_hidden_layers (`int`): number of blocks.
     block_types (`list[str]`, *optional*): the kind of each block, one of `BLOCK_TYPES`; defaults to all "gss".
         (Not `layer_types`: transformers validates that name against its own attention kinds.)
-    intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch and of Mega's normalised
-        feed-forward network (default 4E).
+    intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch and of the normalised
+        feed-forward network of the Mega and Transformer blocks (default 4E).
     ssm_size (`int`, *optional*): H, the narrow width the SSM runs in (default E/4).
     ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H); the real state is 2N.
     ssm_kernel (`str`): "dss" (DSS-exp with Δ = 1 and modes shared across channels, as in GSS) or "s4d".
@@ -39,7 +40,12 @@ class SSMLMConfig(PreTrainedConfig):
         "rotary" (a rotary-embedding bias, any distance).
     mega_max_positions (`int`): longest sequence full-attention Mega accepts with the "simple" bias; longer ones
         raise (Mega-chunk needs only c distances).
-    mega_attention_dropout (`float`): dropout on Mega's attention weights.
+    attention_num_heads (`int`): heads of the Transformer ("attention") blocks; hidden_size must divide by it.
+    attention_span (`str`): "full" (causal over everything), "sliding" (the last `attention_window` tokens) or
+        "chunked" (block-local: tokens in the same chunk of `attention_window` positions).
+    attention_window (`int`, *optional*): w for sliding and chunked spans; their cache keeps w - 1 keys.
+    rope_theta (`float`): base of the rotary position embedding of the attention blocks.
+    attention_dropout (`float`): dropout on attention weights (Mega's and the Transformer blocks').
     mega_hidden_dropout (`float`): dropout on Mega's values and on the hidden layer of its feed-forward network.
     layer_norm_eps (`float`): LayerNorm epsilon.
     hidden_dropout (`float`): dropout on each block's output before the residual sum (for Mega also on the EMA
@@ -70,7 +76,11 @@ class SSMLMConfig(PreTrainedConfig):
     mega_attention: str = "softmax"
     mega_position_bias: str = "simple"
     mega_max_positions: int = 2048
-    mega_attention_dropout: float = 0.0
+    attention_num_heads: int = 4
+    attention_span: str = "full"
+    attention_window: int | None = None
+    rope_theta: float = 10000.0
+    attention_dropout: float = 0.0
     mega_hidden_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.0
@@ -130,7 +140,26 @@ class SSMLMConfig(PreTrainedConfig):
             )
         if self.mega_position_bias == "rotary" and self.mega_z_dim % 2:
             raise ValueError(f"SSMLMConfig.mega_z_dim must be even for the rotary bias, got {self.mega_z_dim}")
-        for name in ("hidden_dropout", "mega_attention_dropout", "mega_hidden_dropout"):
+        if self.attention_span not in ATTENTION_SPANS:
+            raise ValueError(
+                f"SSMLMConfig.attention_span must be one of {ATTENTION_SPANS}, got {self.attention_span!r}"
+            )
+        if self.attention_span != "full" and (self.attention_window is None or self.attention_window <= 0):
+            raise ValueError(
+                f"SSMLMConfig.attention_window must be a positive int for attention_span={self.attention_span!r}, "
+                f"got {self.attention_window}"
+            )
+        if self.attention_num_heads <= 0 or self.hidden_size % self.attention_num_heads:
+            raise ValueError(
+                f"SSMLMConfig.attention_num_heads ({self.attention_num_heads}) must be positive and divide "
+                f"hidden_size ({self.hidden_size})"
+            )
+        if (self.hidden_size // self.attention_num_heads) % 2:
+            raise ValueError(
+                "SSMLMConfig.attention_num_heads: the head size hidden_size / attention_num_heads must be even for "
+                f"rotary positions, got {self.hidden_size // self.attention_num_heads}"
+            )
+        for name in ("hidden_dropout", "attention_dropout", "mega_hidden_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"SSMLMConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 

@@ -12,6 +12,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .blocks.attention import AttentionBlock
 from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .blocks.gss import GSSBlock
 from .blocks.mega import MegaBlock, QueryKeyScaleOffset
@@ -19,7 +20,7 @@ from .cache import SSMLMCache
 from .configuration import SSMLMConfig
 from .kernels import DiagonalSSM
 
-BLOCK_CLASSES = {"gss": GSSBlock, "mega": MegaBlock}
+BLOCK_CLASSES = {"gss": GSSBlock, "mega": MegaBlock, "attention": AttentionBlock}
 # Modules with parameters of their own: post_init's `_init_weights` re-initialises them by their reset_parameters().
 CUSTOM_INIT_MODULES = (DiagonalSSM, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
 
@@ -28,7 +29,7 @@ class SSMLMPreTrainedModel(PreTrainedModel):
     config_class = SSMLMConfig
     config: SSMLMConfig
     base_model_prefix = "model"
-    _no_split_modules = ["GSSBlock", "MegaBlock"]
+    _no_split_modules = ["GSSBlock", "MegaBlock", "AttentionBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
 

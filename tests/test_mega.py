@@ -436,7 +436,7 @@ def test_training_is_causal_reaches_every_parameter_and_allows_checkpointing():
 
 
 def test_dropouts_act_in_training_only():
-    model = mega_model(chunk_size=5, hidden_dropout=0.1, mega_attention_dropout=0.1, mega_hidden_dropout=0.1)
+    model = mega_model(chunk_size=5, hidden_dropout=0.1, attention_dropout=0.1, mega_hidden_dropout=0.1)
     ids = torch.randint(3, 61, (1, 20))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model(ids).logits)
@@ -471,7 +471,7 @@ def test_mega_chunk_size_minus_one_means_full_attention():
         ({"mega_position_bias": "rotary", "mega_z_dim": 15}, "mega_z_dim"),
         ({"mega_ema_dim": 0}, "mega_ema_dim"),
         ({"mega_max_positions": 0}, "mega_max_positions"),
-        ({"mega_attention_dropout": 1.0}, "mega_attention_dropout"),
+        ({"attention_dropout": 1.0}, "attention_dropout"),
     ],
 )
 def test_bad_mega_config_fields_are_named(overrides, field):

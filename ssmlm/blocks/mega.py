@@ -98,7 +98,7 @@ class MegaBlock(GradientCheckpointingLayer):
                                                     "SSMLMConfig.mega_chunk_size")
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.hidden_dropout = nn.Dropout(config.mega_hidden_dropout)
-        self.attention_dropout = nn.Dropout(config.mega_attention_dropout)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
         self.ffn = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
                                          config.hidden_dropout, config.mega_hidden_dropout)
 

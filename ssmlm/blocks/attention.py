@@ -1,0 +1,153 @@
+"""The Transformer block of the GSS-Transformer hybrid and of the Transformer baseline (Mehta et al. 2022, Sec. 4;
+Vaswani et al. 2017; rotary positions, Su et al. 2021):
+
+    h = LayerNorm(x)
+    x = x + W_o · softmax(RoPE(W_q h) · RoPE(W_k h)^T / √d + mask) · W_v h        multi-head, causal
+    x = x + W_2 · silu(W_1 · LayerNorm(x))                                          (the shared feed-forward)
+
+The attention span is full (every earlier token), sliding (the last w tokens, itself included) or chunked
+(block-local: only tokens in the same chunk of w absolute positions). All three are one rule on positions,
+
+    full:     p_k <= p_q          sliding: p_q - w < p_k <= p_q          chunked: p_k <= p_q, p_k // w == p_q // w
+
+so the same masks serve training, prefill from a cache, and single steps. Positions count real tokens only
+(left padding takes none), so a padded prompt attends exactly as it does alone. Local spans run blockwise:
+queries in blocks of w attend to keys of their own and the previous block, so time and memory are linear
+in the length. The state is a key/value cache that keeps only the last w - 1 keys for local spans.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .ffn import NormalizedFeedForward
+
+ATTENTION_SPANS = ("full", "sliding", "chunked")
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) by the angle p·base^(-2i/d) (RoPE, Su et al. 2021, eq. 34).
+
+    x: (batch, heads, length, d); positions: (batch, length).
+    """
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
+    angles = (positions.unsqueeze(-1).to(torch.float64) * inv_freq).unsqueeze(1)  # (batch, 1, length, d/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class AttentionBlock(GradientCheckpointingLayer):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.attention_num_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.span = config.attention_span
+        self.window = config.attention_window
+        self.rope_theta = config.rope_theta
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.to_qkv = nn.Linear(config.hidden_size, 3 * self.num_heads * self.head_dim, bias=False)
+        self.to_out = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.attention_dropout = config.attention_dropout
+        self.feed_forward = NormalizedFeedForward(config.hidden_size, config.intermediate_size,
+                                                  config.layer_norm_eps, config.hidden_dropout)
+
+    def initial_state(self, batch_size: int):
+        """(keys, values, key positions (-1 = padding), next position per row): nothing seen yet."""
+        weight = self.to_qkv.weight
+        empty = weight.new_zeros(batch_size, self.num_heads, 0, self.head_dim)
+        positions = torch.zeros(batch_size, 0, dtype=torch.long, device=weight.device)
+        return empty, empty, positions, torch.zeros(batch_size, dtype=torch.long, device=weight.device)
+
+    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        batch, length, _ = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (batch, heads, length, d)
+
+        real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
+        if padding_mask is not None:
+            real = padding_mask.bool()
+        start = state[3] if state is not None else torch.zeros(batch, dtype=torch.long, device=x.device)
+        positions = start.unsqueeze(1) + real.long().cumsum(1) - 1  # padding shares its neighbour's position
+        q = rotary(q, positions.clamp_min(0), self.rope_theta)
+        k = rotary(k, positions.clamp_min(0), self.rope_theta)
+        key_positions = torch.where(real, positions, -1)
+
+        if state is None and padding_mask is None:
+            attended = self._attend_fresh(q, k, v)
+        else:
+            if state is not None:
+                k = torch.cat([state[0], k], dim=2)
+                v = torch.cat([state[1], v], dim=2)
+                key_positions = torch.cat([state[2], key_positions], dim=1)
+            attended = self._attend(q, positions, k, v, key_positions)
+            if state is not None:
+                # Local spans never look further back than w - 1 keys: the cache stays bounded.
+                first = 0 if self.span == "full" else max(0, k.shape[2] - (self.window - 1))
+                state = (k[:, :, first:], v[:, :, first:], key_positions[:, first:], start + real.sum(1))
+        out = self.to_out(attended.transpose(1, 2).reshape(batch, length, -1))
+        return self.feed_forward(x + self.dropout(out)), state
+
+    def _dropout_p(self):
+        return self.attention_dropout if self.training else 0.0
+
+    def _attend_fresh(self, q, k, v):
+        """Training fast path: positions 0..L-1 in every row, no cache."""
+        if self.span == "full":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._dropout_p())
+        if self.span == "chunked":
+            # Chunks align with blocks of w: each block is an independent causal attention.
+            blocks = [_blocks_of(t, self.window, pad_front=0, block=self.window) for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*blocks, is_causal=True, dropout_p=self._dropout_p())
+            return out.flatten(2, 3)[:, :, : q.shape[2]]
+        positions = torch.arange(q.shape[2], device=q.device).expand(q.shape[0], -1)
+        return self._attend(q, positions, k, v, positions)
+
+    def _attend(self, q, query_positions, k, v, key_positions):
+        """Queries (the last L entries of the keys are their own) attend by the span rule on positions."""
+        length, cached = q.shape[2], k.shape[2] - q.shape[2]
+        if self.span == "full":
+            mask = self._span_mask(query_positions.unsqueeze(-1), key_positions.unsqueeze(-2))
+            own = torch.arange(length, device=q.device)
+            mask[:, own, cached + own] = True  # a padded query sees itself only: no all-masked row, no NaN
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1),
+                                                  dropout_p=self._dropout_p())
+        # Blocks of w queries; block j sees keys [j·w - (w - cached), (j + 2)·w - (w - cached)) of the padded
+        # key sequence: its own block and the previous one, which covers any key a local span can reach.
+        w = self.window
+        front = w - cached
+        q_blocks = _blocks_of(q, w, pad_front=0, block=w)
+        k_blocks = _blocks_of(k, 2 * w, pad_front=front, block=w)
+        v_blocks = _blocks_of(v, 2 * w, pad_front=front, block=w)
+        qpos = _blocks_of(query_positions.unsqueeze(1), w, pad_front=0, block=w, fill=0)[:, 0]
+        kpos = _blocks_of(key_positions.unsqueeze(1), 2 * w, pad_front=front, block=w, fill=-1)[:, 0]
+        mask = self._span_mask(qpos.unsqueeze(-1), kpos.unsqueeze(-2))  # (batch, blocks, w, 2w)
+        own = torch.arange(w, device=q.device)
+        mask[:, :, own, w + own] = True
+        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask.unsqueeze(1),
+                                             dropout_p=self._dropout_p())
+        return out.flatten(2, 3)[:, :, :length]
+
+    def _span_mask(self, query_positions, key_positions):
+        visible = (key_positions >= 0) & (key_positions <= query_positions)
+        if self.span == "sliding":
+            visible &= key_positions > query_positions - self.window
+        elif self.span == "chunked":
+            visible &= key_positions // self.window == query_positions // self.window
+        return visible
+
+
+def _blocks_of(x: torch.Tensor, size: int, pad_front: int, block: int, fill: float = 0.0) -> torch.Tensor:
+    """Windows of `size` along dim 2 every `block` entries, after padding `pad_front` in front and enough at the
+    end for whole blocks: (batch, heads, L, ...) -> (batch, heads, num_blocks, size, ...)."""
+    length = x.shape[2]
+    num_blocks = -(-(length + pad_front - (size - block)) // block) if size > block else -(-length // block)
+    total = (num_blocks - 1) * block + size
+    pad = [0, 0] * (x.dim() - 3) + [pad_front, total - length - pad_front]
+    padded = F.pad(x, pad, value=fill)
+    windows = padded.unfold(2, size, block)  # (..., num_blocks, [rest], size)
+    return windows.movedim(-1, 3) if x.dim() > 3 else windows

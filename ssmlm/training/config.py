@@ -1,0 +1,295 @@
+"""The training configuration: a typed tree of dataclasses loaded from YAML, with `key=value` overrides.
+
+    config = load_config("configs/gss-small.yaml", ["training.max_steps=100", "model.hidden_size=128"])
+
+Every key is checked against the dataclass it lands in: an unknown key or a value of the wrong type raises
+ConfigError naming the dotted key and the expected type. The `model` section is the keyword arguments of
+SSMLMConfig, whose own strict validation checks the values; `vocab_size` and the special token ids come from the
+tokenizer and may not be set there.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..configuration import SSMLMConfig
+
+
+class ConfigError(ValueError):
+    """A problem with the user's configuration or input data, reported as one line (train.py exits with code 2)."""
+
+
+# Model keys the trainer fills from the tokenizer, and HF bookkeeping fields a user has no reason to set.
+MODEL_KEYS_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+MODEL_KEYS_INTERNAL = ("transformers_version", "architectures")
+
+
+@dataclass
+class SourceConfig:
+    """Where one domain's documents come from. `train` and `validation` each take local files or a Hub dataset.
+
+    A local source is one or more paths or globs: `.txt` files are one document each, `.jsonl`/`.json` files one
+    document per record (its `text_column` field). Anything else is a Hugging Face Hub dataset name, optionally
+    with a split after a colon ("deepmind/pg19", "codeparrot/codeparrot-clean-valid:train"); the split defaults
+    to the key's own name.
+    """
+
+    train: str | list[str]
+    validation: str | list[str]
+    text_column: str = "text"
+    hub_config: str | None = None  # configuration name of a Hub dataset, e.g. a language of a code set
+    streaming: bool = False  # stream a Hub dataset instead of downloading it whole (then set max_documents)
+    max_documents: int | None = None  # a seeded random sample of N documents per split (the first N when streaming)
+
+
+@dataclass
+class DataConfig:
+    sources: dict[str, SourceConfig]  # domain name -> its documents; validation is reported per domain
+    seq_len: int = 512  # tokens per training block
+    build_corpus: str | None = None  # build ssmlm's default corpus (ssmlm.data.corpus) here first if it is missing
+    cache_dir: str = "~/.cache/ssmlm"  # datasets' Arrow caches and trained tokenizers
+    num_proc: int = 2  # processes for tokenizing and packing
+    seed: int = 0  # for max_documents sampling
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None  # an existing tokenizer (directory or Hub name); when null one is trained
+    kind: Literal["byte_bpe", "sentencepiece_bpe", "sentencepiece_unigram"] = "byte_bpe"
+    vocab_size: int = 8192
+    training_chars: int = 20_000_000  # characters of the training split the tokenizer learns from, shared by domains
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # blocks per device per micro-batch; global batch = batch_size x processes x accumulation
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    ssm_learning_rate: float = 1e-3  # for the SSM kernel parameters (no weight decay)
+    weight_decay: float = 0.1  # for matrices only: not for norms, biases or SSM parameters
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # FFTs stay in float32 either way
+    seed: int = 0
+    eval_every: int = 100  # steps between validation passes (also at step 0 and at the end)
+    eval_blocks: int = 64  # validation blocks per domain
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/gss-small"  # checkpoints, logs and the final model + tokenizer (save_pretrained)
+    save_every: int = 500  # steps between checkpoints (also one at the end)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    log_every: int = 10  # steps between loss records
+    tracker: str | None = "tensorboard"  # an Accelerate tracker ("tensorboard", "wandb", ...) or null
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: dict[str, Any] = field(default_factory=dict)  # SSMLMConfig keyword arguments
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        self._check_model_section()
+        positive = {
+            "data.seq_len": self.data.seq_len, "data.num_proc": self.data.num_proc,
+            "tokenizer.vocab_size": self.tokenizer.vocab_size,
+            "tokenizer.training_chars": self.tokenizer.training_chars,
+            "training.max_steps": self.training.max_steps, "training.batch_size": self.training.batch_size,
+            "training.gradient_accumulation_steps": self.training.gradient_accumulation_steps,
+            "training.eval_every": self.training.eval_every, "training.eval_blocks": self.training.eval_blocks,
+            "output.save_every": self.output.save_every, "output.keep_checkpoints": self.output.keep_checkpoints,
+            "output.log_every": self.output.log_every,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}: must be positive, got {value}")
+        if self.data.seq_len < 2:
+            raise ConfigError(f"data.seq_len: must be at least 2 (a block predicts its next tokens), "
+                              f"got {self.data.seq_len}")
+        if not self.data.sources:
+            raise ConfigError("data.sources: no domains given; expected a mapping of domain name to "
+                              "train/validation files")
+        for domain, source in self.data.sources.items():
+            if source.max_documents is not None and source.max_documents <= 0:
+                raise ConfigError(f"data.sources.{domain}.max_documents: must be positive or null, "
+                                  f"got {source.max_documents}")
+        if self.training.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps: must be 0 or more, got {self.training.warmup_steps}")
+
+    def _check_model_section(self):
+        allowed = {f.name for f in dataclasses.fields(SSMLMConfig)} - set(MODEL_KEYS_INTERNAL)
+        for key in self.model:
+            if key in MODEL_KEYS_FROM_TOKENIZER:
+                raise ConfigError(f"model.{key}: set by the tokenizer; use tokenizer.vocab_size for the vocabulary")
+            if key not in allowed:
+                raise ConfigError(f"model.{key}: unknown key; SSMLMConfig has no field {key!r}")
+        try:
+            SSMLMConfig(**self.model)
+        except Exception as error:  # strict dataclass validation: its last line names the field and the problem
+            raise ConfigError(f"model: {str(error).strip().splitlines()[-1].strip()}") from None
+
+    def model_config(self, tokenizer) -> SSMLMConfig:
+        """The model's config, with the vocabulary and special tokens of `tokenizer`."""
+        return SSMLMConfig(**self.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML with `1e-3` read as a number: PyYAML follows YAML 1.1, where a float needs a dot ("1.0e-3").
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building the typed tree from plain data, naming the dotted key of any mismatch.
+
+
+def type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(value) for value in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (list, dict):
+        arguments = ", ".join(type_name(arg) for arg in typing.get_args(annotation))
+        return f"{typing.get_origin(annotation).__name__}[{arguments}]"
+    if annotation is type(None):
+        return "null"
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping ({annotation.__name__})"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def convert(value: Any, annotation, key: str) -> Any:
+    """`value` as an instance of `annotation`, or ConfigError naming `key` and the expected type."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return convert(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+    elif dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return build_dataclass(annotation, value, key)
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(annotation)
+            return [convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            _, item = typing.get_args(annotation)
+            return {str(k): convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif isinstance(value, annotation):
+        return value
+    shown = "null" if value is None else f"{type(value).__name__} {value!r}"
+    raise ConfigError(f"{key}: expected {type_name(annotation)}, got {shown}")
+
+
+def build_dataclass(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(f"{key}: unknown key; expected one of {', '.join(fields)}")
+        kwargs[name] = convert(value, hints[name], key)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{name}: missing; expected {type_name(hints[name])}")
+    return cls(**kwargs)
+
+
+def apply_override(values: dict, override: str) -> None:
+    """Set `a.b.c=value` in the nested dict `values`; the value is parsed as YAML (numbers, lists, null...)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. training.max_steps=100")
+    parts = key.split(".")
+    node = values
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])}: is a value, not a section; cannot set {key}")
+        node = child
+    node[parts[-1]] = parse_yaml(text, f"override {key}") if text.strip() else None
+
+
+def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    values = copy.deepcopy(values)
+    for override in overrides:
+        apply_override(values, override)
+    return build_dataclass(TrainConfig, values)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    values = parse_yaml(text, str(path))
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, tokenizer, training, output)")
+    return config_from_dict(values, overrides)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

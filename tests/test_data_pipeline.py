@@ -1,0 +1,164 @@
+"""Data: local files and Hub names through the same keys, clear errors on bad input, tokenizers, cached packing."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from fixtures.tiny_corpus import TEXT_DIR, write_tiny_corpus
+
+from ssmlm.data import packing, sources, tokenizer as tokenizers
+from ssmlm.data.sources import DataError, load_split
+from ssmlm.training.config import SourceConfig, TokenizerConfig
+from transformers import AutoTokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("datasets-cache"))
+
+
+def load(cache_dir, train, validation="unused.txt", **settings):
+    return load_split(SourceConfig(train=train, validation=validation, **settings), "train", cache_dir, 0,
+                      "data.sources.books.train")
+
+
+def load_error(cache_dir, train, **settings) -> str:
+    with pytest.raises(DataError) as caught:
+        load(cache_dir, train, **settings)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def test_text_files_are_one_document_each_and_globs_expand(cache_dir):
+    documents = load(cache_dir, str(TEXT_DIR / "books_*.txt"))
+    assert len(documents) == 3
+    assert documents[0]["text"] == (TEXT_DIR / "books_bierce_devils_dictionary.txt").read_text(encoding="utf-8")
+
+
+def test_jsonl_records_are_documents(corpus, cache_dir):
+    path = corpus / "code" / "train.jsonl"
+    documents = load(cache_dir, [str(path)])
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert documents["text"] == [record["text"] for record in records]
+    assert documents.column_names == ["text"]
+
+
+def test_text_column_and_max_documents(tmp_path, cache_dir):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"body": f"document {i}"}) + "\n" for i in range(10)))
+    sample = load(cache_dir, str(path), text_column="body", max_documents=4)
+    assert len(sample) == 4 and set(sample["text"]) < {f"document {i}" for i in range(10)}
+    assert load(cache_dir, str(path), text_column="body", max_documents=4)["text"] == sample["text"]  # seeded
+    assert "have no 'text' field (they have body); set text_column" in load_error(cache_dir, str(path))
+
+
+def test_missing_empty_and_non_utf8_files_are_named(tmp_path, cache_dir):
+    missing = tmp_path / "missing.jsonl"
+    assert load_error(cache_dir, str(missing)) == f"data.sources.books.train: data file not found: {missing}"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert load_error(cache_dir, str(empty)) == f"data.sources.books.train: data file is empty: {empty}"
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n  \n")
+    assert load_error(cache_dir, str(blank)) == f"data.sources.books.train: data file is empty: {blank}"
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Ein schöner Tag\n".encode("latin-1"))
+    assert load_error(cache_dir, str(latin1)) == (
+        f"data.sources.books.train: {latin1} is not valid UTF-8 (invalid start byte near byte 7)")
+    assert "no file matches" in load_error(cache_dir, str(tmp_path / "*.json"))
+    assert load_error(cache_dir, str(tmp_path)).startswith(f"data.sources.books.train: {tmp_path} is not a file")
+    table = tmp_path / "table.csv"
+    table.write_text("a,b\n")
+    assert "table.csv: unsupported file type; expected .txt, .text, .jsonl, .json" in load_error(cache_dir, str(table))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_name_offline_says_how_to_use_local_files(streaming, cache_dir):
+    message = load_error(cache_dir, "emozilla/pg19", streaming=streaming, max_documents=10)
+    assert message.startswith("data.sources.books.train: 'emozilla/pg19' is not a local .txt/.jsonl file, "
+                              "and loading it as a Hugging Face Hub dataset failed (")
+    assert "Couldn't reach 'emozilla/pg19' on the Hub" in message
+    assert "Without the Hub, point it at local .txt/.jsonl files instead" in message
+    assert "\n" not in message
+
+
+def test_local_or_hub_is_decided_by_the_value(tmp_path):
+    assert sources.is_local("data/corpus/books/train.jsonl")  # even before it exists: a missing file, not a Hub name
+    assert sources.is_local("corpus/*/train.txt")
+    assert not sources.is_local("emozilla/pg19")
+    assert not sources.is_local("codeparrot/codeparrot-clean-valid:train")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+@pytest.fixture(scope="module")
+def train_sets(corpus, cache_dir):
+    return {domain: load(cache_dir, str(corpus / domain / "train.jsonl")) for domain in ("books", "code", "math")}
+
+
+@pytest.mark.parametrize("kind", ["byte_bpe", "sentencepiece_bpe", "sentencepiece_unigram"])
+def test_trained_tokenizers_load_with_auto_tokenizer(kind, train_sets, tmp_path):
+    trained = tokenizers.train_tokenizer(tokenizers.sample_texts(train_sets, 200_000), kind, vocab_size=400)
+    trained.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert 256 < len(loaded) <= 400
+    assert loaded.eos_token == "<|endoftext|>" and loaded.eos_token_id is not None
+    text = "To be, or not to be: that is the question."
+    assert loaded(text).input_ids == trained(text).input_ids
+    assert loaded.decode(loaded(text).input_ids).strip() == text
+    if kind == "byte_bpe":  # every byte sequence encodes and decodes exactly
+        code = (TEXT_DIR / "code_lz4_lz4.c.txt").read_text(encoding="utf-8")[:3000] + " ∑ λ 🙂\t\n"
+        assert loaded.decode(loaded(code).input_ids) == code
+
+
+def test_a_trained_tokenizer_is_cached(train_sets, tmp_path, monkeypatch):
+    config = TokenizerConfig(kind="byte_bpe", vocab_size=300, training_chars=100_000)
+    first = tokenizers.get_tokenizer(config, train_sets, tmp_path)
+    monkeypatch.setattr(tokenizers, "train_tokenizer", lambda *args: pytest.fail("trained again"))
+    second = tokenizers.get_tokenizer(config, train_sets, tmp_path)
+    assert first.get_vocab() == second.get_vocab()
+
+
+def test_an_existing_tokenizer_is_accepted(tokenizer_dir, train_sets, tmp_path):
+    loaded = tokenizers.get_tokenizer(TokenizerConfig(path=str(tokenizer_dir)), train_sets, tmp_path)
+    assert loaded.get_vocab() == AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()
+    with pytest.raises(DataError, match="tokenizer.path: cannot load a tokenizer from"):
+        tokenizers.get_tokenizer(TokenizerConfig(path=str(tmp_path / "nothing")), train_sets, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packing
+
+
+def test_packing_joins_documents_with_eos_and_cuts_blocks(train_sets, tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    documents = train_sets["math"]
+    blocks = packing.pack_documents(documents, tokenizer, seq_len=64, num_proc=1)
+    stream = list(itertools.chain.from_iterable(
+        tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in documents["text"]))
+    assert blocks[0]["input_ids"].shape == (64,)
+    assert [int(i) for block in blocks["input_ids"] for i in block] == stream[:len(stream) // 64 * 64]
+
+
+def test_packing_runs_in_several_processes_and_is_cached(train_sets, tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    first = packing.pack_documents(train_sets["books"], tokenizer, seq_len=32, num_proc=2)
+    assert len(first.cache_files) == 2  # one per process
+    mtimes = [Path(f["filename"]).stat().st_mtime_ns for f in first.cache_files]
+    reloaded = AutoTokenizer.from_pretrained(tokenizer_dir)  # a new object, as in a second run
+    second = packing.pack_documents(train_sets["books"], reloaded, seq_len=32, num_proc=2)
+    assert second.cache_files == first.cache_files
+    assert [Path(f["filename"]).stat().st_mtime_ns for f in second.cache_files] == mtimes  # read back, not rewritten
+    other_length = packing.pack_documents(train_sets["books"], reloaded, seq_len=48, num_proc=2)
+    assert other_length.cache_files != first.cache_files

@@ -1,0 +1,256 @@
+"""Training end to end on a tiny corpus cut from the real text fixtures: falling validation perplexity, a model that
+generate.py loads, 2 ranks (DDP, DeepSpeed ZeRO-2 and ZeRO-3) that reproduce 1 rank, resume after a kill, clear CLI
+errors.
+
+Multi-process runs are `accelerate launch` subprocesses over gloo on CPU; single-process runs are in-process.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState, GradientState
+from fixtures.tiny_corpus import DOMAINS, write_tiny_corpus
+
+from ssmlm.generation_cli import main as generate_main
+from ssmlm.training import latest_checkpoint, train
+from ssmlm.training.config import config_from_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_PY = REPO / "train.py"
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """Shared by the runs of this module, so the tokenizer is trained and the corpus packed once."""
+    return tmp_path_factory.mktemp("data-cache")
+
+
+def tiny_config_values(corpus: Path, cache_dir: Path, output_dir: Path) -> dict:
+    return {
+        "model": {"hidden_size": 32, "num_hidden_layers": 2},
+        "data": {
+            "sources": {domain: {"train": str(corpus / domain / "train.jsonl"),
+                                 "validation": str(corpus / domain / "validation.jsonl")} for domain in DOMAINS},
+            "seq_len": 64, "cache_dir": str(cache_dir), "num_proc": 2,
+        },
+        "tokenizer": {"kind": "byte_bpe", "vocab_size": 512},
+        "training": {"max_steps": 50, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "eval_every": 25,
+                     "eval_blocks": 32},
+        "output": {"dir": str(output_dir), "save_every": 25, "log_every": 1, "tracker": None},
+    }
+
+
+def run_in_process(values: dict, *overrides: str, **train_args) -> dict:
+    try:
+        return train(config_from_dict(values, list(overrides)), **train_args)
+    finally:  # Accelerate keeps process-wide state; the next run starts from scratch
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def write_config(values: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_ranks(launcher_args: list[str], config: Path, *overrides: str, env: dict | None = None):
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+               "--main_process_port", str(free_port()), str(TRAIN_PY), "--config", str(config), *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def records(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in records(output_dir) if "train/loss" in r}
+
+
+def validation(output_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in records(output_dir) if "val/loss" in r}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    final = run_in_process(tiny_config_values(corpus, cache_dir, output_dir))
+
+    evaluations = validation(output_dir)
+    assert sorted(evaluations) == [0, 25, 50]
+    for domain in DOMAINS:  # validation perplexity falls in every domain
+        assert evaluations[50][f"val/{domain}/ppl"] < 0.6 * evaluations[0][f"val/{domain}/ppl"]
+        assert final[f"val/{domain}/ppl"] == evaluations[50][f"val/{domain}/ppl"]
+    losses = train_losses(output_dir)
+    assert sorted(losses) == list(range(1, 51))
+
+    # The output directory is a Hugging Face model directory that generate.py and the Auto classes load.
+    model = AutoModelForCausalLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
+    capsys.readouterr()
+    assert generate_main(["--model", str(output_dir), "--prompt", "The", "--max-new-tokens", "8", "--greedy"]) == 0
+    assert capsys.readouterr().out.startswith("The")
+    assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
+
+
+@pytest.fixture(scope="module")
+def one_rank_reference(corpus, cache_dir, tmp_path_factory) -> Path:
+    """6 steps on one process with a global batch of 8 blocks made of 2 accumulated micro-batches of 4."""
+    output_dir = tmp_path_factory.mktemp("one-rank") / "run"
+    run_in_process(tiny_config_values(corpus, cache_dir, output_dir), "training.max_steps=6",
+                   "training.batch_size=4", "training.gradient_accumulation_steps=2", "training.eval_every=6",
+                   "output.save_every=3")
+    return output_dir
+
+
+@pytest.mark.parametrize("backend", ["ddp", "deepspeed-zero2", "deepspeed-zero3"])
+def test_two_ranks_reproduce_one_rank(backend, one_rank_reference, corpus, cache_dir, tmp_path):
+    """The same global batch (4 blocks x 2 ranks) gives the losses of one rank accumulating 2 x 4 blocks."""
+    output_dir = tmp_path / "run"
+    config = write_config(tiny_config_values(corpus, cache_dir, output_dir), tmp_path / "config.yaml")
+    overrides = ["training.max_steps=6", "training.batch_size=4", "training.eval_every=6", "output.save_every=3"]
+    if backend == "ddp":  # CPU ranks over gloo
+        launch_two_ranks(["--multi_gpu"], config, *overrides, env={"ACCELERATE_USE_CPU": "1"})
+    else:  # DeepSpeed picks the CPU itself; ACCELERATE_USE_CPU would switch it off
+        launch_two_ranks(["--config_file", str(REPO / f"configs/accelerate/{backend}.yaml")], config, *overrides)
+
+    reference, losses = train_losses(one_rank_reference), train_losses(output_dir)
+    assert sorted(losses) == list(range(1, 7))
+    assert losses == pytest.approx(reference, rel=1e-5)
+    assert validation(output_dir)[6]["val/loss"] == pytest.approx(validation(one_rank_reference)[6]["val/loss"],
+                                                                  rel=1e-5)
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    # The final weights (gathered from the shards under ZeRO-3) are those of the one-rank run.
+    final, reference_model = (AutoModelForCausalLM.from_pretrained(d) for d in (output_dir, one_rank_reference))
+    for (name, weight), reference_weight in zip(final.state_dict().items(), reference_model.state_dict().values()):
+        assert torch.allclose(weight, reference_weight, rtol=1e-4, atol=1e-6), name
+
+
+def test_resume_after_kill_continues_the_same_loss_sequence(corpus, cache_dir, tmp_path):
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "killed")
+    values["model"] = {"hidden_size": 96, "num_hidden_layers": 2}  # steps slow enough to kill mid-run
+    values["training"].update(max_steps=12, eval_every=100)
+    values["output"].update(save_every=2)
+    config = write_config(values, tmp_path / "config.yaml")
+
+    # Prepare the data in-process first, so the subprocess spends its time training.
+    uninterrupted = tmp_path / "uninterrupted"
+    run_in_process(values, f"output.dir={uninterrupted}")
+
+    process = subprocess.Popen([sys.executable, str(TRAIN_PY), "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 120
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
+
+    # Debris of a crash while saving: never to be taken as the latest checkpoint.
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    (checkpoints / "checkpoint-10.tmp").mkdir()
+    (checkpoints / "checkpoint-10.tmp" / "model.safetensors").write_bytes(b"\0" * 10)
+    (checkpoints / "checkpoint-11").mkdir()  # renamed by hand, but without its completion marker
+    latest = latest_checkpoint(tmp_path / "killed")
+    assert latest.name.startswith("checkpoint-") and int(latest.name.split("-")[1]) < 10
+    resumed_at = int(latest.name.split("-")[1])
+
+    run_in_process(values, resume=True)
+    resumed, reference = train_losses(tmp_path / "killed"), train_losses(uninterrupted)
+    assert [r["step"] for r in records(tmp_path / "killed") if "train/loss" in r] == list(range(1, 13))
+    assert [resumed[step] for step in range(resumed_at + 1, 13)] == pytest.approx(
+        [reference[step] for step in range(resumed_at + 1, 13)], rel=1e-6)
+    assert validation(tmp_path / "killed")[12]["val/loss"] == pytest.approx(validation(uninterrupted)[12]["val/loss"],
+                                                                           rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line: one clear line and exit code 2 for problems the user can fix.
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = load_train_script().main([str(arg) for arg in args])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def config_file(corpus, cache_dir, tmp_path) -> Path:
+    return write_config(tiny_config_values(corpus, cache_dir, tmp_path / "run"), tmp_path / "config.yaml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.max_step=5"], "train.py: error: training.max_step: unknown key; expected one of max_steps,"),
+    (["training.max_steps=ten"], "train.py: error: training.max_steps: expected int, got str 'ten'"),
+    (["model.hidden_size=wide"], "train.py: error: model: TypeError: Field 'hidden_size' expected int, got str"),
+])
+def test_cli_config_errors(overrides, message, config_file, capsys):
+    code, err = cli(capsys, "--config", config_file, *overrides)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_cli_data_errors(config_file, tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps({"text": "caf\u00e9"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    for path, problem in [(missing, f"data file not found: {missing}"), (empty, f"data file is empty: {empty}"),
+                          (latin1, f"{latin1} is not valid UTF-8 (invalid continuation byte near byte 13)")]:
+        code, err = cli(capsys, "--config", config_file, f"data.sources.code.train={path}")
+        assert (code, err) == (2, f"train.py: error: data.sources.code.train: {problem}\n")
+    assert not (tmp_path / "run").exists()  # a failed start leaves no output directory behind
+    code, err = cli(capsys, "--config", tmp_path / "nope.yaml")
+    assert (code, err) == (2, f"train.py: error: config file not found: {tmp_path / 'nope.yaml'}\n")
+
+
+def test_cli_refuses_to_overwrite_an_existing_run(config_file, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("keep me")
+    code, err = cli(capsys, "--config", config_file)
+    assert code == 2 and err.startswith(f"train.py: error: output directory {tmp_path / 'run'} already exists; "
+                                        "pass --overwrite to replace it")
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+    code, err = cli(capsys, "--config", config_file, "--resume")
+    assert code == 2 and "--resume: no complete checkpoint in" in err
+    assert cli(capsys, "--config", config_file, "--overwrite", "training.max_steps=2", "training.eval_every=2")[0] == 0
+    assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "model.safetensors").exists()

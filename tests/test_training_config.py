@@ -1,0 +1,112 @@
+"""The training config: YAML + overrides into a typed tree; every bad key or type named by its dotted key."""
+
+from pathlib import Path
+
+import pytest
+
+from ssmlm import SSMLMConfig
+from ssmlm.training.config import ConfigError, TrainConfig, config_from_dict, dump_config, load_config, parse_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MINIMAL = {"data": {"sources": {"books": {"train": "a.txt", "validation": "b.txt"}}, "seq_len": 64}}
+
+
+def build(overrides=(), values=MINIMAL) -> TrainConfig:
+    return config_from_dict(values, list(overrides))
+
+
+def error_of(overrides=(), values=MINIMAL) -> str:
+    with pytest.raises(ConfigError) as caught:
+        build(overrides, values)
+    return str(caught.value)
+
+
+def test_defaults_and_dotted_overrides():
+    config = build(["training.max_steps=7", "training.learning_rate=3e-4", "model.hidden_size=64",
+                    "data.sources.code.train=[x.jsonl, y.jsonl]", "data.sources.code.validation=z.jsonl",
+                    "output.tracker=null"])
+    assert config.training.max_steps == 7
+    assert config.training.learning_rate == 3e-4  # "3e-4" is a float, although YAML 1.1 would read a string
+    assert config.model == {"hidden_size": 64}
+    assert config.data.sources["code"].train == ["x.jsonl", "y.jsonl"]
+    assert config.output.tracker is None
+    assert config.data.seq_len == 64 and config.tokenizer.kind == "byte_bpe"
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    assert build(["training.weight_decay=0"]).training.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.max_step=5", "training.max_step: unknown key; expected one of max_steps,"),
+    ("trainer.max_steps=5", "trainer: unknown key; expected one of data, model, tokenizer, training, output"),
+    ("data.sources.books.txt_column=body", "data.sources.books.txt_column: unknown key"),
+    ("training.max_steps=ten", "training.max_steps: expected int, got str 'ten'"),
+    ("training.max_steps=2.5", "training.max_steps: expected int, got float 2.5"),
+    ("training.batch_size=true", "training.batch_size: expected int, got bool True"),
+    ("training.learning_rate=fast", "training.learning_rate: expected float, got str 'fast'"),
+    ("training.mixed_precision=fp8", "training.mixed_precision: expected 'no' or 'bf16' or 'fp16', got str 'fp8'"),
+    ("tokenizer.kind=wordpiece", "tokenizer.kind: expected 'byte_bpe' or 'sentencepiece_bpe' or"),
+    ("data.sources.books.train=[1, 2]", "data.sources.books.train: expected str or list[str], got list [1, 2]"),
+    ("data.sources=books.txt", "data.sources: expected dict[str, a mapping (SourceConfig)], got str"),
+    ("output.dir=null", "output.dir: expected str, got null"),
+    ("training.max_steps=0", "training.max_steps: must be positive, got 0"),
+    ("training.warmup_steps=-1", "training.warmup_steps: must be 0 or more, got -1"),
+    ("data.seq_len=1", "data.seq_len: must be at least 2"),
+    ("training.max_steps", "override 'training.max_steps': expected key=value"),
+    ("training.max_steps.x=1", "training.max_steps: expected int, got dict {'x': 1}"),
+    ("data.seq_len.x=1", "data.seq_len: is a value, not a section; cannot set data.seq_len.x"),
+])
+def test_bad_keys_and_types_name_the_dotted_key(override, message):
+    assert message in error_of([override])
+
+
+def test_missing_required_section():
+    assert "data: missing; expected a mapping (DataConfig)" in error_of(values={})
+    assert "data.sources.books.validation: missing" in error_of(
+        values={"data": {"sources": {"books": {"train": "a.txt"}}}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hiden_size=3", "model.hiden_size: unknown key; SSMLMConfig has no field 'hiden_size'"),
+    ("model.hidden_size=wide", "model: TypeError: Field 'hidden_size' expected int, got str (value: 'wide')"),
+    ("model.ssm_kernel=s9", "model: ValueError: SSMLMConfig.ssm_kernel must be one of ('dss', 's4d'), got 's9'"),
+    ("model.vocab_size=100", "model.vocab_size: set by the tokenizer; use tokenizer.vocab_size"),
+])
+def test_model_section_is_checked_by_ssmlm_config(override, message):
+    assert message in error_of([override])
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_bytes(b"data: \xff\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid UTF-8"):
+        load_config(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(bad)
+
+
+def test_dump_round_trips():
+    config = build(["model.hidden_size=64", "training.learning_rate=3e-4"])
+    assert config_from_dict(parse_yaml(dump_config(config), "dump")) == config
+
+
+@pytest.mark.parametrize("name", ["gss-small.yaml", "gss-paper.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(REPO / "configs" / name)
+    model = SSMLMConfig(**config.model, vocab_size=config.tokenizer.vocab_size)
+    assert model.num_hidden_layers >= 1
+
+
+def test_paper_config_is_the_gss_paper_model():
+    config = load_config(REPO / "configs" / "gss-paper.yaml")
+    model = SSMLMConfig(**config.model, vocab_size=config.tokenizer.vocab_size)
+    assert (model.num_hidden_layers, model.hidden_size, model.intermediate_size, model.ssm_size,
+            model.ssm_state_size) == (16, 1024, 4096, 256, 512)
+    assert config.data.seq_len == 4096

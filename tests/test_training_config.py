@@ -110,3 +110,41 @@ def test_paper_config_is_the_gss_paper_model():
     assert (model.num_hidden_layers, model.hidden_size, model.intermediate_size, model.ssm_size,
             model.ssm_state_size) == (16, 1024, 4096, 256, 512)
     assert config.data.seq_len == 4096
+
+
+# ---- `extends`, and every shipped config ----
+
+SHIPPED_CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    import torch
+
+    from ssmlm import SSMLMForCausalLM
+
+    config = load_config(path)
+    with torch.device("meta"):
+        model = SSMLMForCausalLM(SSMLMConfig(**config.model, vocab_size=config.tokenizer.vocab_size))
+    assert len(model.model.layers) == model.config.num_hidden_layers
+
+
+def test_extends_merges_sections_and_the_child_wins(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model: {hidden_size: 64, num_hidden_layers: 2}\n"
+        "data: {sources: {books: {train: a.txt, validation: b.txt}}, seq_len: 128}\n"
+        "training: {max_steps: 10, batch_size: 4}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nmodel: {num_hidden_layers: 3}\ntraining: {max_steps: 20}\n")
+    config = load_config(tmp_path / "child.yaml", ["training.batch_size=2"])
+    assert config.model == {"hidden_size": 64, "num_hidden_layers": 3}
+    assert (config.training.max_steps, config.training.batch_size, config.data.seq_len) == (20, 2, 128)
+
+
+def test_extends_errors_are_clear(tmp_path):
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found: .*nowhere.yaml"):
+        load_config(tmp_path / "missing.yaml")

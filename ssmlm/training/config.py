@@ -276,7 +276,12 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    path = Path(path)
+    return config_from_dict(read_config_values(Path(path)), overrides)
+
+
+def read_config_values(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """The plain values of a config file. `extends: OTHER.yaml` (relative to the file) starts from another
+    config: sections merge key by key, and this file's values win."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -288,7 +293,23 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, tokenizer, training, output)")
-    return config_from_dict(values, overrides)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the path of another config, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in (*extended_by, path.resolve()):
+        raise ConfigError(f"{path}: extends: {base} extends itself")
+    return merge_sections(read_config_values(base_path, (*extended_by, path.resolve())), values)
+
+
+def merge_sections(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_sections(merged[key], value) if both_mappings else value
+    return merged
 
 
 def dump_config(config: TrainConfig) -> str:

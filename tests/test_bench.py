@@ -70,7 +70,8 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
         assert row["mfu"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"] / row["matmul_flops_per_s"])
         assert min(result["matmul_peak"]["flops_per_s_repeats"]) <= row["matmul_flops_per_s"]
         memory = row["peak_memory"]
-        assert memory["status"] == "ok" and memory["peak_mib"] > memory["baseline_mib"] > 0
+        # At 128 tokens the step may not raise the peak that importing torch set: >=, not >.
+        assert memory["status"] == "ok" and memory["peak_mib"] >= memory["baseline_mib"] > 0
     train = {row["model"]: row for row in result["train"]}
     assert train["llama"]["speedup_vs_baseline"] == 1
     assert train["gss"]["speedup_vs_baseline"] == pytest.approx(

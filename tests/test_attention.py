@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from ssmlm.blocks.attention import AttentionBlock, rotary
 
+from invariants import assert_close, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
+
 SPANS = {
     "full": (None, lambda i, j: j <= i),
     "sliding": (5, lambda i, j: (j <= i) & (j > i - 5)),
     "chunked": (4, lambda i, j: (j <= i) & (j // 4 == i // 4)),
 }
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
 def block_config(span, window):
@@ -44,21 +45,6 @@ def dense_reference(block, x, visible):
     return block.feed_forward(x + block.to_out(attended))
 
 
-def run_in_chunks(block, x, boundaries, padding_mask=None):
-    state, outputs = block.initial_state(x.shape[0]), []
-    edges = [0, *boundaries, x.shape[1]]
-    for start, end in zip(edges[:-1], edges[1:]):
-        mask = None if padding_mask is None else padding_mask[:, start:end]
-        y, state = block(x[:, start:end], state, mask)
-        outputs.append(y)
-    return torch.cat(outputs, 1), state
-
-
-def assert_close(actual, expected, dtype):
-    error = (actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)
-    assert error <= TOLERANCE[dtype], f"relative error {error:.3e}"
-
-
 @pytest.mark.parametrize("span", SPANS)
 @pytest.mark.parametrize("length", [1, 3, 4, 5, 9, 23, 40])
 def test_one_pass_equals_dense_reference(span, length):
@@ -79,9 +65,9 @@ def test_one_pass_equals_chunks_equals_tokens(span, dtype, data):
     block = make_block(span, dtype)
     x = torch.randn(2, length, 16, dtype=dtype)
     one_pass, _ = block(x)
-    chunked, _ = run_in_chunks(block, x, boundaries)
+    chunked, _ = run_in_pieces(block, x, boundaries)
     assert_close(chunked, one_pass, dtype)
-    stepped, _ = run_in_chunks(block, x, list(range(1, length)))
+    stepped, _ = run_in_pieces(block, x, list(range(1, length)))
     assert_close(stepped, one_pass, dtype)
 
 
@@ -97,7 +83,7 @@ def test_left_padding_equals_each_row_alone(span):
         batch[r, width - len(row):] = row
         mask[r, width - len(row):] = 1
     padded_pass, _ = block(batch, None, mask)
-    padded_chunks, _ = run_in_chunks(block, batch, [2, 6, 7], mask)
+    padded_chunks, _ = run_in_pieces(block, batch, [2, 6, 7], mask)
     for r, row in enumerate(rows):
         alone, _ = block(row.unsqueeze(0))
         assert_close(padded_pass[r, width - len(row):], alone[0], torch.float64)
@@ -149,19 +135,7 @@ def test_hybrid_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     with torch.no_grad():
         one_pass = model(ids).logits
         for cuts in (boundaries, list(range(1, length))):
-            cache, pieces = None, []
-            for start, end in zip([0, *cuts], [*cuts, length]):
-                out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-                pieces.append(out.logits)
-            assert_close(torch.cat(pieces, 1), one_pass, dtype)
-
-
-def greedy_by_full_reforward(model, ids, steps):
-    with torch.no_grad():
-        for _ in range(steps):
-            ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1:].argmax(-1)], 1)
-    return ids
+            assert_close(logits_in_pieces(model, ids, cuts)[0], one_pass, dtype)
 
 
 @pytest.mark.parametrize("name", HYBRIDS)
@@ -169,7 +143,7 @@ def test_hybrid_generation_equals_full_reforward(name):
     model = hybrid_model(name)
     prompt = torch.randint(3, 53, (2, 13))
     greedy = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
-    assert torch.equal(greedy, greedy_by_full_reforward(model, prompt, 12))
+    assert torch.equal(greedy, decode_by_full_reforward(model, prompt, 12))
     beams = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=None)
     assert torch.equal(model.generate(prompt, **beams), model.generate(prompt, use_cache=False, **beams))
 
@@ -178,10 +152,8 @@ def test_hybrid_generation_equals_full_reforward(name):
 def test_hybrid_left_padded_batch_equals_each_prompt_alone(name):
     model = hybrid_model(name)
     prompts = [torch.randint(3, 53, (n,)) for n in (4, 15, 9)]
-    width = max(len(p) for p in prompts)
-    batch, mask = torch.zeros(3, width, dtype=torch.long), torch.zeros(3, width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        batch[row, width - len(p):], mask[row, width - len(p):] = p, 1
+    batch, mask = left_padded(prompts, 0)
+    width = batch.shape[1]
     together = model.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None)
     for row, p in enumerate(prompts):
         alone = model.generate(p.unsqueeze(0), max_new_tokens=10, do_sample=False, eos_token_id=None)

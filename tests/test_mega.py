@@ -18,7 +18,8 @@ from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toe
 from ssmlm.kernels import DampedEMA
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}  # relative to the largest output
+from invariants import assert_close, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
+
 PAD, EOS, BOS = 0, 1, 2
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")
             for bias in ("simple", "rotary")]
@@ -53,33 +54,6 @@ def mega_block(dtype, chunk_size=5, attention="softmax", position_bias="simple",
 def mega_model(dtype=torch.float64, chunk_size=5, seed=0, **overrides):
     torch.manual_seed(seed)
     return sharpen(SSMLMForCausalLM(mega_config(chunk_size, **overrides)), seed).to(dtype).eval()
-
-
-def assert_close(actual, expected, dtype):
-    error = (actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)
-    assert error <= TOLERANCE[dtype], f"relative error {error:.3e}"
-
-
-def run_in_pieces(mixer, x, boundaries, padding_mask=None):
-    """Feed x split at the sorted `boundaries`, carrying the state."""
-    state, pieces = mixer.initial_state(x.shape[0]), []
-    edges = [0, *boundaries, x.shape[1]]
-    for start, end in zip(edges[:-1], edges[1:]):
-        mask = None if padding_mask is None else padding_mask[:, start:end]
-        y, state = mixer(x[:, start:end], state) if mask is None else mixer(x[:, start:end], state, mask)
-        pieces.append(y)
-    return torch.cat(pieces, dim=1), state
-
-
-def logits_in_pieces(model, ids, boundaries, attention_mask=None):
-    cache, pieces = None, []
-    edges = [0, *boundaries, ids.shape[1]]
-    for start, end in zip(edges[:-1], edges[1:]):
-        mask = None if attention_mask is None else attention_mask[:, :end]
-        out = model(ids[:, start:end], attention_mask=mask, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        pieces.append(out.logits)
-    return torch.cat(pieces, dim=1), cache
 
 
 # ---- the damped EMA ----
@@ -306,22 +280,12 @@ def test_model_one_pass_equals_chunks_equals_tokens(kind, dtype, data):
 
 # ---- padding ----
 
-def left_padded(prompts):
-    width = max(len(p) for p in prompts)
-    batch = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        batch[row, width - len(prompt):] = prompt
-        mask[row, width - len(prompt):] = 1
-    return batch, mask
-
-
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_left_padded_batch_equals_each_prompt_alone(chunk_size):
     """Padding is no token: chunk boundaries and distances count real tokens, so padding shifts nothing."""
     model = mega_model(chunk_size=chunk_size)
     prompts = [torch.randint(3, 61, (n,)) for n in (5, 17, 11)]
-    batch, mask = left_padded(prompts)
+    batch, mask = left_padded(prompts, PAD)
     width = batch.shape[1]
     options = dict(max_new_tokens=12, do_sample=False, eos_token_id=None)
     together = model.generate(batch, attention_mask=mask, **options)
@@ -339,14 +303,6 @@ def test_left_padded_batch_equals_each_prompt_alone(chunk_size):
 
 
 # ---- generation ----
-
-def decode_by_full_reforward(model, ids, steps):
-    with torch.no_grad():
-        for _ in range(steps):
-            next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_token], dim=1)
-    return ids
-
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_greedy_generate_equals_full_reforward_and_prefills_once(chunk_size):

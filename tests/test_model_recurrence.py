@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from ssmlm import SSMLMCache, SSMLMConfig, SSMLMForCausalLM
 from ssmlm.blocks.gss import GSSBlock
 
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+from invariants import assert_close, decode_by_full_reforward, left_padded, logits_in_pieces
+
 PAD, EOS, BOS = 0, 1, 2
 
 
@@ -24,21 +25,6 @@ def tiny_config(**overrides):
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
     return SSMLMForCausalLM(tiny_config(**overrides)).to(dtype).eval()
-
-
-def assert_close(actual, expected, dtype):
-    error = (actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)
-    assert error <= TOLERANCE[dtype], f"relative error {error:.3e}"
-
-
-def logits_in_chunks(model, ids, boundaries):
-    cache, pieces = None, []
-    edges = [0, *boundaries, ids.shape[1]]
-    for start, end in zip(edges[:-1], edges[1:]):
-        out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        pieces.append(out.logits)
-    return torch.cat(pieces, dim=1), cache
 
 
 @pytest.mark.parametrize("kernel", ["dss", "s4d"])
@@ -77,11 +63,11 @@ def test_model_one_pass_equals_chunks_equals_tokens(kernel, dtype, data):
     ids = torch.randint(3, 61, (2, length))
     with torch.no_grad():
         one_pass = model(ids).logits
-        chunked, cache = logits_in_chunks(model, ids, boundaries)
+        chunked, cache = logits_in_pieces(model, ids, boundaries)
         assert_close(chunked, one_pass, dtype)
         assert cache.get_seq_length() == length
         if length <= 150:
-            stepped, _ = logits_in_chunks(model, ids, list(range(1, length)))
+            stepped, _ = logits_in_pieces(model, ids, list(range(1, length)))
             assert_close(stepped, one_pass, dtype)
 
 
@@ -123,14 +109,6 @@ def test_model_state_bounded_over_100k_tokens_in_chunks():
 
 
 # ---- generate() with the cache == re-running the full prefix ----
-
-def decode_by_full_reforward(model, ids, steps):
-    with torch.no_grad():
-        for _ in range(steps):
-            next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_token], dim=1)
-    return ids
-
 
 class CountingForward:
     """Records the lengths the model's forward receives, to show generate() never re-reads the prefix."""
@@ -178,12 +156,8 @@ def test_beam_search_equals_beam_search_without_cache():
 def test_left_padded_batch_equals_each_prompt_alone():
     model = tiny_model()
     prompts = [torch.randint(3, 61, (n,)) for n in (5, 17, 11)]
-    width = max(len(p) for p in prompts)
-    batch = torch.full((3, width), PAD)
-    mask = torch.zeros(3, width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        batch[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
+    batch, mask = left_padded(prompts, PAD)
+    width = batch.shape[1]
     together = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None)
     for row, p in enumerate(prompts):
         alone = model.generate(p.unsqueeze(0), max_new_tokens=12, do_sample=False, eos_token_id=None)

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from ssmlm.kernels import DSSKernel, S4DKernel
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
+from invariants import assert_close, run_in_pieces
+
 KERNELS = {
     "dss": lambda h, n: DSSKernel(h, n),
     "s4d-lin-zoh": lambda h, n: S4DKernel(h, n, "lin", "zoh"),
@@ -18,29 +20,11 @@ KERNELS = {
     "s4d-lin-bilinear": lambda h, n: S4DKernel(h, n, "lin", "bilinear"),
     "s4d-inv-bilinear": lambda h, n: S4DKernel(h, n, "inv", "bilinear"),
 }
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}  # relative to the largest output
 
 
 def make_kernel(name, dtype, channels=6, modes=8, seed=0):
     torch.manual_seed(seed)
     return KERNELS[name](channels, modes).to(dtype)
-
-
-def run_in_chunks(mixer, x, boundaries):
-    """Feed x split at `boundaries` (sorted positions inside (0, L)), carrying the state."""
-    state = mixer.initial_state(x.shape[0])
-    outputs = []
-    edges = [0, *boundaries, x.shape[1]]
-    for start, end in zip(edges[:-1], edges[1:]):
-        y, state = mixer(x[:, start:end], state)
-        outputs.append(y)
-    return torch.cat(outputs, dim=1), state
-
-
-def assert_close(actual, expected, dtype):
-    scale = expected.abs().max().clamp_min(1.0)
-    error = (actual - expected).abs().max() / scale
-    assert error <= TOLERANCE[dtype], f"relative error {error:.3e} > {TOLERANCE[dtype]:.0e}"
 
 
 # ---- the FFT convolution ----
@@ -142,10 +126,10 @@ def test_one_pass_equals_chunks_equals_steps(name, dtype, data):
     x = torch.randn(2, length, ssm.channels, dtype=dtype)
     one_pass, no_state = ssm(x)
     assert no_state is None
-    chunked, state = run_in_chunks(ssm, x, boundaries)
+    chunked, state = run_in_pieces(ssm, x, boundaries)
     assert_close(chunked, one_pass, dtype)
     if length <= 400:  # token by token: every position a boundary
-        stepped, stepped_state = run_in_chunks(ssm, x, list(range(1, length)))
+        stepped, stepped_state = run_in_pieces(ssm, x, list(range(1, length)))
         assert_close(stepped, one_pass, dtype)
         assert_close(stepped_state, state, dtype)
 
@@ -154,7 +138,7 @@ def test_chunk_state_equals_step_state_exactly_in_float64():
     ssm = make_kernel("s4d-inv-zoh", torch.float64)
     x = torch.randn(3, 257, ssm.channels, dtype=torch.float64)
     _, chunk_state = ssm(x, ssm.initial_state(3))
-    _, step_state = run_in_chunks(ssm, x, list(range(1, 257)))
+    _, step_state = run_in_pieces(ssm, x, list(range(1, 257)))
     torch.testing.assert_close(chunk_state, step_state, rtol=1e-10, atol=1e-10)
 
 

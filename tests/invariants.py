@@ -1,0 +1,57 @@
+"""Helpers shared by the invariant tests: feed a mixer or a model in pieces with the state carried, decode by
+re-running the full prefix, left-pad a batch, and compare within the stated tolerance."""
+
+import torch
+
+# Relative to the largest output: float64 shows the math is exact; float32 allows rounding in long FFTs.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def assert_close(actual, expected, dtype):
+    error = (actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)
+    assert error <= TOLERANCE[dtype], f"relative error {error:.3e} > {TOLERANCE[dtype]:.0e}"
+
+
+def run_in_pieces(mixer, x, boundaries, padding_mask=None):
+    """Feed x (batch, length, width) to a kernel or block split at the sorted `boundaries`, carrying the state."""
+    state, pieces = mixer.initial_state(x.shape[0]), []
+    edges = [0, *boundaries, x.shape[1]]
+    for start, end in zip(edges[:-1], edges[1:]):
+        if padding_mask is None:
+            y, state = mixer(x[:, start:end], state)
+        else:
+            y, state = mixer(x[:, start:end], state, padding_mask[:, start:end])
+        pieces.append(y)
+    return torch.cat(pieces, dim=1), state
+
+
+def logits_in_pieces(model, ids, boundaries, attention_mask=None):
+    """A model's logits with `ids` fed in pieces split at `boundaries`, the cache carried."""
+    cache, pieces = None, []
+    edges = [0, *boundaries, ids.shape[1]]
+    for start, end in zip(edges[:-1], edges[1:]):
+        mask = None if attention_mask is None else attention_mask[:, :end]
+        out = model(ids[:, start:end], attention_mask=mask, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        pieces.append(out.logits)
+    return torch.cat(pieces, dim=1), cache
+
+
+def decode_by_full_reforward(model, ids, steps):
+    """Greedy decoding that re-runs the whole prefix for every token: the reference for cached generation."""
+    with torch.no_grad():
+        for _ in range(steps):
+            next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_token], dim=1)
+    return ids
+
+
+def left_padded(prompts, pad_token_id):
+    """Prompts of different lengths as one left-padded batch and its attention mask."""
+    width = max(len(p) for p in prompts)
+    batch = torch.full((len(prompts), width), pad_token_id)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        batch[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return batch, mask

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssmlm.kernels import DSSKernel, S4DKernel
+from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
 from invariants import assert_close, run_in_pieces
@@ -56,6 +57,16 @@ def test_fft_conv_equals_direct_causal_convolution(length):
     torch.testing.assert_close(causal_fft_conv(u, kernel), direct, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel_length", [1, 6, 13])
+def test_fft_conv_gradients_by_real_ffts_match_finite_differences(kernel_length):
+    """The hand-written backward (correlations by real FFTs), for the input and for a kernel shared by the
+    batch and shorter than, or as long as, the input."""
+    torch.manual_seed(kernel_length)
+    u = torch.randn(2, 3, 13, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(3, kernel_length, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(causal_fft_conv, (u, kernel))
+
+
 def test_fft_conv_runs_in_float32_under_bfloat16_autocast():
     u = torch.randn(1, 4, 100)
     kernel = torch.randn(4, 100)
@@ -64,6 +75,32 @@ def test_fft_conv_runs_in_float32_under_bfloat16_autocast():
     reference = causal_fft_conv(u.bfloat16().float(), kernel)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+# ---- the factored powers Ā^t = Ā^{m·q}·Ā^r ----
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 16, 17, 99, 1000])
+@pytest.mark.parametrize("modes", ["real", "complex", "complex-shared"])
+def test_factored_powers_give_the_vandermonde_sums(length, modes):
+    """mode_sum and time_sum against the explicit (G, N, length) Vandermonde matrix, at lengths that are and are
+    not perfect squares or multiples of the block size, with a batch of coefficients and inputs."""
+    torch.manual_seed(length)
+    channels, n = 3, 4
+    decay = -torch.rand(1 if modes == "complex-shared" else channels, n, dtype=torch.float64) * 0.05
+    if modes == "real":
+        log_a, coeffs = decay, torch.randn(2, channels, n, dtype=torch.float64)
+    else:
+        log_a = torch.complex(decay, torch.randn_like(decay) * 3)
+        coeffs = torch.randn(2, channels, n, dtype=torch.complex128)
+    vandermonde = torch.exp(log_a.unsqueeze(-1) * torch.arange(length, dtype=torch.float64))  # (G, N, length)
+    expected = torch.einsum("bhn,hnt->bht", coeffs, vandermonde.expand(channels, -1, -1))
+    expected = 2 * expected.real if expected.is_complex() else expected
+    powers = powers_of(log_a, length)
+    torch.testing.assert_close(mode_sum(coeffs, powers), expected, rtol=1e-12, atol=1e-12)
+
+    u = torch.randn(2, channels, length, dtype=torch.float64)
+    folded = torch.einsum("bht,hnt->bhn", u.to(vandermonde.dtype), vandermonde.expand(channels, -1, -1).flip(-1))
+    torch.testing.assert_close(time_sum(u, powers), folded, rtol=1e-12, atol=1e-12)
 
 
 # ---- kernels against their papers' formulas ----
@@ -149,6 +186,31 @@ def test_gradients_flow_to_every_kernel_parameter():
         y.square().sum().backward()
         for pname, p in ssm.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
+
+
+def test_step_coefficients_kept_during_generation_follow_parameter_changes():
+    """Without autograd the step reuses Ā and C̃; an in-place update, load_state_dict or a dtype change must
+    still be seen by the next step."""
+    ssm = make_kernel("s4d-inv-zoh", torch.float64)
+    state = ssm.initial_state(2)
+    x = torch.randn(2, 1, ssm.channels, dtype=torch.float64)
+
+    def fresh_step(module):
+        with torch.enable_grad():  # the uncached path
+            return module(x, state)[0]
+
+    with torch.no_grad():
+        assert torch.equal(ssm(x, state)[0], fresh_step(ssm))
+        assert ssm.step_coefficients()[0] is ssm.step_coefficients()[0]  # computed once
+        ssm.log_dt.add_(0.3)
+        assert torch.equal(ssm(x, state)[0], fresh_step(ssm))
+        other = make_kernel("s4d-inv-zoh", torch.float64, seed=1)
+        ssm.load_state_dict(other.state_dict())
+        assert torch.equal(ssm(x, state)[0], fresh_step(other))
+        ssm.float()
+        y32 = ssm(x.float(), state.to(torch.complex64))[0]
+        assert y32.dtype == torch.float32
+        torch.testing.assert_close(y32, fresh_step(other).float(), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_gradcheck():

@@ -110,7 +110,9 @@ class AttentionBlock(GradientCheckpointingLayer):
     def _attend(self, q, query_positions, k, v, key_positions):
         """Queries (the last L entries of the keys are their own) attend by the span rule on positions."""
         length, cached = q.shape[2], k.shape[2] - q.shape[2]
-        if self.span == "full":
+        # Fewer queries than a block (decoding steps, short prompts): one dense mask over at most 2w - 1 keys is
+        # smaller than a block of w queries against 2w keys.
+        if self.span == "full" or length < self.window:
             mask = self._span_mask(query_positions.unsqueeze(-1), key_positions.unsqueeze(-2))
             own = torch.arange(length, device=q.device)
             mask[:, own, cached + own] = True  # a padded query sees itself only: no all-masked row, no NaN

@@ -7,7 +7,7 @@ A diagonal SSM over H channels with N modes per channel, with B̄ folded into th
 
 where Ā = exp(log Ā). For complex modes the conjugate pairs are implicit and P(w) = 2·Re(w) (DESIGN.md,
 S4D eq. (5)); for real modes (Mega's EMA) P is the identity. Everything below follows from the powers
-Ā^t, a Vandermonde matrix computed once per call and shared by the whole batch:
+Ā^t (a Vandermonde matrix, kept factored: `Powers`), computed once per call and shared by the whole batch:
 
     kernel      K_t = P(Σ_n C̃_n Ā_n^t)                                  (the convolution mode)
     from state  y_t += P(Σ_n C̃_n Ā_n^{t+1} z0_n)                       (a chunk that continues a sequence)
@@ -17,8 +17,12 @@ A kernel module supplies only `discretize() -> (log Ā, C̃)`; this class turns 
 `y, state = ssm(u, state)`.
 """
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..ops.fftconv import causal_fft_conv
 
@@ -28,38 +32,63 @@ def project(w: torch.Tensor) -> torch.Tensor:
     return 2 * w.real if w.is_complex() else w
 
 
-def vandermonde(log_a: torch.Tensor, length: int) -> torch.Tensor:
-    """Ā^t for t = 0 .. length-1: (G, N) -> (G, N, length); G is 1 when the modes are shared by all channels."""
-    steps = torch.arange(length, device=log_a.device, dtype=log_a.real.dtype)
-    return torch.exp(log_a.unsqueeze(-1) * steps)
+class Powers(NamedTuple):
+    """Ā^t for t = 0 .. length-1, factored as Ā^t = Ā^{m·q} · Ā^r with t = m·q + r and m = ⌈√length⌉.
 
-
-def contract_modes(coeffs: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-    """Σ_n coeffs[..., h, n] · powers[h, n, t] -> (..., H, T).
-
-    Modes shared across channels (powers of shape (1, N, T)) make this one matrix product, which is why the GSS
-    variant of DSS, with one Λ for all channels, builds its kernel at matmul speed.
+    Two tables of G·N·√length entries stand for the G·N·length Vandermonde matrix (G is 1 when the modes are
+    shared by all channels, as in GSS's DSS, and H otherwise). Sums over the modes or over time become products
+    of the two tables, so a kernel costs 2·G·N·√length exponentials instead of G·N·length, runs at matmul speed,
+    and keeps O(√length) memory for the backward: for Mega's EMA (G = H = d real modes) the full matrix was a
+    quarter of a GB at 16k tokens.
     """
-    if powers.shape[0] == 1:
-        return coeffs @ powers[0]
-    return torch.einsum("...hn,hnt->...ht", coeffs, powers)
+    low: torch.Tensor  # Ā^r, r < m: (G, N, m)
+    high: torch.Tensor  # Ā^{m·q}, q < Q = ⌈length/m⌉: (G, N, Q)
+    length: int
 
 
-def convolution_kernel(c: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-    """K_t = P(Σ_n C̃_n Ā_n^t): (H, T)."""
-    return project(contract_modes(c, powers))
+def powers_of(log_a: torch.Tensor, length: int) -> Powers:
+    """The factored powers of Ā = exp(log_a), log_a of shape (G, N)."""
+    m = math.isqrt(length - 1) + 1
+    blocks = -(-length // m)
+    steps = torch.arange(max(m, blocks), device=log_a.device, dtype=log_a.real.dtype)
+    log_a = log_a.unsqueeze(-1)
+    return Powers(torch.exp(log_a * steps[:m]), torch.exp(log_a * (m * steps[:blocks])), length)
 
 
-def contract_time(u: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-    """Σ_t u[..., h, t] · powers[h, n, t] -> (..., H, N), for a real input u and real or complex powers."""
-    def real_contract(p):
-        if p.shape[0] == 1:
-            return u @ p[0].transpose(0, 1)
-        return torch.einsum("...ht,hnt->...hn", u, p)
+def shared_or_per_channel(table: torch.Tensor) -> torch.Tensor:
+    """(1, ...) -> (...): a table shared by all channels multiplies as one matrix, not a batch of H."""
+    return table[0] if table.shape[0] == 1 else table
 
-    if powers.is_complex():
-        return torch.complex(real_contract(powers.real), real_contract(powers.imag))
-    return real_contract(powers)
+
+def mode_sum(coeffs: torch.Tensor, powers: Powers) -> torch.Tensor:
+    """P(Σ_n coeffs[..., h, n] · Ā_{h,n}^t) for t < length: (..., H, N) -> (..., H, length).
+
+    Σ_n coeffs Ā^{m·q} Ā^r is a product of a (Q, N) and an (N, m) matrix per channel. For complex modes only
+    the real part is needed, Re(w·p) = Re w·Re p - Im w·Im p: one real product with 2N inner terms.
+    """
+    weighted = (coeffs.unsqueeze(-1) * powers.high).transpose(-1, -2)  # (..., H, Q, N)
+    low = shared_or_per_channel(powers.low)
+    if weighted.is_complex():
+        out = 2 * (torch.cat([weighted.real, -weighted.imag], -1) @ torch.cat([low.real, low.imag], -2))
+    else:
+        out = weighted @ low
+    return out.flatten(-2)[..., :powers.length]
+
+
+def time_sum(u: torch.Tensor, powers: Powers) -> torch.Tensor:
+    """Σ_t u[..., h, t] · Ā_{h,n}^{T-1-t} -> (..., H, N): a chunk's input folded into the state it hands on.
+
+    With v the input reversed in time (v_s = u_{T-1-s}) cut into blocks of m, this is Σ_q Ā^{m·q} Σ_r v_{q,r} Ā^r.
+    """
+    low, high = powers.low, powers.high
+    m, blocks = low.shape[-1], high.shape[-1]
+    reversed_blocks = F.pad(u.flip(-1), (0, m * blocks - u.shape[-1])).unflatten(-1, (blocks, m))
+    low_t = shared_or_per_channel(low).transpose(-1, -2)  # (..., m, N)
+    if low_t.is_complex():  # a real input times complex powers: two real products
+        inner = torch.complex(reversed_blocks @ low_t.real, reversed_blocks @ low_t.imag)
+    else:
+        inner = reversed_blocks @ low_t  # (..., H, Q, N)
+    return (inner * high.transpose(-1, -2)).sum(-2)
 
 
 class DiagonalSSM(nn.Module):
@@ -75,6 +104,7 @@ class DiagonalSSM(nn.Module):
         self.channels = channels
         self.modes = modes
         self.D = nn.Parameter(torch.empty(channels))  # the skip term D ⊙ u
+        self._step_cache = None  # (parameter versions, (Ā, C̃)): see step_coefficients
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (log Ā of shape (1 or H, N), C̃ of shape (H, N)), both in the parameters' precision."""
@@ -88,41 +118,55 @@ class DiagonalSSM(nn.Module):
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel K of shape (H, length)."""
         log_a, c = self.discretize()
-        return convolution_kernel(c, vandermonde(log_a, length))
+        return mode_sum(c, powers_of(log_a, length))
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         log_a, _ = self.discretize()
         return log_a.new_zeros(batch_size, self.channels, self.modes)
 
+    def step_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Ā, C̃) for the recurrent step. Generation steps once per token with fixed parameters, so without
+        autograd they are computed once and kept while no parameter changes: an optimizer step or
+        load_state_dict bumps a parameter's version, .to() gives it new storage, and either recomputes them."""
+        parameters = list(self.parameters())
+        if torch.is_grad_enabled() or any(p.is_inference() for p in parameters):  # inference tensors: no versions
+            log_a, c = self.discretize()
+            return torch.exp(log_a), c
+        key = [(p.data_ptr(), p._version, p.dtype, p.device) for p in parameters]
+        if self._step_cache is None or self._step_cache[0] != key:
+            log_a, c = self.discretize()
+            self._step_cache = (key, (torch.exp(log_a), c))
+        return self._step_cache[1]
+
     def forward(self, u: torch.Tensor, state: torch.Tensor | None = None):
         input_dtype = u.dtype
         with torch.autocast(device_type=u.device.type, enabled=False):
-            log_a, c = self.discretize()
             u = u.to(self.compute_dtype()).transpose(1, 2)  # (batch, H, length): time last for the FFT
             length = u.shape[-1]
-            if state is None:
-                y = causal_fft_conv(u.contiguous(), convolution_kernel(c, vandermonde(log_a, length)))
-            elif length == 1:
-                y, state = self._step(u[..., 0], state, log_a, c)
+            if state is not None and length == 1:
+                y, state = self._step(u[..., 0], state, *self.step_coefficients())
                 y = y.unsqueeze(-1)
+            elif state is None:
+                log_a, c = self.discretize()
+                y = causal_fft_conv(u.contiguous(), mode_sum(c, powers_of(log_a, length)))
             else:
-                y, state = self._chunk(u, state, log_a, c)
+                y, state = self._chunk(u, state, *self.discretize())
             y = y + self.D.to(u.dtype).unsqueeze(-1) * u
         return y.transpose(1, 2).to(input_dtype), state
 
     @staticmethod
-    def _step(u, state, log_a, c):
+    def _step(u, state, a_bar, c):
         """One token: z = Ā z + u, y = P(C̃ · z)."""
-        state = torch.exp(log_a) * state + u.unsqueeze(-1)
+        state = a_bar * state + u.unsqueeze(-1)
         return project((c * state).sum(-1)), state
 
     @staticmethod
     def _chunk(u, state, log_a, c):
         """A chunk of T tokens from state z0: FFT convolution plus the decayed initial state (module docstring)."""
         length = u.shape[-1]
-        powers = vandermonde(log_a, length)  # Ā^t, t = 0 .. T-1
-        y = causal_fft_conv(u.contiguous(), convolution_kernel(c, powers))
-        y = y + project(contract_modes(c * torch.exp(log_a) * state, powers))
-        new_state = torch.exp(length * log_a) * state + contract_time(u, powers.flip(-1))
+        powers = powers_of(log_a, length)  # Ā^t, t = 0 .. T-1
+        y = causal_fft_conv(u.contiguous(), mode_sum(c, powers))
+        y = y + mode_sum(c * torch.exp(log_a) * state, powers)
+        new_state = torch.exp(length * log_a) * state + time_sum(u, powers)
         return y, new_state
 

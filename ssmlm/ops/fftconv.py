@@ -25,6 +25,39 @@ def fft_length(length: int, kernel_length: int, power_of_two: bool = False) -> i
     return 1 << (needed - 1).bit_length() if power_of_two else next_fast_len(needed)
 
 
+class CausalFFTConv(torch.autograd.Function):
+    """y = irfft(rfft(u)·rfft(k))[:L], with a backward made of real FFTs too.
+
+    Autograd would differentiate rfft through a complex FFT of the full size n (two of them per call); the
+    gradients of a causal convolution are correlations, which real FFTs give directly (g the output gradient,
+    zero-padded to n like the inputs, so nothing wraps around):
+
+        ∂/∂u_j = Σ_t g_t k_{t-j} = irfft(rfft(g)·conj(rfft(k)))_j
+        ∂/∂k_s = Σ_t g_t u_{t-s} = irfft(Σ_batch rfft(g)·conj(rfft(u)))_s
+    """
+
+    @staticmethod
+    def forward(ctx, u, kernel, n):
+        u_f, k_f = torch.fft.rfft(u, n=n), torch.fft.rfft(kernel, n=n)
+        ctx.save_for_backward(u_f, k_f)
+        ctx.n, ctx.input_length, ctx.kernel_length = n, u.shape[-1], kernel.shape[-1]
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :u.shape[-1]]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        u_f, k_f = ctx.saved_tensors
+        g_f = torch.fft.rfft(grad_y, n=ctx.n)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=ctx.n)[..., :ctx.input_length]
+        if ctx.needs_input_grad[1]:
+            batch_dims = tuple(range(g_f.dim() - k_f.dim()))
+            correlation = (g_f * u_f.conj()).sum(batch_dims) if batch_dims else g_f * u_f.conj()
+            grad_k = torch.fft.irfft(correlation, n=ctx.n)[..., :ctx.kernel_length]
+        return grad_u, grad_k, None
+
+
 def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """y[..., t] = sum_{s <= t} kernel[..., s] * u[..., t - s], over the last (time) axis.
 
@@ -35,9 +68,6 @@ def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     length = u.shape[-1]
     kernel = kernel[..., :length]
     compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    n = fft_length(length, kernel.shape[-1])
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u_f = torch.fft.rfft(u.to(compute_dtype), n=n)
-        k_f = torch.fft.rfft(kernel.to(compute_dtype), n=n)
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]
+        y = CausalFFTConv.apply(u.to(compute_dtype), kernel.to(compute_dtype), fft_length(length, kernel.shape[-1]))
     return y.to(u.dtype)

@@ -1,4 +1,5 @@
-"""Speed, memory and FLOPs benchmarks of the ssmlm models against transformers' Llama (sdpa attention).
+"""Speed, memory and FLOPs benchmarks of the ssmlm models against transformers' Llama (sdpa attention), and against
+the public implementations of GSS and Mega-chunk where they are installed (scripts/install_bench_contenders.sh).
 
     training    tokens/s of forward + backward + AdamW step, batch 1, at several sequence lengths, and the
                 peak memory of each (model, length), each in a process of its own
@@ -14,6 +15,9 @@ docs/benchmarks.md explains each figure and the FLOPs formulas.
 
 import argparse
 import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
 import itertools
 import json
 import math
@@ -24,6 +28,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +41,8 @@ from torch import nn
 
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_outputs import CausalLMOutput
 
 from . import configuration
 from .configuration import SSMLMConfig
@@ -55,6 +62,16 @@ HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside c
 DEFAULT_LENGTHS = {"cpu": [1024, 4096, 16384], "cuda": [1024, 4096, 16384, 65536]}
 DEFAULT_PROMPT_LENGTHS = [1024, 8192, 32768]
 QUICK = {"lengths": [128, 256], "prompt_lengths": [128, 256], "new_tokens": 16, "repeats": 2, "matmul_size": 512}
+
+# The public implementations the issue's targets are stated against: each of ours, and the one it is measured
+# against ("× public"), which should be at least TARGET_SPEEDUP_VS_PUBLIC times slower at training.
+GSS_PORT, LEGACY_MEGA = "gss-port", "mega-chunk-hf4"
+PUBLIC_COUNTERPARTS = {"gss": GSS_PORT, "mega-chunk": LEGACY_MEGA}
+TARGET_SPEEDUP_VS_PUBLIC = 1.5
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS_DIR = REPO_ROOT / ".bench-contenders"  # where scripts/install_bench_contenders.sh installs them
+LEGACY_MEGA_WORKER = REPO_ROOT / "scripts" / "bench_worker_legacy_mega.py"
+INSTALL_HINT = "run scripts/install_bench_contenders.sh"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,11 +126,18 @@ def llama_with(intermediate_size: int) -> PreTrainedModel:
 
 
 @cache
+def gss_parameter_count() -> int:
+    """The count every contender is matched to."""
+    with torch.device("meta"):
+        return count_parameters(build_gss())
+
+
+@cache
 def matched_intermediate_size(model_with: Callable[[int], PreTrainedModel]) -> int:
     """The MLP/FFN width that gives a contender GSS's parameter count. The count is linear in it, so two builds
     on the meta device (no memory, no initialisation) give the slope."""
+    target = gss_parameter_count()
     with torch.device("meta"):
-        target = count_parameters(build_gss())
         at_256, at_512 = (count_parameters(model_with(width)) for width in (256, 512))
     return round(256 + (target - at_256) * 256 / (at_512 - at_256))
 
@@ -138,8 +162,203 @@ MODEL_BUILDERS: dict[str, Callable[[], PreTrainedModel]] = {
 }
 
 
-def build_model(name: str, device: torch.device) -> PreTrainedModel:
+# ----------------------------------------------------------------------------------------------------------------
+# The public implementations: installed apart from the project (scripts/install_bench_contenders.sh), never
+# required. One that is missing raises ContenderUnavailable, and the harness reports it as skipped with the reason.
+
+
+class ContenderUnavailable(Exception):
+    pass
+
+
+def display_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+def gss_port_in_environment() -> bool:
+    return importlib.util.find_spec("gated_state_spaces_pytorch") is not None
+
+
+def import_gss_port(contenders_dir: Path):
+    """lucidrains' gated-state-spaces-pytorch: from this environment if it is installed here, else from
+    CONTENDERS_DIR/gss-port, where the install script puts it (appended to sys.path: what this environment has
+    comes first)."""
+    if not gss_port_in_environment():
+        directory = Path(contenders_dir) / "gss-port"
+        if not (directory / "gated_state_spaces_pytorch").is_dir():
+            raise ContenderUnavailable(f"gated-state-spaces-pytorch is not installed (nor in "
+                                       f"{display_path(directory)}); {INSTALL_HINT}, or pip install "
+                                       "gated-state-spaces-pytorch")
+        if str(directory) not in sys.path:
+            sys.path.append(str(directory))
+    try:
+        return importlib.import_module("gated_state_spaces_pytorch")
+    except ImportError as error:  # its __init__ imports scipy and einops too
+        raise ContenderUnavailable(f"gated-state-spaces-pytorch does not import ({type(error).__name__}: {error}); "
+                                   f"{INSTALL_HINT}") from error
+
+
+class GSSPort(nn.Module):
+    """lucidrains' `GatedStateSpacesLM` (PyPI gated-state-spaces-pytorch), the public PyTorch port of GSS, at our
+    GSS's shape (F = dim_expansion_factor·d, H = dss_kernel_H, N = dss_kernel_N, from the same SSMLMConfig), with
+    the output projection tied to the embedding as ours is. forward takes the harness's keyword arguments and
+    returns the causal LM loss (shifted cross-entropy) as transformers computes ours."""
+
+    generation_unsupported = "not supported: no recurrent mode (the port only convolves over a whole sequence)"
+
+    def __init__(self, port):
+        super().__init__()
+        config = ssmlm_config()
+        self.lm = port.GatedStateSpacesLM(
+            num_tokens=VOCAB_SIZE, dim=config.hidden_size, depth=config.num_hidden_layers,
+            dim_expansion_factor=config.intermediate_size / config.hidden_size,
+            dss_kernel_H=config.ssm_size, dss_kernel_N=config.ssm_state_size,
+        )
+        self.untied_parameters = count_parameters(self.lm)
+        self.lm.to_logits.weight = self.lm.token_emb.weight
+        self.shape = {"dim_expansion_factor": config.intermediate_size / config.hidden_size,
+                      "dss_kernel_H": config.ssm_size, "dss_kernel_N": config.ssm_state_size}
+        self.implementation = f"gated-state-spaces-pytorch {importlib.metadata.version('gated-state-spaces-pytorch')}"
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **unused) -> CausalLMOutput:
+        logits = self.lm(input_ids)
+        loss = None if labels is None else ForCausalLMLoss(logits, labels, vocab_size=VOCAB_SIZE)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def describe(self) -> dict:
+        total = count_parameters(self)
+        return {
+            "class": type(self.lm).__name__,
+            "parameters": total,
+            "non_embedding_parameters": total - self.lm.token_emb.weight.numel(),
+            "parameters_untied": self.untied_parameters,  # as the port builds it: its own output projection
+            "blocks": [type(layer).__name__ for layer in self.lm.layers],
+            "config": self.shape,
+            "implementation": self.implementation,
+        }
+
+
+def build_gss_port(contenders_dir: Path, device: torch.device, threads: int) -> GSSPort:
+    return GSSPort(import_gss_port(contenders_dir)).to(device)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerContender:
+    """A contender run in a worker process of its own, driven over JSON lines (the protocol is described in
+    scripts/bench_worker_legacy_mega.py): transformers 4.x's Mega cannot be imported beside transformers 5. A
+    training step is one request; the worker times it itself, so the exchange is not in the figure."""
+
+    generation_unsupported = (
+        "not supported: transformers 4.x Mega-chunk's cached decoding crashes as shipped (RuntimeError: Expected "
+        "size for first two dimensions of batch2 tensor to be: [1, 128] but got: [1, 1])")
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None):
+        self.errors = tempfile.TemporaryFile("w+")  # its stderr: the last line says why it died, if it does
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
+                                        text=True, env=env)
+        self.description: dict = {}
+
+    def request(self, cmd: str, **fields) -> dict:
+        try:
+            self.process.stdin.write(json.dumps({"cmd": cmd} | fields) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except (BrokenPipeError, ValueError):  # a dead worker, or one already closed
+            line = ""
+        if not line:
+            raise self.death()
+        answer = json.loads(line)
+        if not answer.pop("ok"):
+            raise (MemoryError if answer.get("out_of_memory") else WorkerError)(answer["error"])
+        return answer
+
+    def death(self) -> Exception:
+        code = self.process.wait()
+        if code == -signal.SIGKILL:
+            return MemoryError("the worker was killed by SIGKILL (the out-of-memory killer, or a hard limit)")
+        self.errors.seek(0)
+        last_line = (self.errors.read().strip().splitlines() or ["(no output)"])[-1]
+        return WorkerError(f"the worker exited with status {code}: {last_line}")
+
+    def training_step(self, length: int) -> Callable[[], dict]:
+        """The worker's training step at `length` (a fresh AdamW), prepared on the first call: the warmup."""
+        prepared = []
+
+        def step() -> dict:
+            if not prepared:
+                self.request("prepare", length=length, batch_size=BATCH_SIZE)
+                prepared.append(length)
+            return {"seconds": self.request("step")["seconds"]}
+
+        return step
+
+    def describe(self) -> dict:
+        return self.description
+
+    def close(self):
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.errors):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+
+
+def legacy_transformers_dir(contenders_dir: Path) -> Path:
+    return Path(contenders_dir) / "transformers4"
+
+
+def start_legacy_mega(contenders_dir: Path, device: torch.device, threads: int,
+                      memory_limit_mib: int = 0) -> WorkerContender:
+    """transformers 4.x's MegaForCausalLM as Mega-chunk (decoder-only, causal, chunks of MEGA_CHUNK_SIZE), its FFN
+    width solved for GSS's parameter count, in a worker with CONTENDERS_DIR/transformers4 first on its path."""
+    directory = legacy_transformers_dir(contenders_dir)
+    if not (directory / "transformers").is_dir():
+        raise ContenderUnavailable(f"no transformers 4.x environment in {display_path(directory)}; {INSTALL_HINT}")
+    paths = [str(directory)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    worker = WorkerContender([sys.executable, str(LEGACY_MEGA_WORKER)],
+                             env=os.environ | {"PYTHONPATH": os.pathsep.join(paths)})
+    try:
+        worker.description = worker.request(
+            "build", vocab_size=VOCAB_SIZE, hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS,
+            chunk_size=MEGA_CHUNK_SIZE, target_parameters=gss_parameter_count(), threads=threads,
+            device=str(device), memory_limit_mib=memory_limit_mib)
+    except MemoryError:
+        worker.close()
+        raise
+    except Exception as error:
+        worker.close()
+        raise ContenderUnavailable(f"transformers 4.x in {display_path(directory)} did not build "
+                                   f"MegaForCausalLM: {error}") from error
+    return worker
+
+
+# Built with (contenders_dir, device, threads).
+PUBLIC_BUILDERS: dict[str, Callable[[Path, torch.device, int], nn.Module | WorkerContender]] = {
+    GSS_PORT: build_gss_port,
+    LEGACY_MEGA: start_legacy_mega,
+}
+WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness's
+MODEL_NAMES = ["gss", GSS_PORT, "mega-chunk", LEGACY_MEGA, "hybrid", BASELINE]  # the order of the tables
+assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | set(PUBLIC_BUILDERS)
+
+
+def build_model(name: str, device: torch.device, contenders_dir: Path = CONTENDERS_DIR,
+                threads: int | None = None) -> nn.Module | WorkerContender:
     torch.manual_seed(0)
+    if name in PUBLIC_BUILDERS:
+        return PUBLIC_BUILDERS[name](Path(contenders_dir), device, threads or torch.get_num_threads())
     return MODEL_BUILDERS[name]().to(device)
 
 
@@ -148,6 +367,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def describe_model(model: PreTrainedModel) -> dict:
+    if hasattr(model, "describe"):  # a public implementation
+        return model.describe()
     total = count_parameters(model)
     config = model.config
     # The fields that say what a block does beyond its kind (chunk sizes, windows), for whoever reads the result.
@@ -246,8 +467,11 @@ def forward_flops(model: PreTrainedModel, tokens: int, context: int = 0, cached:
     return flops, sorted(uncounted)
 
 
-def training_flops_per_token(model: PreTrainedModel, length: int) -> tuple[float, list[str]]:
-    """Forward + backward ≈ 3 forwards (the backward computes gradients for inputs and weights)."""
+def training_flops_per_token(model: PreTrainedModel, length: int) -> tuple[float | None, list[str]]:
+    """Forward + backward ≈ 3 forwards (the backward computes gradients for inputs and weights). None for a public
+    implementation: the formulas here read ssmlm's and transformers 5's modules."""
+    if not isinstance(model, PreTrainedModel):
+        return None, []
     flops, uncounted = forward_flops(model, length)
     return 3 * flops / (BATCH_SIZE * length), uncounted
 
@@ -284,6 +508,8 @@ def random_tokens(length: int, device: torch.device) -> torch.Tensor:
 
 def make_training_step(model: PreTrainedModel, length: int, device: torch.device) -> Callable[[], dict]:
     """A closure that runs one forward + backward + AdamW step over `length` tokens and returns its time."""
+    if isinstance(model, WorkerContender):
+        return model.training_step(length)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = random_tokens(length, device)
@@ -414,7 +640,7 @@ def run_interleaved_with_matmul(runs: dict[str, Callable[[], dict]], settings: d
 
 
 def measure_training_peak_memory(name: str, length: int, device: torch.device, threads: int,
-                                 memory_limit_mib: int) -> dict:
+                                 memory_limit_mib: int, contenders_dir: Path = CONTENDERS_DIR) -> dict:
     """Two training steps (AdamW allocates its state in the first); peak resident memory of this process on the
     CPU (it includes Python and torch, `baseline_mib` before the model is built), peak allocated on a GPU."""
     baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if device.type == "cpu" else 0.0
@@ -423,7 +649,7 @@ def measure_training_peak_memory(name: str, length: int, device: torch.device, t
         limit = memory_limit_mib * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        step = make_training_step(build_model(name, device), length, device)
+        step = make_training_step(build_model(name, device, contenders_dir, threads), length, device)
         step()
         step()
     except Exception as error:
@@ -453,7 +679,33 @@ def run_measurement_process(command: list[str]) -> dict:
 def peak_memory_command(name: str, length: int, settings: dict) -> list[str]:
     return [sys.executable, "-m", "ssmlm.benchmarking", "peak-memory", "--model", name, "--length", str(length),
             "--device", settings["device"], "--threads", str(settings["threads"]),
-            "--memory-limit-mib", str(settings["memory_limit_mib"])]
+            "--memory-limit-mib", str(settings["memory_limit_mib"]),
+            "--contenders-dir", str(settings.get("contenders_dir", CONTENDERS_DIR))]
+
+
+def measure_worker_peak_memory(name: str, length: int, settings: dict) -> dict:
+    """The peak of a contender that runs in a worker: a fresh worker, under the same address-space limit, that
+    builds the model and runs two training steps, then reports its peak as measure_training_peak_memory does."""
+    worker = None
+    try:
+        worker = PUBLIC_BUILDERS[name](Path(settings.get("contenders_dir", CONTENDERS_DIR)),
+                                       torch.device(settings["device"]), settings["threads"],
+                                       settings["memory_limit_mib"])
+        step = worker.training_step(length)
+        step()
+        step()
+        return {"status": "ok"} | worker.request("memory")
+    except Exception as error:
+        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def measure_peak_memory(name: str, length: int, settings: dict) -> dict:
+    if name in WORKER_CONTENDERS:
+        return measure_worker_peak_memory(name, length, settings)
+    return run_measurement_process(peak_memory_command(name, length, settings))
 
 
 def available_memory_mib() -> int:
@@ -469,13 +721,16 @@ def available_memory_mib() -> int:
 # The benchmarks.
 
 
-def build_contenders(names: list[str], device: torch.device) -> tuple[dict[str, PreTrainedModel], dict[str, str]]:
+def build_contenders(names: list[str], device: torch.device, contenders_dir: Path = CONTENDERS_DIR,
+                     threads: int | None = None) -> tuple[dict[str, PreTrainedModel], dict[str, str]]:
     models, skipped = {}, {}
     for name in names:
         try:
-            models[name] = build_model(name, device)
+            models[name] = build_model(name, device, contenders_dir, threads)
         except NotImplementedYet:
             skipped[name] = "skipped: not implemented yet"
+        except ContenderUnavailable as reason:
+            skipped[name] = f"skipped: {reason}"
         except Exception as error:  # a block still being written may not build; say so and go on
             skipped[name] = f"error: {type(error).__name__}: {error}"
     return models, skipped
@@ -495,9 +750,7 @@ def benchmark_training(models: dict[str, PreTrainedModel], settings: dict, devic
     workers = os.cpu_count() if settings["quick"] else 1
     log(f"peak memory: {len(jobs)} subprocesses, {workers} at a time")
     with ThreadPoolExecutor(workers) as pool:
-        memory = dict(zip(jobs, pool.map(
-            lambda job: run_measurement_process(peak_memory_command(*job, settings)),
-            jobs)))
+        memory = dict(zip(jobs, pool.map(lambda job: measure_peak_memory(*job, settings), jobs)))
 
     rows = []
     for length in settings["lengths"]:
@@ -518,10 +771,14 @@ def benchmark_training(models: dict[str, PreTrainedModel], settings: dict, devic
                     "tokens_per_s_repeats": tokens_per_s[name],
                     "speedup_vs_baseline": speedup(medians[name], medians.get(BASELINE), higher_is_better=True),
                     "flops_per_token": flops_per_token,
-                    "mfu": flops_per_token * medians[name] / peak_flops,
+                    "mfu": None if flops_per_token is None else flops_per_token * medians[name] / peak_flops,
                     "matmul_flops_per_s": peak_flops,
                     "flops_not_counted_for": uncounted,
                 }
+                if name in PUBLIC_COUNTERPARTS:  # None where the public implementation did not run
+                    counterpart = PUBLIC_COUNTERPARTS[name]
+                    row |= {"public_counterpart": counterpart, "speedup_vs_public": speedup(
+                        medians[name], medians.get(counterpart), higher_is_better=True)}
             else:
                 row["status"] = failures.get(name, "OOM")
             rows.append(row)
@@ -533,8 +790,11 @@ def benchmark_generation(models: dict[str, PreTrainedModel], settings: dict, dev
     rows = []
     new_tokens = settings["new_tokens"]
     for prompt_length in settings["prompt_lengths"]:
-        log(f"generation after {prompt_length} prompt tokens: {', '.join(models)}")
-        runs = {name: make_generation(model, prompt_length, new_tokens, device) for name, model in models.items()}
+        unsupported = {name: model.generation_unsupported for name, model in models.items()
+                       if getattr(model, "generation_unsupported", None)}
+        runs = {name: make_generation(model, prompt_length, new_tokens, device) for name, model in models.items()
+                if name not in unsupported}
+        log(f"generation after {prompt_length} prompt tokens: {', '.join(runs)}")
         samples, failures, peak_flops = run_interleaved_with_matmul(runs, settings, device, matmul_rates)
         figures = {
             name: {key: [s[key] for s in values] for key in ("prefill_s", "decode_ms_per_token")}
@@ -545,7 +805,7 @@ def benchmark_generation(models: dict[str, PreTrainedModel], settings: dict, dev
         for name, model in models.items():
             row = {"model": name, "prompt_length": prompt_length, "new_tokens": new_tokens}
             if name not in medians:
-                rows.append(row | {"status": failures[name]})
+                rows.append(row | {"status": unsupported.get(name) or failures[name]})
                 continue
             prefill_flops, decode_flops, uncounted = generation_flops(model, prompt_length, new_tokens)
             prefill_s, decode_ms = medians[name]["prefill_s"], medians[name]["decode_ms_per_token"]
@@ -622,15 +882,21 @@ def run_benchmarks(settings: dict, log: Callable[[str], None] = print) -> dict:
         result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
                   "settings": settings}
         matmul_rates = []  # every matmul timing of the run: the peak the header gives
-        models, skipped = build_contenders(settings["models"], device)
-        result["models"] = {name: describe_model(model) | {"status": "ok"} for name, model in models.items()}
-        result["models"] |= {name: {"status": status} for name, status in skipped.items()}
-        for name, status in skipped.items():
-            log(f"{name}: {status}")
-        if settings["phase"] in ("train", "all"):
-            result["train"] = benchmark_training(models, settings, device, matmul_rates, log)
-        if settings["phase"] in ("generate", "all"):
-            result["generate"] = benchmark_generation(models, settings, device, matmul_rates, log)
+        models, skipped = build_contenders(settings["models"], device,
+                                           settings.get("contenders_dir", CONTENDERS_DIR), settings["threads"])
+        try:
+            result["models"] = {name: describe_model(model) | {"status": "ok"} for name, model in models.items()}
+            result["models"] |= {name: {"status": status} for name, status in skipped.items()}
+            for name, status in skipped.items():
+                log(f"{name}: {status}")
+            if settings["phase"] in ("train", "all"):
+                result["train"] = benchmark_training(models, settings, device, matmul_rates, log)
+            if settings["phase"] in ("generate", "all"):
+                result["generate"] = benchmark_generation(models, settings, device, matmul_rates, log)
+        finally:
+            for model in models.values():
+                if isinstance(model, WorkerContender):
+                    model.close()
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["matmul_peak"] = {
         "size": settings["matmul_size"],
@@ -660,8 +926,12 @@ def regression_figures(result: dict) -> dict[str, dict]:
     for row in result.get("train", []):
         prefix = f"train/{row['model']}/{row['length']}"
         add(prefix, row, {"tokens_per_s": "higher", "speedup_vs_baseline": "higher"})
+        if row.get("speedup_vs_public") is not None:  # only where the public implementation ran
+            add(prefix, row, {"speedup_vs_public": "higher"})
         add(prefix, {"model": row["model"]} | row["peak_memory"], {"peak_mib": "lower"})
     for row in result.get("generate", []):
+        if row["status"].startswith("not supported"):
+            continue
         add(f"generate/{row['model']}/{row['prompt_length']}", row, {
             "prefill_s": "lower", "decode_ms_per_token": "lower",
             "prefill_speedup_vs_baseline": "higher", "decode_speedup_vs_baseline": "higher",
@@ -729,6 +999,34 @@ def summarise_blocks(blocks: list[str]) -> str:
     return ", ".join(kind if count == 1 else f"{count} {kind}" for kind, count in runs)
 
 
+def public_comparison_table(result: dict) -> list[str]:
+    """Each of our models against the public implementation of it, at each length: × public is how many times
+    faster ours trains; the issue's target is TARGET_SPEEDUP_VS_PUBLIC."""
+    train = {(row["model"], row["length"]): row for row in result["train"]}
+    rows = []
+    for (name, length), row in train.items():
+        counterpart = PUBLIC_COUNTERPARTS.get(name)
+        if counterpart not in result["models"]:
+            continue  # not asked for
+        theirs = train.get((counterpart, length))
+        if theirs is None:  # skipped (not installed) or failed to build: the Models table says why
+            their_figure = result["models"][counterpart]["status"].split(":")[0]
+        else:
+            their_figure = format_value(theirs.get("tokens_per_s"), theirs["status"])
+        ratio = row.get("speedup_vs_public")
+        met = "-" if ratio is None else ("yes" if ratio >= TARGET_SPEEDUP_VS_PUBLIC else "no")
+        rows.append([name, str(length), format_value(row.get("tokens_per_s"), row["status"]), counterpart,
+                     their_figure, format_ratio(ratio), met])
+    if not rows:
+        return []
+    return (["", "### Against the public implementations", ""]
+            + markdown_table(["model", "length", "tokens/s", "public", "its tokens/s", "× public",
+                              f"≥ {TARGET_SPEEDUP_VS_PUBLIC}×"], rows)
+            + [f"\n× public: how many times faster than the public implementation of the same model, measured in the "
+               f"same rounds (gss: lucidrains' gated-state-spaces-pytorch; mega-chunk: transformers 4.x "
+               f"MegaForCausalLM, c = {MEGA_CHUNK_SIZE}); the target is {TARGET_SPEEDUP_VS_PUBLIC}× at every length."])
+
+
 def to_markdown(result: dict) -> str:
     machine, settings, matmul = result["machine"], result["settings"], result["matmul_peak"]
     lines = [
@@ -753,8 +1051,11 @@ def to_markdown(result: dict) -> str:
             model_rows.append([name, info["status"], "", "", ""])
             continue
         versus_gss = format_ratio(info["parameters"] / gss_parameters) if gss_parameters else "-"
+        blocks = summarise_blocks(info["blocks"])
+        if info.get("implementation"):
+            blocks += f" ({info['implementation']})"
         model_rows.append([name, f"{info['parameters']:,}", f"{info['non_embedding_parameters']:,}", versus_gss,
-                           summarise_blocks(info["blocks"])])
+                           blocks])
     lines += markdown_table(["model", "parameters", "non-embedding", "vs gss", "blocks"], model_rows)
 
     if "train" in result:
@@ -772,6 +1073,7 @@ def to_markdown(result: dict) -> str:
         if settings["device"] == "cpu":
             lines.append("\nPeak MiB: peak resident memory of a process that ran only that model at that length, "
                          "Python and torch included.")
+        lines += public_comparison_table(result)
 
     if "generate" in result:
         lines += ["", f"## Generation: prefill, then {settings['new_tokens']} new tokens, greedy, with the cache",
@@ -816,7 +1118,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         run.add_argument("--prompt-lengths", type=int, nargs="+", help="default 1024 8192 32768")
         run.add_argument("--new-tokens", type=int, help="tokens decoded after each prompt (default 256)")
         run.add_argument("--repeats", type=int, help="measured repetitions per figure, after a warmup (default 5)")
-        run.add_argument("--models", nargs="+", choices=list(MODEL_BUILDERS), default=list(MODEL_BUILDERS))
+        run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=MODEL_NAMES,
+                         help=f"default: all; {GSS_PORT} and {LEGACY_MEGA}, the public implementations, are "
+                              "skipped with the reason when they are not installed")
+        run.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR,
+                         help="where scripts/install_bench_contenders.sh put the public implementations: "
+                              "DIR/gss-port (unless gated-state-spaces-pytorch is installed in this environment) "
+                              f"and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
         run.add_argument("--device", choices=["cpu", "cuda"],
                          default="cuda" if torch.cuda.is_available() else "cpu")
         run.add_argument("--matmul-size", type=int, help="side of the matmul timed for the peak (default 2048 on "
@@ -842,11 +1150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
                                                     "benchmark runs this in a process per model and length)")
-    child.add_argument("--model", choices=list(MODEL_BUILDERS), required=True)
+    child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
     child.add_argument("--length", type=int, required=True)
     child.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     child.add_argument("--threads", type=int, default=torch.get_num_threads())
     child.add_argument("--memory-limit-mib", type=int, default=0)
+    child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
     return parser.parse_args(argv)
 
 
@@ -868,6 +1177,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         "matmul_size": args.matmul_size or quick.get("matmul_size") or (8192 if on_gpu else 2048),
         "memory_limit_mib": memory_limit,
         "threads": args.threads or torch.get_num_threads(),
+        "contenders_dir": str(args.contenders_dir),
         "quick": args.quick,
         "batch_size": BATCH_SIZE,
     }
@@ -883,7 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "peak-memory":
         print(json.dumps(measure_training_peak_memory(args.model, args.length, torch.device(args.device),
-                                                      args.threads, args.memory_limit_mib)))
+                                                      args.threads, args.memory_limit_mib, args.contenders_dir)))
         return 0
     if args.command == "compare":
         return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)

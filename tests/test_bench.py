@@ -1,6 +1,8 @@
 """The benchmark harness (scripts/bench.py, ssmlm/benchmarking.py): one quick run in-process, checked for the
 structure of its JSON and markdown; the regression check against a doctored slower run; OOM reporting of the
-peak-memory processes; the interleaving; and the FLOPs formulas against hand counts.
+peak-memory processes; the interleaving; the FLOPs formulas against hand counts; and the public implementations
+(gss-port, mega-chunk-hf4): skipped with the reason when absent (as in CI), the worker protocol against a stub
+worker and against an environment without transformers 4.x, and the real ones at a tiny length where installed.
 
 The figures of the quick run mean nothing (tiny lengths, one thread, a busy machine): only their shape is tested.
 """
@@ -11,6 +13,7 @@ import io
 import json
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,18 +34,22 @@ from ssmlm.benchmarking import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 LENGTH = 128
+PUBLIC = [benchmarking.GSS_PORT, benchmarking.LEGACY_MEGA]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """GSS against Llama at 128 tokens, 2 repeats, one thread (fast even on a loaded machine); the peak-memory
-    processes are real."""
+    processes are real. The public implementations are asked for with an empty contenders directory, as in CI:
+    they are skipped."""
     directory = tmp_path_factory.mktemp("bench")
     json_path, markdown_path = directory / "run.json", directory / "run.md"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        status = main(["all", "--quick", "--models", "gss", "llama", "--lengths", str(LENGTH), "--prompt-lengths",
-                       str(LENGTH), "--new-tokens", "4", "--threads", "1", "--out", str(json_path),
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmarking, "gss_port_in_environment", lambda: False)
+        status = main(["all", "--quick", "--models", "gss", *PUBLIC, "llama", "--lengths", str(LENGTH),
+                       "--prompt-lengths", str(LENGTH), "--new-tokens", "4", "--threads", "1",
+                       "--contenders-dir", str(directory / "no-contenders"), "--out", str(json_path),
                        "--markdown", str(markdown_path)])
     assert status == 0
     return json.loads(json_path.read_text()), markdown_path.read_text(), printed.getvalue(), json_path
@@ -57,7 +64,8 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
     assert result["matmul_peak"]["flops_per_s"] == statistics.median(result["matmul_peak"]["flops_per_s_repeats"])
 
     models = result["models"]
-    assert set(models) == {"gss", "llama"}
+    assert set(models) == {"gss", "llama", *PUBLIC}
+    assert all(models[name]["status"].startswith("skipped: ") for name in PUBLIC)
     # Matched parameter counts: Llama's MLP width is solved for GSS's count.
     assert abs(models["llama"]["parameters"] / models["gss"]["parameters"] - 1) < 0.02
 
@@ -88,6 +96,9 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
     assert figures[f"train/gss/{LENGTH}/peak_mib"]["better"] == "lower"
     assert figures[f"generate/llama/{LENGTH}/decode_ms_per_token"]["better"] == "lower"
     assert f"train/llama/{LENGTH}/speedup_vs_baseline" not in figures  # the baseline's ratio to itself
+    # gss's public counterpart was skipped: no ratio to it, and nothing for the skipped models.
+    assert train["gss"]["public_counterpart"] == benchmarking.GSS_PORT and train["gss"]["speedup_vs_public"] is None
+    assert not any("speedup_vs_public" in key or "gss-port" in key or "hf4" in key for key in figures)
 
 
 def test_quick_run_markdown_has_a_row_per_model_and_figure(quick_run):
@@ -99,6 +110,22 @@ def test_quick_run_markdown_has_a_row_per_model_and_figure(quick_run):
     for name in ("gss", "llama"):
         assert f"| {name} | {LENGTH} |" in markdown
         assert f"| {name} | {result['models'][name]['parameters']:,} |" in markdown
+
+
+def test_quick_run_reports_missing_public_implementations_as_skipped_with_the_reason(quick_run):
+    result, markdown, printed, _ = quick_run
+    reasons = {name: result["models"][name]["status"] for name in PUBLIC}
+    assert "gated-state-spaces-pytorch is not installed" in reasons["gss-port"]
+    assert "no transformers 4.x environment" in reasons["mega-chunk-hf4"]
+    for name, reason in reasons.items():
+        assert "install_bench_contenders.sh" in reason
+        assert f"{name}: {reason}" in printed  # logged as the run starts
+        assert f"| {name} | {reason} |" in markdown
+        assert not any(row["model"] == name for row in result["train"] + result["generate"])
+    assert "### Against the public implementations" in markdown
+    gss_tokens_per_s = next(row["tokens_per_s"] for row in result["train"] if row["model"] == "gss")
+    gss_figure = benchmarking.format_value(gss_tokens_per_s)
+    assert f"| gss | {LENGTH} | {gss_figure} | gss-port | skipped | - | - |" in markdown
 
 
 def test_compare_flags_a_doctored_slower_figure(quick_run, tmp_path, capsys):
@@ -212,3 +239,196 @@ def test_gss_flops_add_the_ssm_kernel_and_ffts_to_the_matmuls():
     assert uncounted == []
     ssm_share = 1 - 6 * matmul_weights / flops
     assert 0 < ssm_share < 0.2  # the SSM runs in the narrow H: a small share of the FLOPs
+
+
+def test_the_saved_baseline_still_loads_compares_and_renders():
+    baseline_path = Path(__file__).resolve().parent.parent / "docs" / "bench-session1.json"
+    baseline = json.loads(baseline_path.read_text())
+    lines, worse = compare_results(baseline, baseline, tolerance=0.1)
+    assert worse == [] and lines[-1] == "no figure worse by more than 10%"
+    markdown = benchmarking.to_markdown(baseline)
+    assert "| gss | 16384 |" in markdown and "Against the public implementations" not in markdown  # none measured
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The public implementations.
+
+
+def test_public_implementations_absent_are_skipped_with_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmarking, "gss_port_in_environment", lambda: False)
+    models, skipped = benchmarking.build_contenders(PUBLIC, torch.device("cpu"), tmp_path)
+    assert models == {}
+    assert skipped == {
+        "gss-port": f"skipped: gated-state-spaces-pytorch is not installed (nor in {tmp_path / 'gss-port'}); run "
+                    "scripts/install_bench_contenders.sh, or pip install gated-state-spaces-pytorch",
+        "mega-chunk-hf4": f"skipped: no transformers 4.x environment in {tmp_path / 'transformers4'}; run "
+                          "scripts/install_bench_contenders.sh",
+    }
+
+
+def test_the_worker_without_transformers_4_says_so_and_the_contender_is_skipped(tmp_path):
+    """The real worker, with a transformers4 directory that holds no transformers 4.x: it imports the venv's
+    transformers 5, which has no Mega, and answers with the reason."""
+    (tmp_path / "transformers4" / "transformers").mkdir(parents=True)  # not a package: the venv's wins
+    with pytest.raises(benchmarking.ContenderUnavailable) as caught:
+        benchmarking.start_legacy_mega(tmp_path, torch.device("cpu"), threads=1)
+    message = str(caught.value)
+    assert "did not build MegaForCausalLM" in message and "has no MegaForCausalLM, removed in transformers 5" in message
+
+
+STUB_WORKER = """
+import json, os, signal, sys
+
+for line in sys.stdin:
+    request = json.loads(line)
+    behaviour = os.environ.get("STUB_STEP", "ok")
+    if request["cmd"] == "quit":
+        break
+    if request["cmd"] == "build":
+        answer = {"class": "StubMega", "parameters": request["target_parameters"], "non_embedding_parameters": 1,
+                  "blocks": ["StubBlock"], "config": {}, "implementation": "stub 0.1", "request": request}
+    elif request["cmd"] == "prepare":
+        length = request["length"]
+        answer = {}
+    elif request["cmd"] == "step":
+        if behaviour == "oom":
+            answer = {"ok": False, "error": "RuntimeError: can't allocate memory", "out_of_memory": True}
+        elif behaviour == "error":
+            answer = {"ok": False, "error": "RuntimeError: shapes do not match", "out_of_memory": False}
+        elif behaviour == "exit":
+            print("the stub gave up", file=sys.stderr)
+            sys.exit(3)
+        elif behaviour == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            answer = {"seconds": length / 1e6}  # a million tokens/s, whatever the length prepared
+    elif request["cmd"] == "memory":
+        answer = {"peak_mib": 123.0, "baseline_mib": 100.0}
+    print(json.dumps({"ok": True} | answer), flush=True)
+"""
+
+
+@pytest.fixture
+def stub_worker(tmp_path, monkeypatch):
+    """mega-chunk-hf4 run by a stub that speaks the worker protocol (no torch: it starts in a blink)."""
+    script = tmp_path / "stub_worker.py"
+    script.write_text(STUB_WORKER)
+    (tmp_path / "transformers4" / "transformers").mkdir(parents=True)
+    monkeypatch.setattr(benchmarking, "LEGACY_MEGA_WORKER", script)
+    return tmp_path
+
+
+def test_worker_protocol_build_step_and_memory(stub_worker):
+    worker = benchmarking.build_model("mega-chunk-hf4", torch.device("cpu"), stub_worker, threads=1)
+    try:
+        request = worker.describe()["request"]  # what the harness asked the worker to build
+        assert request["threads"] == 1 and request["chunk_size"] == benchmarking.MEGA_CHUNK_SIZE == 128
+        assert (request["vocab_size"], request["hidden_size"], request["num_layers"]) == (8192, 256, 4)
+        assert request["target_parameters"] == benchmarking.gss_parameter_count() == 4_591_872
+        assert benchmarking.describe_model(worker)["parameters"] == 4_591_872
+        step = benchmarking.make_training_step(worker, 2048, torch.device("cpu"))
+        assert step() == step() == {"seconds": 2048 / 1e6}
+        assert worker.request("memory") == {"peak_mib": 123.0, "baseline_mib": 100.0}
+    finally:
+        worker.close()
+    assert worker.process.returncode == 0
+
+
+def test_worker_peak_memory_runs_in_a_fresh_worker(stub_worker):
+    settings = {"contenders_dir": str(stub_worker), "device": "cpu", "threads": 1, "memory_limit_mib": 0}
+    assert benchmarking.measure_peak_memory("mega-chunk-hf4", 256, settings) == {
+        "status": "ok", "peak_mib": 123.0, "baseline_mib": 100.0}
+
+
+@pytest.mark.parametrize("behaviour, status", [
+    ("oom", "OOM"),
+    ("kill", "OOM"),  # SIGKILL: the out-of-memory killer
+    ("error", "error: WorkerError: RuntimeError: shapes do not match"),
+    ("exit", "error: WorkerError: the worker exited with status 3: the stub gave up"),
+])
+def test_worker_failures_are_reported_and_the_others_go_on(stub_worker, monkeypatch, behaviour, status):
+    monkeypatch.setenv("STUB_STEP", behaviour)
+    worker = benchmarking.start_legacy_mega(stub_worker, torch.device("cpu"), threads=1)
+    try:
+        runs = {"fine": lambda: {"seconds": 1.0}, "mega-chunk-hf4": worker.training_step(256)}
+        samples, failures = run_interleaved(runs, repeats=2)
+    finally:
+        worker.close()
+    assert failures == {"mega-chunk-hf4": status} and len(samples["fine"]) == 2
+    settings = {"contenders_dir": str(stub_worker), "device": "cpu", "threads": 1, "memory_limit_mib": 0}
+    assert benchmarking.measure_peak_memory("mega-chunk-hf4", 256, settings)["status"] == status
+
+
+class TinyLM(nn.Module):
+    """Stands in for our Mega-chunk in the ratio test: an embedding and a head, the loss as the harness asks."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(benchmarking.VOCAB_SIZE, 8)
+        self.head = nn.Linear(8, benchmarking.VOCAB_SIZE)
+
+    def forward(self, input_ids, labels, **unused) -> CausalLMOutputWithPast:
+        logits = self.head(self.embedding(input_ids))
+        return CausalLMOutputWithPast(loss=nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()))
+
+
+def test_ratio_to_the_public_implementation_in_rows_figures_and_markdown(stub_worker, monkeypatch):
+    monkeypatch.setattr(benchmarking, "measure_peak_memory",
+                        lambda name, length, settings: {"status": "ok", "peak_mib": 1.0, "baseline_mib": 0.0})
+    worker = benchmarking.start_legacy_mega(stub_worker, torch.device("cpu"), threads=1)
+    settings = {"repeats": 2, "matmul_size": 64, "quick": True, "lengths": [256]}
+    try:
+        rows = benchmarking.benchmark_training({"mega-chunk": TinyLM(), "mega-chunk-hf4": worker}, settings,
+                                               torch.device("cpu"), [], log=lambda message: None)
+    finally:
+        worker.close()
+    ours, theirs = rows
+    assert theirs["model"] == "mega-chunk-hf4" and theirs["tokens_per_s"] == pytest.approx(1e6)
+    assert theirs["mfu"] is None and theirs["flops_per_token"] is None  # no FLOPs formula for it
+    assert ours["public_counterpart"] == "mega-chunk-hf4"
+    assert ours["speedup_vs_public"] == pytest.approx(ours["tokens_per_s"] / 1e6)
+    assert "speedup_vs_public" not in theirs
+
+    result = {"train": rows, "models": {"mega-chunk": {"status": "ok"}, "mega-chunk-hf4": {"status": "ok"}}}
+    figures = regression_figures(result)
+    assert figures["train/mega-chunk/256/speedup_vs_public"] == {
+        "value": ours["speedup_vs_public"], "better": "higher", "status": "ok"}
+    table = "\n".join(benchmarking.public_comparison_table(result))
+    assert "| model | length | tokens/s | public | its tokens/s | × public | ≥ 1.5× |" in table
+    assert f"| mega-chunk | 256 | {benchmarking.format_value(ours['tokens_per_s'])} | mega-chunk-hf4 | 1,000,000 | " \
+           f"{benchmarking.format_ratio(ours['speedup_vs_public'])} | no |" in table
+
+
+CONTENDERS_INSTALLED = (
+    (benchmarking.legacy_transformers_dir(benchmarking.CONTENDERS_DIR) / "transformers").is_dir()
+    and (benchmarking.gss_port_in_environment() or (benchmarking.CONTENDERS_DIR / "gss-port").is_dir())
+)
+
+
+@pytest.mark.skipif(not CONTENDERS_INSTALLED, reason="public implementations not installed "
+                                                      "(scripts/install_bench_contenders.sh)")
+def test_installed_public_implementations_match_gss_and_train():
+    """The real ones, where installed: built at GSS's shape and parameter count, one training step at 128 tokens
+    (transformers 4.x Mega-chunk needs a multiple of the chunk), and the reasons they do not generate."""
+    models, skipped = benchmarking.build_contenders(PUBLIC, torch.device("cpu"), threads=1)
+    try:
+        assert skipped == {}
+        port, mega = models["gss-port"], models["mega-chunk-hf4"]
+        target = benchmarking.gss_parameter_count()
+        for model in (port, mega):
+            assert abs(benchmarking.describe_model(model)["parameters"] / target - 1) < 1e-3
+        # The port at our GSS's shape: F = 4d = 1024, H = d/4 = 64, N = 2H = 128.
+        layer = port.lm.layers[0]
+        assert layer.to_u[0].weight.shape == (1024, 256) and layer.to_v[0].weight.shape == (64, 256)
+        assert layer.dss.C_real.shape == (64, 128)
+        assert port.lm.to_logits.weight is port.lm.token_emb.weight
+        assert mega.describe()["config"]["chunk_size"] == 128 and mega.describe()["config"]["use_chunking"]
+        with benchmarking.torch_threads(1):
+            for model in (port, mega):
+                assert benchmarking.make_training_step(model, 128, torch.device("cpu"))()["seconds"] > 0
+        for model in (port, mega):
+            assert model.generation_unsupported.startswith("not supported: ")
+    finally:
+        mega = models.get("mega-chunk-hf4")
+        if mega is not None:
+            mega.close()

@@ -432,3 +432,15 @@ def test_installed_public_implementations_match_gss_and_train():
         mega = models.get("mega-chunk-hf4")
         if mega is not None:
             mega.close()
+
+
+@pytest.mark.parametrize("phase", ["train", "decode"])
+def test_profile_script_prints_the_operators_of_a_step(phase, capsys):
+    """scripts/profile_step.py: torch.profiler over a training step or decoding steps, with input shapes."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+    main = runpy.run_path(str(script))["main"]
+    main(["--model", "gss", "--phase", phase, "--length", "32", "--steps", "2", "--threads", "1", "--rows", "5"])
+    printed = capsys.readouterr().out
+    assert f"gss, {phase}, length 32" in printed and "aten::" in printed and "Input Shapes" in printed

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Where the time of one step goes: torch.profiler over a training step (forward + backward + AdamW) or over
+recurrent decoding steps (one token each, the cache carried), for any model of the benchmark's registry at the
+benchmark's size (ssmlm/benchmarking.py).
+
+    python scripts/profile_step.py --model gss --phase train --length 4096
+    python scripts/profile_step.py --model gss --phase decode --length 1024 --steps 32   # after a 1k prompt
+    python scripts/profile_step.py --model mega-chunk --phase train --length 16384 --trace trace.json
+
+Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
+a (channels, modes, length) tensor, a block of queries where one was needed) and optionally writes a Chrome trace
+(chrome://tracing or ui.perfetto.dev). Warm-up steps run first, so one-off costs stay out of the table.
+"""
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ssmlm.benchmarking import MODEL_BUILDERS, build_model, make_training_step, random_tokens
+
+
+def profile_training(model, length: int, device: torch.device, warmup: int):
+    step = make_training_step(model, length, device)
+    for _ in range(warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        step()
+    return profiler
+
+
+@torch.no_grad()
+def profile_decoding(model, prompt_length: int, steps: int, device: torch.device, warmup: int):
+    model.eval()
+    output = model(input_ids=random_tokens(prompt_length, device), use_cache=True, logits_to_keep=1)
+    token = output.logits[:, -1:].argmax(-1)
+
+    def decode(count):
+        nonlocal output, token
+        for _ in range(count):
+            output = model(input_ids=token, past_key_values=output.past_key_values, use_cache=True)
+            token = output.logits[:, -1:].argmax(-1)
+
+    decode(warmup)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        decode(steps)
+    return profiler
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODEL_BUILDERS), default="gss")
+    parser.add_argument("--phase", choices=["train", "decode"], default="train")
+    parser.add_argument("--length", type=int, default=1024, help="training length, or the prompt before decoding")
+    parser.add_argument("--steps", type=int, default=32, help="decoding steps profiled")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--trace", help="also write a Chrome trace here")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    model = build_model(args.model, device)
+    if args.phase == "train":
+        profiler = profile_training(model, args.length, device, warmup=2)
+    else:
+        profiler = profile_decoding(model, args.length, args.steps, device, warmup=4)
+    print(f"{args.model}, {args.phase}, length {args.length}, {args.threads} threads")
+    print(profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
+                                                                 row_limit=args.rows))
+    if args.trace:
+        profiler.export_chrome_trace(args.trace)
+
+
+if __name__ == "__main__":
+    main()

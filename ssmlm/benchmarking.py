@@ -83,8 +83,22 @@ class NotImplementedYet(Exception):
     pass
 
 
+# The SSM shape of GSS (and of the hybrid's GSS blocks and the GSS port): SSMLMConfig's H = d/4, N = 2H unless
+# --gss-shape sets it (use_gss_shape); every other contender is matched to the parameter count that results.
+GSS_SHAPE: dict[str, int] = {}
+
+
+def use_gss_shape(shape: list[int] | None):
+    GSS_SHAPE.clear()
+    if shape:
+        GSS_SHAPE.update(ssm_size=shape[0], ssm_state_size=shape[1])
+    gss_parameter_count.cache_clear()
+    matched_intermediate_size.cache_clear()
+
+
 def ssmlm_config(**overrides) -> SSMLMConfig:
-    return SSMLMConfig(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS, **overrides)
+    return SSMLMConfig(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS,
+                       **(GSS_SHAPE | overrides))
 
 
 def require_block_type(kind: str):
@@ -680,7 +694,12 @@ def peak_memory_command(name: str, length: int, settings: dict) -> list[str]:
     return [sys.executable, "-m", "ssmlm.benchmarking", "peak-memory", "--model", name, "--length", str(length),
             "--device", settings["device"], "--threads", str(settings["threads"]),
             "--memory-limit-mib", str(settings["memory_limit_mib"]),
-            "--contenders-dir", str(settings.get("contenders_dir", CONTENDERS_DIR))]
+            "--contenders-dir", str(settings.get("contenders_dir", CONTENDERS_DIR)),
+            *gss_shape_arguments(settings.get("gss_shape"))]
+
+
+def gss_shape_arguments(shape: list[int] | None) -> list[str]:
+    return ["--gss-shape", *map(str, shape)] if shape else []
 
 
 def measure_worker_peak_memory(name: str, length: int, settings: dict) -> dict:
@@ -1125,6 +1144,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="where scripts/install_bench_contenders.sh put the public implementations: "
                               "DIR/gss-port (unless gated-state-spaces-pytorch is installed in this environment) "
                               f"and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
+        run.add_argument("--gss-shape", type=int, nargs=2, metavar=("H", "N"),
+                         help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's); the other contenders "
+                              "are matched to the count that results. 256 512 is the GSS port's default shape")
         run.add_argument("--device", choices=["cpu", "cuda"],
                          default="cuda" if torch.cuda.is_available() else "cpu")
         run.add_argument("--matmul-size", type=int, help="side of the matmul timed for the peak (default 2048 on "
@@ -1156,6 +1178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     child.add_argument("--threads", type=int, default=torch.get_num_threads())
     child.add_argument("--memory-limit-mib", type=int, default=0)
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
+    child.add_argument("--gss-shape", type=int, nargs=2)
     return parser.parse_args(argv)
 
 
@@ -1178,6 +1201,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         "memory_limit_mib": memory_limit,
         "threads": args.threads or torch.get_num_threads(),
         "contenders_dir": str(args.contenders_dir),
+        "gss_shape": args.gss_shape,
         "quick": args.quick,
         "batch_size": BATCH_SIZE,
     }
@@ -1191,6 +1215,7 @@ def print_comparison(old: dict, new: dict, tolerance: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    use_gss_shape(getattr(args, "gss_shape", None))
     if args.command == "peak-memory":
         print(json.dumps(measure_training_peak_memory(args.model, args.length, torch.device(args.device),
                                                       args.threads, args.memory_limit_mib, args.contenders_dir)))

@@ -444,3 +444,22 @@ def test_profile_script_prints_the_operators_of_a_step(phase, capsys):
     main(["--model", "gss", "--phase", phase, "--length", "32", "--steps", "2", "--threads", "1", "--rows", "5"])
     printed = capsys.readouterr().out
     assert f"gss, {phase}, length 32" in printed and "aten::" in printed and "Input Shapes" in printed
+
+
+def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_processes():
+    """--gss-shape H N (e.g. the GSS port's default 256 512): GSS is built with it, the others are matched to the
+    count that results, and the peak-memory processes get it too."""
+    try:
+        args = benchmarking.parse_args(["train", "--gss-shape", "32", "64"])
+        benchmarking.use_gss_shape(args.gss_shape)
+        gss = benchmarking.build_model("gss", torch.device("cpu"))
+        assert (gss.config.ssm_size, gss.config.ssm_state_size) == (32, 64)
+        llama = benchmarking.build_model("llama", torch.device("cpu"))
+        assert benchmarking.count_parameters(llama) == pytest.approx(benchmarking.count_parameters(gss), rel=1e-3)
+        settings = benchmarking.settings_from_args(args)
+        command = benchmarking.peak_memory_command("gss", 64, settings)
+        assert command[-3:] == ["--gss-shape", "32", "64"]
+        assert benchmarking.parse_args(command[3:]).gss_shape == [32, 64]
+    finally:
+        benchmarking.use_gss_shape(None)
+    assert benchmarking.build_model("gss", torch.device("cpu")).config.ssm_size == 64

@@ -149,7 +149,9 @@ class MegaBlock(GradientCheckpointingLayer):
             span = -(-span // block) * block
         # Beyond `span`: room for the next cache window, then one slot that takes every padded position.
         dummy = span + (chunk or 1) - 1
-        write = torch.where(real, slot, dummy).unsqueeze(-1)
+        # With no cached slot and no padding (training, an unpadded prompt) each token's slot is its position.
+        in_position = padding_mask is None and cached_keys.shape[1] == 0
+        write = None if in_position else torch.where(real, slot, dummy).unsqueeze(-1)
         keys = self._to_slots(key, cached_keys, write, dummy + 1)
         values = self._to_slots(value, cached_values, write, dummy + 1)
         key_valid = torch.arange(span, device=slot.device) < valid_after.unsqueeze(1)
@@ -157,7 +159,10 @@ class MegaBlock(GradientCheckpointingLayer):
         if blocked:
             slot_queries = self._to_slots(query, query[:, :0], write, dummy + 1)[:, :span]
             out = self._attend_blocks(slot_queries, keys[:, :span], values[:, :span], key_valid, block)
-            out = out.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.v_dim))
+            if in_position:
+                out = out[:, :length]
+            else:
+                out = out.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.v_dim))
         else:
             out = self._attend_rows(query, slot, keys[:, :span], values[:, :span], key_valid)
 
@@ -172,7 +177,10 @@ class MegaBlock(GradientCheckpointingLayer):
 
     @staticmethod
     def _to_slots(new, cached, write, size):
-        """Cached slots followed by zeros, `size` wide, with the new tokens written at their slots."""
+        """Cached slots followed by zeros, `size` wide, with the new tokens written at their slots (`write`; None:
+        no cached slots, and each new token's slot is its position)."""
+        if write is None:
+            return F.pad(new, (0, 0, 0, size - new.shape[1]))
         batch, _, width = new.shape
         buffer = torch.cat([cached.to(new.dtype), new.new_zeros(batch, size - cached.shape[1], width)], dim=1)
         return buffer.scatter(1, write.expand(-1, -1, width), new)

@@ -36,14 +36,23 @@ class Powers(NamedTuple):
     """Ā^t for t = 0 .. length-1, factored as Ā^t = Ā^{m·q} · Ā^r with t = m·q + r and m = ⌈√length⌉.
 
     Two tables of G·N·√length entries stand for the G·N·length Vandermonde matrix (G is 1 when the modes are
-    shared by all channels, as in GSS's DSS, and H otherwise). Sums over the modes or over time become products
-    of the two tables, so a kernel costs 2·G·N·√length exponentials instead of G·N·length, runs at matmul speed,
-    and keeps O(√length) memory for the backward: for Mega's EMA (G = H = d real modes) the full matrix was a
-    quarter of a GB at 16k tokens.
+    shared by all channels, as in GSS's DSS, and H otherwise), for 2·G·N·√length exponentials instead of
+    G·N·length. Shared modes (G = 1) then form the (N, length) matrix by products and contract it with one matrix
+    product. Per-channel modes (Mega's EMA, S4D) never form it: sums over the modes or over time become products
+    of the two tables, per channel, in O(H·N·√length) memory; for the EMA (H = d = 256, 16 real modes) the full
+    matrix was a quarter of a GB at 16k tokens, and building it a fifth of Mega's training step.
     """
     low: torch.Tensor  # Ā^r, r < m: (G, N, m)
     high: torch.Tensor  # Ā^{m·q}, q < Q = ⌈length/m⌉: (G, N, Q)
     length: int
+
+    @property
+    def shared(self) -> bool:
+        return self.low.shape[0] == 1
+
+    def shared_matrix(self) -> torch.Tensor:
+        """Ā^t as an (N, length) matrix, for modes shared by all channels."""
+        return (self.high[0].unsqueeze(-1) * self.low[0].unsqueeze(-2)).flatten(-2)[:, :self.length]
 
 
 def powers_of(log_a: torch.Tensor, length: int) -> Powers:
@@ -55,24 +64,30 @@ def powers_of(log_a: torch.Tensor, length: int) -> Powers:
     return Powers(torch.exp(log_a * steps[:m]), torch.exp(log_a * (m * steps[:blocks])), length)
 
 
-def shared_or_per_channel(table: torch.Tensor) -> torch.Tensor:
-    """(1, ...) -> (...): a table shared by all channels multiplies as one matrix, not a batch of H."""
-    return table[0] if table.shape[0] == 1 else table
+def projected_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """P(a @ b): for complex modes only the real part is needed, Re(a·b) = Re a·Re b - Im a·Im b, so one real
+    product with twice the inner terms instead of a complex product (four real ones)."""
+    if a.is_complex():
+        return 2 * (torch.cat([a.real, -a.imag], -1) @ torch.cat([b.real, b.imag], -2))
+    return a @ b
+
+
+def real_input_product(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x @ b for a real x and real or complex b (two real products for a complex b)."""
+    if b.is_complex():
+        return torch.complex(x @ b.real, x @ b.imag)
+    return x @ b
 
 
 def mode_sum(coeffs: torch.Tensor, powers: Powers) -> torch.Tensor:
     """P(Σ_n coeffs[..., h, n] · Ā_{h,n}^t) for t < length: (..., H, N) -> (..., H, length).
 
-    Σ_n coeffs Ā^{m·q} Ā^r is a product of a (Q, N) and an (N, m) matrix per channel. For complex modes only
-    the real part is needed, Re(w·p) = Re w·Re p - Im w·Im p: one real product with 2N inner terms.
+    Per channel, Σ_n coeffs Ā^{m·q} Ā^r is the product of a (Q, N) and an (N, m) matrix.
     """
+    if powers.shared:
+        return projected_product(coeffs, powers.shared_matrix())
     weighted = (coeffs.unsqueeze(-1) * powers.high).transpose(-1, -2)  # (..., H, Q, N)
-    low = shared_or_per_channel(powers.low)
-    if weighted.is_complex():
-        out = 2 * (torch.cat([weighted.real, -weighted.imag], -1) @ torch.cat([low.real, low.imag], -2))
-    else:
-        out = weighted @ low
-    return out.flatten(-2)[..., :powers.length]
+    return projected_product(weighted, powers.low).flatten(-2)[..., :powers.length]
 
 
 def time_sum(u: torch.Tensor, powers: Powers) -> torch.Tensor:
@@ -80,15 +95,12 @@ def time_sum(u: torch.Tensor, powers: Powers) -> torch.Tensor:
 
     With v the input reversed in time (v_s = u_{T-1-s}) cut into blocks of m, this is Σ_q Ā^{m·q} Σ_r v_{q,r} Ā^r.
     """
-    low, high = powers.low, powers.high
-    m, blocks = low.shape[-1], high.shape[-1]
+    if powers.shared:
+        return real_input_product(u.flip(-1), powers.shared_matrix().transpose(0, 1))
+    m, blocks = powers.low.shape[-1], powers.high.shape[-1]
     reversed_blocks = F.pad(u.flip(-1), (0, m * blocks - u.shape[-1])).unflatten(-1, (blocks, m))
-    low_t = shared_or_per_channel(low).transpose(-1, -2)  # (..., m, N)
-    if low_t.is_complex():  # a real input times complex powers: two real products
-        inner = torch.complex(reversed_blocks @ low_t.real, reversed_blocks @ low_t.imag)
-    else:
-        inner = reversed_blocks @ low_t  # (..., H, Q, N)
-    return (inner * high.transpose(-1, -2)).sum(-2)
+    inner = real_input_product(reversed_blocks, powers.low.transpose(-1, -2))  # (..., H, Q, N)
+    return (inner * powers.high.transpose(-1, -2)).sum(-2)
 
 
 class DiagonalSSM(nn.Module):

@@ -159,8 +159,7 @@ class DiagonalSSM(nn.Module):
                 y, state = self._step(u[..., 0], state, *self.step_coefficients())
                 y = y.unsqueeze(-1)
             elif state is None:
-                log_a, c = self.discretize()
-                y = causal_fft_conv(u.contiguous(), mode_sum(c, powers_of(log_a, length)))
+                y = causal_fft_conv(u.contiguous(), self.kernel(length))
             else:
                 y, state = self._chunk(u, state, *self.discretize())
             y = y + self.D.to(u.dtype).unsqueeze(-1) * u

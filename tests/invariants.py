@@ -37,6 +37,19 @@ def logits_in_pieces(model, ids, boundaries, attention_mask=None):
     return torch.cat(pieces, dim=1), cache
 
 
+def assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=True):
+    """The core invariant for a whole model: one pass == pieces split at `boundaries` with the cache carried
+    (which must count every token) == token by token (skipped for long inputs with `token_by_token=False`)."""
+    with torch.no_grad():
+        one_pass = model(ids).logits
+        chunked, cache = logits_in_pieces(model, ids, boundaries)
+        assert_close(chunked, one_pass, dtype)
+        assert cache.get_seq_length() == ids.shape[1]
+        if token_by_token:
+            stepped, _ = logits_in_pieces(model, ids, list(range(1, ids.shape[1])))
+            assert_close(stepped, one_pass, dtype)
+
+
 def decode_by_full_reforward(model, ids, steps):
     """Greedy decoding that re-runs the whole prefix for every token: the reference for cached generation."""
     with torch.no_grad():

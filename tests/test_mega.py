@@ -18,7 +18,7 @@ from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toe
 from ssmlm.kernels import DampedEMA
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from invariants import assert_close, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
+from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
 
 PAD, EOS, BOS = 0, 1, 2
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")
@@ -268,14 +268,7 @@ def test_model_one_pass_equals_chunks_equals_tokens(kind, dtype, data):
     boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
     model = mega_model(dtype, **MODEL_KINDS[kind])
     ids = torch.randint(3, 61, (2, length))
-    with torch.no_grad():
-        one_pass = model(ids).logits
-        chunked, cache = logits_in_pieces(model, ids, boundaries)
-        assert_close(chunked, one_pass, dtype)
-        assert cache.get_seq_length() == length
-        if length <= 40:
-            stepped, _ = logits_in_pieces(model, ids, list(range(1, length)))
-            assert_close(stepped, one_pass, dtype)
+    assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 40)
 
 
 # ---- padding ----

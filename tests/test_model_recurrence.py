@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ssmlm import SSMLMCache, SSMLMConfig, SSMLMForCausalLM
 from ssmlm.blocks.gss import GSSBlock
 
-from invariants import assert_close, decode_by_full_reforward, left_padded, logits_in_pieces
+from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded
 
 PAD, EOS, BOS = 0, 1, 2
 
@@ -61,14 +61,7 @@ def test_model_one_pass_equals_chunks_equals_tokens(kernel, dtype, data):
     boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
     model = tiny_model(dtype, ssm_kernel=kernel)
     ids = torch.randint(3, 61, (2, length))
-    with torch.no_grad():
-        one_pass = model(ids).logits
-        chunked, cache = logits_in_pieces(model, ids, boundaries)
-        assert_close(chunked, one_pass, dtype)
-        assert cache.get_seq_length() == length
-        if length <= 150:
-            stepped, _ = logits_in_pieces(model, ids, list(range(1, length)))
-            assert_close(stepped, one_pass, dtype)
+    assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 150)
 
 
 def test_training_mode_keeps_no_cache_and_later_tokens_do_not_change_earlier_outputs():

@@ -43,7 +43,7 @@ class SSMLMConfig(PreTrainedConfig):
     attention_num_heads (`int`): heads of the Transformer ("attention") blocks; hidden_size must divide by it.
     attention_span (`str`): "full" (causal over everything), "sliding" (the last `attention_window` tokens) or
         "chunked" (block-local: tokens in the same chunk of `attention_window` positions).
-    attention_window (`int`, *optional*): w for sliding and chunked spans; their cache keeps w - 1 keys.
+    attention_window (`int`, *optional*): w for sliding and chunked spans; their cache keeps w keys.
     rope_theta (`float`): base of the rotary position embedding of the attention blocks.
     attention_dropout (`float`): dropout on attention weights (Mega's and the Transformer blocks').
     mega_hidden_dropout (`float`): dropout on Mega's values and on the hidden layer of its feed-forward network.

@@ -230,8 +230,14 @@ def test_block_one_pass_equals_chunks_equals_steps(dtype, data):
             assert_close(stepped, one_pass, dtype)
             for carried, stepped_part in zip(state, stepped_state):  # EMA state, slot keys, values, count
                 assert carried.shape == stepped_part.shape
-                if carried.numel():  # c = 1 keeps no slots
-                    assert_close(stepped_part.double(), carried.double(), dtype)
+            valid = length if chunk_size is None else length % chunk_size  # later slots are stale, and masked
+            carried_ema, *carried_slots, carried_seen = state
+            stepped_ema, *stepped_slots, stepped_seen = stepped_state
+            assert_close(stepped_ema, carried_ema, dtype)
+            assert torch.equal(stepped_seen, carried_seen)
+            for carried, stepped_part in zip(carried_slots, stepped_slots):
+                if valid:
+                    assert_close(stepped_part[:, :valid], carried[:, :valid], dtype)
 
 
 @pytest.mark.parametrize("attention", ["softmax", "laplace"])
@@ -246,9 +252,18 @@ def test_mega_chunk_calls_that_start_mid_chunk_and_cross_several_boundaries(boun
         one_pass, _ = block(x)
         chunked, (_, keys, values, seen) = run_in_pieces(block, x, boundaries)
     assert_close(chunked, one_pass, torch.float64)
-    assert keys.shape == (3, 7, 16) and values.shape == (3, 7, 48)  # c - 1 slots, never more
+    assert keys.shape == (3, 8, 16) and values.shape == (3, 8, 48)  # c slots, never more
     assert seen.tolist() == [45, 45, 45]
-    assert keys[:, 45 % 8:].abs().max() == 0  # slots past the unfinished chunk's 5 tokens stay empty
+
+
+def test_a_decoding_step_writes_its_slot_in_place():
+    block = mega_block(torch.float64, 8)
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = block(x[:, :11], block.initial_state(2))
+        keys, values = state[1], state[2]
+        _, state = block(x[:, 11:], state)
+    assert state[1] is keys and state[2] is values  # no new cache per token
 
 
 MODEL_KINDS = {

@@ -13,7 +13,9 @@ The attention span is full (every earlier token), sliding (the last w tokens, it
 so the same masks serve training, prefill from a cache, and single steps. Positions count real tokens only
 (left padding takes none), so a padded prompt attends exactly as it does alone. Local spans run blockwise:
 queries in blocks of w attend to keys of their own and the previous block, so time and memory are linear
-in the length. The state is a key/value cache that keeps only the last w - 1 keys for local spans.
+in the length. The state is a key/value cache: every key for the full span; for local spans a buffer of w slots,
+in which a decoding step (one token, no autograd) writes its key in place over the oldest one, which its span
+can no longer reach.
 """
 
 import torch
@@ -79,6 +81,17 @@ class AttentionBlock(GradientCheckpointingLayer):
 
         if state is None and padding_mask is None:
             attended = self._attend_fresh(q, k, v)
+        elif self._steps_in_place(state, length, padding_mask):
+            keys, values, cached_positions, _ = state
+            # The oldest slot (a position at least w back, or an empty slot at -1) is beyond every span's reach.
+            oldest = cached_positions.argmin(1).view(batch, 1)
+            cached_positions.scatter_(1, oldest, positions)
+            at = oldest.view(batch, 1, 1, 1).expand(-1, self.num_heads, 1, self.head_dim)
+            keys.scatter_(2, at, k.to(keys.dtype))
+            values.scatter_(2, at, v.to(values.dtype))
+            attended = self._attend_dense(q, keys, values, self._span_mask(positions.unsqueeze(-1),
+                                                                           cached_positions.unsqueeze(-2)))
+            state = (keys, values, cached_positions, start + 1)
         else:
             if state is not None:
                 k = torch.cat([state[0], k], dim=2)
@@ -86,11 +99,29 @@ class AttentionBlock(GradientCheckpointingLayer):
                 key_positions = torch.cat([state[2], key_positions], dim=1)
             attended = self._attend(q, positions, k, v, key_positions)
             if state is not None:
-                # Local spans never look further back than w - 1 keys: the cache stays bounded.
-                first = 0 if self.span == "full" else max(0, k.shape[2] - (self.window - 1))
-                state = (k[:, :, first:], v[:, :, first:], key_positions[:, first:], start + real.sum(1))
+                state = self._next_cache(k, v, key_positions, start + real.sum(1))
         out = self.to_out(attended.transpose(1, 2).reshape(batch, length, -1))
         return self.feed_forward(x + self.dropout(out)), state
+
+    def _steps_in_place(self, state, length, padding_mask) -> bool:
+        """A decoding step of a local span: one real token into a full buffer, with no graph that an in-place
+        write could invalidate (generate() runs without autograd)."""
+        return (self.span != "full" and length == 1 and padding_mask is None and not torch.is_grad_enabled()
+                and state[0].shape[2] == self.window)
+
+    def _next_cache(self, k, v, key_positions, next_position):
+        """The keys a later call can need: all of them for the full span; for local spans the w latest by position
+        (in-place steps leave the slots out of order), the rest filled with empty slots (position -1) while fewer
+        have been seen, so the buffer never changes size."""
+        if self.span == "full":
+            return k, v, key_positions, next_position
+        missing = self.window - k.shape[2]
+        if missing > 0:
+            k, v = F.pad(k, (0, 0, missing, 0)), F.pad(v, (0, 0, missing, 0))
+            key_positions = F.pad(key_positions, (missing, 0), value=-1)
+        latest = key_positions.argsort(dim=1, stable=True)[:, -self.window:]
+        at = latest.view(*latest.shape, 1).unsqueeze(1).expand(-1, self.num_heads, -1, self.head_dim)
+        return k.gather(2, at), v.gather(2, at), key_positions.gather(1, latest), next_position
 
     def _dropout_p(self):
         return self.attention_dropout if self.training else 0.0
@@ -116,8 +147,7 @@ class AttentionBlock(GradientCheckpointingLayer):
             mask = self._span_mask(query_positions.unsqueeze(-1), key_positions.unsqueeze(-2))
             own = torch.arange(length, device=q.device)
             mask[:, own, cached + own] = True  # a padded query sees itself only: no all-masked row, no NaN
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1),
-                                                  dropout_p=self._dropout_p())
+            return self._attend_dense(q, k, v, mask)
         # Blocks of w queries; block j sees keys [j·w - (w - cached), (j + 2)·w - (w - cached)) of the padded
         # key sequence: its own block and the previous one, which covers any key a local span can reach.
         w = self.window
@@ -133,6 +163,10 @@ class AttentionBlock(GradientCheckpointingLayer):
         out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask.unsqueeze(1),
                                              dropout_p=self._dropout_p())
         return out.flatten(2, 3)[:, :, :length]
+
+    def _attend_dense(self, q, k, v, mask):
+        """Queries against all keys under a (batch, queries, keys) mask."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), dropout_p=self._dropout_p())
 
     def _span_mask(self, query_positions, key_positions):
         visible = (key_positions >= 0) & (key_positions <= query_positions)

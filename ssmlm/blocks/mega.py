@@ -18,9 +18,10 @@ is no token, so a left-padded prompt sees the chunk boundaries and distances it 
 
 Recurrent state: (EMA state, keys, values, tokens seen). Keys and values sit in "slots": slot s holds the token at
 position chunk_start + s of the chunk the row is in; a row has `seen mod c` valid slots (`seen` for full
-attention), the others are zero. Mega-chunk keeps c - 1 slots, so its cache never grows; full-attention Mega
-keeps every key. A call may start mid-chunk and cross any number of chunk boundaries: its tokens are written to
-the slots after the cached ones, and the slots are cut into chunks of c.
+attention), the others are masked. Mega-chunk keeps c slots, so its cache never grows, and a decoding step (one
+token, no autograd) writes its key and value into its slot in place; full-attention Mega keeps every key. A call
+may start mid-chunk and cross any number of chunk boundaries: its tokens are written to the slots after the
+cached ones, and the slots are cut into chunks of c.
 """
 
 import math
@@ -106,7 +107,7 @@ class MegaBlock(GradientCheckpointingLayer):
         return (self.ema.initial_state(batch_size), *self._no_keys(batch_size))
 
     def _no_keys(self, batch_size: int):
-        """An empty attention cache: no slots yet, no tokens seen (Mega-chunk's first call widens it to c - 1)."""
+        """An empty attention cache: no slots yet, no tokens seen (Mega-chunk's first call widens it to c)."""
         weight = self.to_values.weight
         return (
             weight.new_zeros(batch_size, 0, self.z_dim),
@@ -137,6 +138,13 @@ class MegaBlock(GradientCheckpointingLayer):
         cached_keys, cached_values, seen = cache
         chunk = self.chunk_size
         batch, length = query.shape[:2]
+        if self._steps_in_place(cached_keys, length, padding_mask):
+            slot = (seen % chunk).unsqueeze(1)
+            cached_keys.scatter_(1, slot.unsqueeze(-1).expand(-1, -1, self.z_dim), key.to(cached_keys.dtype))
+            cached_values.scatter_(1, slot.unsqueeze(-1).expand(-1, -1, self.v_dim), value.to(cached_values.dtype))
+            key_valid = torch.arange(chunk, device=slot.device) <= slot
+            out = self._attend_rows(query, slot, cached_keys, cached_values, key_valid)
+            return out, (cached_keys, cached_values, seen + 1)
         real = query.new_ones(batch, length, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
         valid_before = seen if chunk is None else seen % chunk
         slot = valid_before.unsqueeze(1) + real.cumsum(1) - 1  # the slot of each new token (unused for pads)
@@ -148,7 +156,7 @@ class MegaBlock(GradientCheckpointingLayer):
         if blocked:
             span = -(-span // block) * block
         # Beyond `span`: room for the next cache window, then one slot that takes every padded position.
-        dummy = span + (chunk or 1) - 1
+        dummy = span + (chunk or 0)
         # With no cached slot and no padding (training, an unpadded prompt) each token's slot is its position.
         in_position = padding_mask is None and cached_keys.shape[1] == 0
         write = None if in_position else torch.where(real, slot, dummy).unsqueeze(-1)
@@ -168,12 +176,18 @@ class MegaBlock(GradientCheckpointingLayer):
 
         if chunk is None:
             keys, values = keys[:, :span], values[:, :span]
-        else:  # keep the unfinished chunk: its slots are zero past the valid ones
+        else:  # keep the unfinished chunk's c slots
             start = valid_after - valid_after % chunk
-            window = (start.unsqueeze(1) + torch.arange(chunk - 1, device=start.device)).unsqueeze(-1)
+            window = (start.unsqueeze(1) + torch.arange(chunk, device=start.device)).unsqueeze(-1)
             keys = keys.gather(1, window.expand(-1, -1, self.z_dim))
             values = values.gather(1, window.expand(-1, -1, self.v_dim))
         return out, (keys, values, seen + real.sum(1))
+
+    def _steps_in_place(self, cached_keys, length, padding_mask) -> bool:
+        """A Mega-chunk decoding step: one real token into a full buffer, with no graph that an in-place write
+        could invalidate (generate() runs without autograd)."""
+        return (self.chunk_size is not None and length == 1 and padding_mask is None
+                and not torch.is_grad_enabled() and cached_keys.shape[1] == self.chunk_size)
 
     @staticmethod
     def _to_slots(new, cached, write, size):

@@ -9,7 +9,10 @@ benchmark's size (ssmlm/benchmarking.py).
 
 Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
 a (channels, modes, length) tensor, a block of queries where one was needed) and optionally writes a Chrome trace
-(chrome://tracing or ui.perfetto.dev). Warm-up steps run first, so one-off costs stay out of the table.
+(chrome://tracing or ui.perfetto.dev). Warm-up steps run first, so one-off costs stay out of the table. Freed
+host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/host_memory.py) unless
+--host-allocator system, which shows what fresh pages cost: a zero-fill or a log-softmax far slower per element
+at 16k tokens than at 1k.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlm.benchmarking import MODEL_BUILDERS, build_model, make_training_step, random_tokens
+from ssmlm.host_memory import keep_freed_host_memory
 
 
 def profile_training(model, length: int, device: torch.device, warmup: int):
@@ -56,7 +60,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--trace", help="also write a Chrome trace here")
+    parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed")
     args = parser.parse_args(argv)
+    if args.host_allocator == "keep-freed":
+        keep_freed_host_memory()
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")

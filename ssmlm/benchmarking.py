@@ -47,6 +47,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from . import configuration
 from .configuration import SSMLMConfig
 from .kernels import DiagonalSSM
+from .host_memory import keep_freed_host_memory
 from .modeling import SSMLMForCausalLM
 from .ops.fftconv import fft_length
 
@@ -900,6 +901,10 @@ def run_benchmarks(settings: dict, log: Callable[[str], None] = print) -> dict:
         device = torch.device(settings["device"])
         result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
                   "settings": settings}
+        # In this process and in the measuring processes it starts (peak memory, the transformers 4.x worker).
+        kept = (device.type == "cpu" and settings.get("host_allocator") == "keep-freed"
+                and keep_freed_host_memory())
+        result["machine"]["host_allocator"] = "glibc, freed memory kept" if kept else "system default"
         matmul_rates = []  # every matmul timing of the run: the peak the header gives
         models, skipped = build_contenders(settings["models"], device,
                                            settings.get("contenders_dir", CONTENDERS_DIR), settings["threads"])
@@ -1054,7 +1059,8 @@ def to_markdown(result: dict) -> str:
         f"{machine['device_name']}, {machine['nproc']} CPUs, torch threads: {machine['torch_threads']}, "
         f"device {machine['device']}, {machine['compute_dtype']}; torch {machine['torch']}, transformers "
         f"{machine['transformers']}; tree {machine['git_revision']}; {result['created']}; load average "
-        f"{machine['load_average_at_start'][0]:.1f} at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        f"{machine['load_average_at_start'][0]:.1f} at start, {machine['load_average_at_end'][0]:.1f} at end; "
+        f"host allocator: {machine.get('host_allocator', 'system default')}.",
         f"Matmul peak: {matmul['flops_per_s'] / 1e9:.0f} GFLOP/s ({matmul['size']}² {matmul['dtype']}, median of "
         f"{len(matmul['flops_per_s_repeats'])} timed among the models; each MFU is against the matmuls timed in its "
         f"own rounds). Batch {BATCH_SIZE}; medians of {settings['repeats']} "
@@ -1157,6 +1163,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         run.add_argument("--threads", type=int, help=f"torch threads (default {torch.get_num_threads()}, torch's "
                                                      "choice); one is far faster on a busy machine, but "
                                                      "compare runs only at the same count")
+        run.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
+                         help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default; see "
+                              "ssmlm/host_memory.py), or leave glibc's malloc as it is: large blocks mapped fresh "
+                              "at every allocation, which slows every contender's long sequences")
         run.add_argument("--quick", action="store_true",
                          help="tiny sizes to check the harness: lengths 128 256, 16 new tokens, 2 repeats")
         run.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -1202,6 +1212,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         "threads": args.threads or torch.get_num_threads(),
         "contenders_dir": str(args.contenders_dir),
         "gss_shape": args.gss_shape,
+        "host_allocator": args.host_allocator,
         "quick": args.quick,
         "batch_size": BATCH_SIZE,
     }

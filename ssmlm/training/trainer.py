@@ -38,6 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.packing import pack_documents
 from ..data.sources import load_documents
 from ..data.tokenizer import get_tokenizer
+from ..host_memory import keep_freed_host_memory
 from ..kernels import DiagonalSSM
 from ..modeling import SSMLMForCausalLM
 from .config import ConfigError, TrainConfig, dump_config
@@ -262,6 +263,8 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     output_dir = Path(config.output.dir)
     checkpoint = check_output_dir(output_dir, resume, resume_from, overwrite)
     accelerator = build_accelerator(config)
+    if accelerator.device.type == "cpu":
+        keep_freed_host_memory()  # long sequences on the CPU: reuse freed pages instead of faulting in fresh ones
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
     # The main process tokenizes and packs first; the others then read its cache.

@@ -22,6 +22,7 @@ import time
 import torch
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM
+from ssmlm.host_memory import add_host_allocator_option, keep_freed_host_memory
 
 # Peak bytes of a full-attention training step per L² entry and per layer (scores, their biased and masked copies,
 # softmax weights, gradients, masks): measured 31 B per L² with 2 layers at 8k tokens, rounded up.
@@ -64,9 +65,12 @@ def main(argv=None):
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", help="write the results as JSON here")
+    add_host_allocator_option(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.host_allocator == "keep-freed":
+        keep_freed_host_memory()
 
     models = {"mega-chunk": build(args.chunk_size, args), "mega": build(None, args)}
     runs, skipped = [], {}

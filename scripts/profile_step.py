@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlm.benchmarking import MODEL_BUILDERS, build_model, make_training_step, random_tokens
-from ssmlm.host_memory import keep_freed_host_memory
+from ssmlm.host_memory import add_host_allocator_option, keep_freed_host_memory
 
 
 def profile_training(model, length: int, device: torch.device, warmup: int):
@@ -60,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--trace", help="also write a Chrome trace here")
-    parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed")
+    add_host_allocator_option(parser)
     args = parser.parse_args(argv)
     if args.host_allocator == "keep-freed":
         keep_freed_host_memory()

@@ -47,7 +47,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from . import configuration
 from .configuration import SSMLMConfig
 from .kernels import DiagonalSSM
-from .host_memory import keep_freed_host_memory
+from .host_memory import add_host_allocator_option, keep_freed_host_memory
 from .modeling import SSMLMForCausalLM
 from .ops.fftconv import fft_length
 
@@ -1163,10 +1163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         run.add_argument("--threads", type=int, help=f"torch threads (default {torch.get_num_threads()}, torch's "
                                                      "choice); one is far faster on a busy machine, but "
                                                      "compare runs only at the same count")
-        run.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
-                         help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default; see "
-                              "ssmlm/host_memory.py), or leave glibc's malloc as it is: large blocks mapped fresh "
-                              "at every allocation, which slows every contender's long sequences")
+        add_host_allocator_option(run)
         run.add_argument("--quick", action="store_true",
                          help="tiny sizes to check the harness: lengths 128 256, 16 new tokens, 2 repeats")
         run.add_argument("--out", type=Path, help="write the results as JSON here")

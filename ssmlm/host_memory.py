@@ -13,6 +13,7 @@ Only glibc has these knobs (Linux); elsewhere this does nothing. PyTorch's CPU t
 by another route (jemalloc or tcmalloc preloaded).
 """
 
+import argparse
 import ctypes
 import os
 import sys
@@ -35,3 +36,11 @@ def keep_freed_host_memory() -> bool:
         return False
     os.environ.update(ENVIRONMENT)
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+
+
+def add_host_allocator_option(parser: argparse.ArgumentParser):
+    """--host-allocator for the benchmark and profiling scripts: measure what the trainer runs, or the default."""
+    parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
+                        help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default; "
+                             "ssmlm/host_memory.py), or leave glibc's malloc as it is: large blocks mapped afresh "
+                             "at every allocation, which slows every model's long sequences")

@@ -263,8 +263,8 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     output_dir = Path(config.output.dir)
     checkpoint = check_output_dir(output_dir, resume, resume_from, overwrite)
     accelerator = build_accelerator(config)
-    if accelerator.device.type == "cpu":
-        keep_freed_host_memory()  # long sequences on the CPU: reuse freed pages instead of faulting in fresh ones
+    if accelerator.device.type == "cpu" and config.training.keep_freed_host_memory:
+        keep_freed_host_memory()
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
     # The main process tokenizes and packs first; the others then read its cache.

@@ -3,11 +3,14 @@
 glibc's malloc serves large blocks (above a threshold that adapts up to 32 MB) with mmap and unmaps them when they
 are freed, so each such allocation comes back as fresh pages that the kernel zeroes on first touch. A training step
 over 16k tokens allocates and frees gigabytes in such blocks (the logits alone are 16384 × 8192 floats, 512 MB).
-On the 2-core VM of docs/benchmarks.md that cost grew the time per token with the length: Mega-chunk trained 1.3×
-slower per token at 16k than at 1k, GSS up to 1.3×, with the log-softmax and the zero-fill of its gradient 70-100×
-slower at 16k than at 1k instead of 16×. With mmap off and the heap never trimmed, freed blocks stay mapped and
-are reused: both models train as fast per token at 16k as at 1k. The price is that the process holds its peak heap
-until it exits, which a training process reaches again at every step anyway.
+On the 2-core VM of docs/benchmarks.md this made the time per token grow with the length: a Mega-chunk
+training step at 16k took 6.9 s of CPU instead of 4.2 s, the log-softmax over the logits and the zero-filling of
+their gradient 70-105x slower than at 1k instead of 16x. With mmap off and the heap never trimmed, freed blocks
+stay mapped and are reused, and GSS and Mega-chunk train as fast per token at 16k as at 1k. The price: the
+process holds its peak heap until it exits, and large blocks fragment it (up to 30% more peak resident memory at
+16k tokens). One model training repeats one allocation pattern and its heap settles; a process that runs several
+large workloads keeps the high-water mark of all of them (the benchmark's four models interleaved at 64k tokens
+outgrew a 24 GB machine that way).
 
 Only glibc has these knobs (Linux); elsewhere this does nothing. PyTorch's CPU tuning guide suggests the same cure
 by another route (jemalloc or tcmalloc preloaded).
@@ -19,10 +22,13 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
-NEVER_TRIM = 2**31 - 1  # bytes of free memory at the top of the heap before it is given back: never, in practice
+# Free memory at the top of the heap is given back above the trim threshold; -1 (as an unsigned size, the largest)
+# means never. A finite one is not enough: 2 GB was crossed by freeing one long step's tensors, and the next
+# allocation spent 0.4 s of system time handing them back, to fault them in again later.
+NEVER_TRIM = -1
 
 # The same settings for processes started after this one (glibc reads them when a process starts).
-ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(NEVER_TRIM)}
+ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**64 - 1)}
 
 
 def keep_freed_host_memory() -> bool:
@@ -43,4 +49,6 @@ def add_host_allocator_option(parser: argparse.ArgumentParser):
     parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
                         help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default; "
                              "ssmlm/host_memory.py), or leave glibc's malloc as it is: large blocks mapped afresh "
-                             "at every allocation, which slows every model's long sequences")
+                             "at every allocation, which slows every model's long sequences. A kept heap holds "
+                             "the high-water mark of all the process ran: several models at 64k tokens outgrew a "
+                             "24 GB machine kept, and fit with the system allocator")

@@ -60,6 +60,10 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
     machine = result["machine"]
     assert machine["device"] == "cpu" and machine["nproc"] >= 1 and machine["torch"] == torch.__version__
     assert machine["torch_threads"] == 1 and machine["cpu"]
+    # Freed memory kept by default, as the trainer keeps it (glibc); recorded so runs compare like with like.
+    assert result["settings"]["host_allocator"] == "keep-freed"
+    assert machine["host_allocator"] == ("glibc, freed memory kept" if sys.platform.startswith("linux")
+                                         else "system default")
     assert result["settings"]["repeats"] == 2 and result["settings"]["lengths"] == [LENGTH]
     assert result["matmul_peak"]["flops_per_s"] == statistics.median(result["matmul_peak"]["flops_per_s_repeats"])
 

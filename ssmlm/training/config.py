@@ -83,7 +83,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # FFTs stay in float32 either way
     # On the CPU: reuse freed memory instead of faulting in fresh pages every step. Long sequences train up to 1.5x
-    # faster; the process keeps its peak heap, ~20% more resident memory (ssmlm/host_memory.py).
+    # faster; the process keeps its peak heap, up to 30% more peak resident memory (ssmlm/host_memory.py).
     keep_freed_host_memory: bool = True
     seed: int = 0
     eval_every: int = 100  # steps between validation passes (also at step 0 and at the end)

@@ -22,7 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from fixtures.tiny_corpus import DOMAINS, write_tiny_corpus
 
 from ssmlm.generation_cli import main as generate_main
-from ssmlm.training import latest_checkpoint, train
+from ssmlm.training import latest_checkpoint, train, trainer
 from ssmlm.training.config import config_from_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -119,6 +119,17 @@ def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys)
     assert generate_main(["--model", str(output_dir), "--prompt", "The", "--max-new-tokens", "8", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith("The")
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
+
+
+def test_freed_host_memory_is_kept_on_the_cpu_unless_the_config_says_not(corpus, cache_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_host_memory", lambda: calls.append("kept") or True)
+    short = ("training.max_steps=2", "training.eval_every=2", "training.eval_blocks=2", "output.save_every=2")
+    run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "default"), *short)
+    assert calls == ["kept"]
+    run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "off"), *short,
+                   "training.keep_freed_host_memory=false")
+    assert calls == ["kept"]
 
 
 @pytest.fixture(scope="module")

@@ -51,4 +51,4 @@ def add_host_allocator_option(parser: argparse.ArgumentParser):
                              "ssmlm/host_memory.py), or leave glibc's malloc as it is: large blocks mapped afresh "
                              "at every allocation, which slows every model's long sequences. A kept heap holds "
                              "the high-water mark of all the process ran: several models at 64k tokens outgrew a "
-                             "24 GB machine kept, and fit with the system allocator")
+                             "24 GB machine with memory kept, and fit with the system allocator")

@@ -82,7 +82,7 @@ class TrainingConfig:
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # FFTs stay in float32 either way
-    # On the CPU: reuse freed memory instead of faulting in fresh pages every step. Long sequences train up to 1.5x
+    # On the CPU: reuse freed memory instead of faulting in fresh pages every step. Long sequences train up to 1.6x
     # faster; the process keeps its peak heap, up to 30% more peak resident memory (ssmlm/host_memory.py).
     keep_freed_host_memory: bool = True
     seed: int = 0

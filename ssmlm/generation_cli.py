@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 
 import ssmlm  # noqa: F401  (registers the ssmlm classes with the Auto* factories)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+from transformers.utils import logging as transformers_logging
 
 PROG = "generate.py"
 WEIGHT_FILES = (
@@ -155,10 +156,38 @@ def load(model_dir: Path, device: torch.device, dtype):
     except LOAD_ERRORS as error:
         raise UsageError(f"cannot load the tokenizer in {model_dir}: {one_line(error)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype)
+        # Mismatched shapes are collected, not raised, so that they are reported with the other mismatches; and
+        # reported here in one line, not by transformers' multi-line load report.
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        model, loading = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype,
+                                                              ignore_mismatched_sizes=True, output_loading_info=True)
     except LOAD_ERRORS as error:
         raise UsageError(f"cannot load the model in {model_dir}: {one_line(error)}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
+    check_whole_model(model_dir, model, loading)
     return tokenizer, model.to(device).eval()
+
+
+def check_whole_model(model_dir: Path, model, loading: dict) -> None:
+    """Refuse weights that do not match the config (from_pretrained would initialise what is missing at random and
+    ignore what is left over) or are not finite (the run that saved them diverged)."""
+    problems = []
+    for kind, names in (("missing", loading["missing_keys"]), ("unexpected", loading["unexpected_keys"]),
+                        ("of the wrong shape", [item[0] if isinstance(item, tuple) else item
+                                                for item in loading["mismatched_keys"]])):
+        if names:
+            names = sorted(names)
+            problems.append(f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    if problems:
+        raise UsageError(f"the weights in {model_dir} do not match its config.json: tensors {'; '.join(problems)}")
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise UsageError(f"the weights in {model_dir} are not finite ({len(bad)} tensors hold NaN or infinity, e.g. "
+                         f"{bad[0]}): the run that saved them diverged")
 
 
 def one_line(error: Exception) -> str:

@@ -20,6 +20,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from fixtures.tiny_corpus import write_tiny_corpus  # noqa: E402
+
 from ssmlm import SSMLMConfig, SSMLMForCausalLM  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
@@ -42,6 +44,18 @@ def fixture_texts() -> list[str]:
     files = sorted(TEXT_DIR.glob("*.txt"))  # not LICENSES.md: that is about the texts, not one of them
     assert files, f"no text fixtures in {TEXT_DIR}"
     return [path.read_text(encoding="utf-8") for path in files]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The tiny corpus (fixtures/tiny_corpus.py) that training tests run on."""
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """The data cache of the training tests, so the tokenizer is trained and the tiny corpus packed once."""
+    return tmp_path_factory.mktemp("data-cache")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -467,3 +468,15 @@ def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_proce
     finally:
         benchmarking.use_gss_shape(None)
     assert benchmarking.build_model("gss", torch.device("cpu")).config.ssm_size == 64
+
+
+def test_the_data_memory_benchmark_runs_and_writes_its_json(tmp_path):
+    out = tmp_path / "memory.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_data_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--sizes-mb", "0.3", "0.6", "--steps", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["text_mb"] >= size for r, size in zip(results["runs"], [0.3, 0.6])] == [True, True]
+    assert all(r["peak_memory_mb"] > 100 for r in results["runs"]) and results["runs"][0]["peak_memory_vs_first"] == 1
+    assert run.stdout.count(" MB |") == 4  # two rows of a size and a peak

@@ -1,10 +1,13 @@
 """Data: local files and Hub names through the same keys, clear errors on bad input, tokenizers, cached packing."""
 
+import functools
 import itertools
 import json
 from pathlib import Path
 
+import datasets
 import pytest
+import torch
 from fixtures.tiny_corpus import TEXT_DIR, write_tiny_corpus
 
 from ssmlm.data import packing, sources, tokenizer as tokenizers
@@ -122,6 +125,22 @@ def test_trained_tokenizers_load_with_auto_tokenizer(kind, train_sets, tmp_path)
         assert loaded.decode(loaded(code).input_ids) == code
 
 
+@pytest.mark.parametrize("kind", ["byte_bpe", "sentencepiece_bpe", "sentencepiece_unigram"])
+def test_long_texts_tokenize_in_pieces_to_the_ids_of_the_whole(kind, fixture_texts):
+    tokenizer = tokenizers.train_tokenizer(iter(fixture_texts), kind, vocab_size=600)
+    for text in fixture_texts:
+        pieces = list(tokenizers.text_pieces(text, max_chars=4000))
+        assert "".join(pieces) == text and len(pieces) > 1 and max(map(len, pieces)) <= 4000
+        assert all(piece.startswith(" ") and not previous[-1].isspace() for previous, piece in zip(pieces, pieces[1:]))
+        whole = tokenizer(text, add_special_tokens=False).input_ids
+        assert [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False).input_ids] == whole
+
+
+def test_text_without_a_place_to_cut_is_cut_at_the_limit():
+    assert list(tokenizers.text_pieces("x" * 25 + " y", max_chars=10)) == ["x" * 10, "x" * 10, "x" * 5 + " y"]
+    assert list(tokenizers.text_pieces("ab cd  ef gh", max_chars=6)) == ["ab cd", "  ef", " gh"]
+
+
 def test_a_trained_tokenizer_is_cached(train_sets, tmp_path, monkeypatch):
     config = TokenizerConfig(kind="byte_bpe", vocab_size=300, training_chars=100_000)
     first = tokenizers.get_tokenizer(config, train_sets, tmp_path)
@@ -133,8 +152,23 @@ def test_a_trained_tokenizer_is_cached(train_sets, tmp_path, monkeypatch):
 def test_an_existing_tokenizer_is_accepted(tokenizer_dir, train_sets, tmp_path):
     loaded = tokenizers.get_tokenizer(TokenizerConfig(path=str(tokenizer_dir)), train_sets, tmp_path)
     assert loaded.get_vocab() == AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="tokenizer.path: cannot load a tokenizer from"):
-        tokenizers.get_tokenizer(TokenizerConfig(path=str(tmp_path / "nothing")), train_sets, tmp_path)
+        tokenizers.get_tokenizer(TokenizerConfig(path=str(tmp_path / "empty")), train_sets, tmp_path)
+
+
+@pytest.mark.parametrize("path", ["/no/such/tokenizer", "./tok", "~/no-such-tokenizer", "runs/x/tokenizer"])
+def test_a_missing_local_tokenizer_path_is_not_tried_on_the_hub(path, train_sets, tmp_path, monkeypatch):
+    monkeypatch.setattr(tokenizers.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("tried the Hub"))
+    with pytest.raises(DataError, match="tokenizer.path: no such directory: "):
+        tokenizers.get_tokenizer(TokenizerConfig(path=path), train_sets, tmp_path)
+
+
+@pytest.mark.parametrize("kind, size", [("sentencepiece_bpe", 8), ("sentencepiece_unigram", 8)])
+def test_a_vocabulary_too_small_for_the_alphabet_is_an_error_not_silently_larger(kind, size, train_sets, tmp_path):
+    with pytest.raises(DataError, match=f"tokenizer.vocab_size: {size} cannot hold the distinct characters"):
+        tokenizers.get_tokenizer(TokenizerConfig(kind=kind, vocab_size=size, training_chars=20_000), train_sets,
+                                 tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,6 +183,18 @@ def test_packing_joins_documents_with_eos_and_cuts_blocks(train_sets, tokenizer_
         tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in documents["text"]))
     assert blocks[0]["input_ids"].shape == (64,)
     assert [int(i) for block in blocks["input_ids"] for i in block] == stream[:len(stream) // 64 * 64]
+
+
+def test_a_long_document_is_packed_as_if_tokenized_whole(tokenizer_dir, fixture_texts, monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    documents = datasets.Dataset.from_dict({"text": ["".join(fixture_texts), fixture_texts[0][:3000]]})
+    stream = [i for text in documents["text"] for i in tokenizer(text).input_ids + [tokenizer.eos_token_id]]
+    whole = torch.tensor(stream[:len(stream) // 64 * 64]).view(-1, 64)
+    # Pieces of 5,000 characters, 20,000 characters per tokenizer call: the documents span many pieces and calls.
+    monkeypatch.setattr(packing, "text_pieces", functools.partial(tokenizers.text_pieces, max_chars=5000))
+    monkeypatch.setattr(packing, "CHARS_PER_CALL", 20_000)
+    pieces = packing.pack_documents(documents, tokenizer, seq_len=64, num_proc=1)[:]["input_ids"]
+    assert len(whole) > 1000 and torch.equal(pieces, whole) and pieces.dtype == torch.int64
 
 
 def test_packing_runs_in_several_processes_and_is_cached(train_sets, tokenizer_dir):

@@ -8,6 +8,7 @@ in-process; the command line runs once as a subprocess."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,16 @@ def test_bad_inputs_give_one_line_errors(change, message, model_dirs, eval_file,
     assert code == 2
     assert error.startswith("eval_length.py: error: ") and message in error and "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_weights_do_not_match_its_config_is_refused(model_dirs, eval_file, tmp_path, capsys):
+    directory = tmp_path / "three-layers"
+    shutil.copytree(model_dirs["gss"], directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3, "block_types": ["gss"] * 3}))
+    code = main(["--model", str(directory), "--data", f"text={eval_file}", "--lengths", "32", "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert error.startswith(f"eval_length.py: error: the weights in {directory} do not match its config.json: "
+                            f"tensors 13 missing (model.layers.2.")

@@ -184,6 +184,34 @@ def test_directory_with_damaged_weights(capsys, tmp_path, tiny_model_dir):
     expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT], f"cannot load the model in {directory}")
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_hidden_layers": 3, "block_types": ["gss"] * 3}, "tensors 13 missing (model.layers.2."),
+    ({"num_hidden_layers": 1, "block_types": ["gss"]}, "tensors 13 unexpected (model.layers.1."),
+    ({"ssm_state_size": 8}, "tensors 8 of the wrong shape (model.layers.0.ssm."),
+])
+def test_weights_that_do_not_match_the_config_are_refused(change, message, capsys, tmp_path, tiny_model_dir):
+    directory = copy_model_files(tiny_model_dir, tmp_path / "mismatch", *MODEL_FILES)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **change}))
+    expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT],
+                 f"the weights in {directory} do not match its config.json: {message}")
+
+
+def test_weights_that_are_not_finite_are_refused(capsys, tmp_path, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.layers[1].to_out.weight[3, 5] = float("nan")
+    model.save_pretrained(tmp_path / "diverged")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "diverged")
+    capsys.readouterr()
+    expect_error(capsys, ["--model", str(tmp_path / "diverged"), "--prompt", PROMPT],
+                 "are not finite (1 tensors hold NaN or infinity, e.g. model.layers.1.to_out.weight): the run that "
+                 "saved them diverged")
+
+
 @pytest.mark.parametrize("prompt", ["", "   \n\t "])
 def test_empty_prompt(capsys, tiny_model_dir, prompt):
     expect_error(capsys, ["--model", str(tiny_model_dir), "--prompt", prompt], "the prompt is empty")

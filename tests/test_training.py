@@ -5,7 +5,6 @@ errors.
 Multi-process runs are `accelerate launch` subprocesses over gloo on CPU; single-process runs are in-process.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,58 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from accelerate.state import AcceleratorState, GradientState
-from fixtures.tiny_corpus import DOMAINS, write_tiny_corpus
+from fixtures.tiny_corpus import DOMAINS
+from runs import REPO, TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, validation
+from runs import write_config
 
 from ssmlm.generation_cli import main as generate_main
-from ssmlm.training import latest_checkpoint, train, trainer
-from ssmlm.training.config import config_from_dict
+from ssmlm.training import latest_checkpoint, trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN_PY = REPO / "train.py"
-
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    """Shared by the runs of this module, so the tokenizer is trained and the corpus packed once."""
-    return tmp_path_factory.mktemp("data-cache")
-
-
-def tiny_config_values(corpus: Path, cache_dir: Path, output_dir: Path) -> dict:
-    return {
-        "model": {"hidden_size": 32, "num_hidden_layers": 2},
-        "data": {
-            "sources": {domain: {"train": str(corpus / domain / "train.jsonl"),
-                                 "validation": str(corpus / domain / "validation.jsonl")} for domain in DOMAINS},
-            "seq_len": 64, "cache_dir": str(cache_dir), "num_proc": 2,
-        },
-        "tokenizer": {"kind": "byte_bpe", "vocab_size": 512},
-        "training": {"max_steps": 50, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "eval_every": 25,
-                     "eval_blocks": 32},
-        "output": {"dir": str(output_dir), "save_every": 25, "log_every": 1, "tracker": None},
-    }
-
-
-def run_in_process(values: dict, *overrides: str, **train_args) -> dict:
-    try:
-        return train(config_from_dict(values, list(overrides)), **train_args)
-    finally:  # Accelerate keeps process-wide state; the next run starts from scratch
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
-def write_config(values: dict, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 def free_port() -> int:
@@ -82,18 +38,6 @@ def launch_two_ranks(launcher_args: list[str], config: Path, *overrides: str, en
                "--main_process_port", str(free_port()), str(TRAIN_PY), "--config", str(config), *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-def records(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_losses(output_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["train/loss"] for r in records(output_dir) if "train/loss" in r}
-
-
-def validation(output_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in records(output_dir) if "val/loss" in r}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,23 +151,6 @@ def test_resume_after_kill_continues_the_same_loss_sequence(corpus, cache_dir, t
 # The command line: one clear line and exit code 2 for problems the user can fix.
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = load_train_script().main([str(arg) for arg in args])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return code, capsys.readouterr().err
-
-
 @pytest.fixture
 def config_file(corpus, cache_dir, tmp_path) -> Path:
     return write_config(tiny_config_values(corpus, cache_dir, tmp_path / "run"), tmp_path / "config.yaml")
@@ -254,14 +181,14 @@ def test_cli_data_errors(config_file, tmp_path, capsys):
     assert (code, err) == (2, f"train.py: error: config file not found: {tmp_path / 'nope.yaml'}\n")
 
 
-def test_cli_refuses_to_overwrite_an_existing_run(config_file, tmp_path, capsys):
+def test_cli_refuses_to_write_into_an_existing_directory(config_file, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("keep me")
     code, err = cli(capsys, "--config", config_file)
     assert code == 2 and err.startswith(f"train.py: error: output directory {tmp_path / 'run'} already exists; "
                                         "pass --overwrite to replace it")
-    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
     code, err = cli(capsys, "--config", config_file, "--resume")
-    assert code == 2 and "--resume: no complete checkpoint in" in err
-    assert cli(capsys, "--config", config_file, "--overwrite", "training.max_steps=2", "training.eval_every=2")[0] == 0
-    assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "model.safetensors").exists()
+    assert code == 2 and "is not an ssmlm run" in err
+    code, err = cli(capsys, "--config", config_file, "--overwrite")
+    assert code == 2 and "--overwrite: will not delete" in err and "not an ssmlm run directory" in err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"

@@ -148,3 +148,45 @@ def test_extends_errors_are_clear(tmp_path):
     (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="config file not found: .*nowhere.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+# ---- settings that would do nothing or do harm, and YAML's surprises ----
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rate=-1e-3", "training.learning_rate: must be a finite number, 0 or more, got -0.001"),
+    ("training.learning_rate=.inf", "training.learning_rate: must be a finite number, 0 or more, got inf"),
+    ("training.weight_decay=-0.1", "training.weight_decay: must be a finite number, 0 or more"),
+    ("training.adam_beta1=1.0", "training.adam_beta1: must be in [0, 1), got 1.0"),
+    ("training.adam_beta2=.nan", "training.adam_beta2: must be in [0, 1), got nan"),
+    ("training.max_grad_norm=-1", "training.max_grad_norm: must be a positive finite number, or null to switch"),
+    ("training.max_grad_norm=0", "training.max_grad_norm: must be a positive finite number, or null to switch"),
+    ("training.seed=4294967296", "training.seed: must be in [0, 2**32)"),
+    ("data.seed=-3", "data.seed: must be in [0, 2**32), got -3"),
+    ("tokenizer.vocab_size=259", "tokenizer.vocab_size: a byte_bpe tokenizer needs at least 260 entries (4 special "
+                                 "tokens and 256 bytes), got 259"),
+    ("output.tracker=tensorbored", "output.tracker: unknown tracker 'tensorbored'; expected one of all, aim, "),
+])
+def test_out_of_range_settings_are_named(override, message):
+    assert message in error_of([override])
+
+
+def test_settings_at_the_edges_of_their_ranges_are_accepted():
+    config = build(["training.max_grad_norm=null", "training.learning_rate=0", "training.adam_beta2=0",
+                    "tokenizer.vocab_size=260", "tokenizer.kind=sentencepiece_bpe", "tokenizer.vocab_size=5",
+                    "output.tracker=all"])
+    assert config.training.max_grad_norm is None and config.tokenizer.vocab_size == 5
+
+
+def test_yes_no_on_off_are_strings_as_in_yaml_1_2():
+    assert build(["training.mixed_precision=no"]).training.mixed_precision == "no"
+    assert parse_yaml("a: no\nb: off\nc: yes\nd: true\ne: False", "test") == {
+        "a": "no", "b": "off", "c": "yes", "d": True, "e": False}
+    assert "training.keep_freed_host_memory: expected bool, got str 'yes'" in error_of(
+        ["training.keep_freed_host_memory=yes"])
+
+
+def test_a_tilde_means_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = build(["output.dir=~/runs/x", "data.cache_dir=~/cache", "tokenizer.path=~/tok"])
+    assert (config.output.dir, config.data.cache_dir, config.tokenizer.path) == (
+        f"{tmp_path}/runs/x", f"{tmp_path}/cache", f"{tmp_path}/tok")

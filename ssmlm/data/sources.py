@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import glob
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def is_local(spec: str) -> bool:
 
 
 def check_text_file(path: Path, key: str) -> None:
-    """Raise DataError unless `path` is a non-empty, valid UTF-8 file. Reads it once, in 1 MiB pieces."""
+    """Raise DataError unless `path` is a non-empty, valid UTF-8 file without NUL bytes (which mark a binary file,
+    and cannot occur in JSON). Reads it once, in 1 MiB pieces."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     has_text = False
     offset = 0
@@ -51,21 +53,54 @@ def check_text_file(path: Path, key: str) -> None:
             except UnicodeDecodeError as error:
                 raise DataError(f"{key}: {path} is not valid UTF-8 ({error.reason} near byte "
                                 f"{offset + error.start})") from None
+            if "\0" in text:
+                raise DataError(f"{key}: {path} holds NUL bytes (near byte {offset + chunk.index(0)}): a binary "
+                                f"file, not text")
             has_text = has_text or bool(text.strip())
             offset += len(chunk or b"")
     if not has_text:
         raise DataError(f"{key}: data file is empty: {path}")
 
 
-def local_files(specs: list[str], key: str) -> tuple[list[Path], str]:
-    """The checked files that `specs` name, and their loader ("text" or "json")."""
-    files = []
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def check_json_lines(path: Path, key: str, text_column: str) -> None:
+    """Raise DataError, naming the line, unless every non-blank line of `path` is a JSON object whose
+    `text_column` field, where present and not null, is a string."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{key}: {path} line {number}: not valid JSON ({error.msg} at character "
+                                f"{error.pos + 1})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{key}: {path} line {number}: expected a JSON object with a {text_column!r} "
+                                f"field, got {JSON_KINDS.get(type(record), type(record).__name__)}")
+            text = record.get(text_column)
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{key}: {path} line {number}: field {text_column!r} is "
+                                f"{JSON_KINDS.get(type(text), type(text).__name__)}, expected a string")
+
+
+def matching_paths(specs: list[str]) -> list[Path]:
+    """The paths that local `specs` name, globs expanded (a glob that matches nothing adds nothing); unchecked."""
+    paths = []
     for spec in specs:
         spec = os.path.expanduser(spec)
-        matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
-        if not matches:
-            raise DataError(f"{key}: no file matches {spec}")
-        files.extend(Path(match) for match in matches)
+        paths.extend(Path(match) for match in (sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]))
+    return paths
+
+
+def local_files(specs: list[str], key: str) -> tuple[list[Path], str]:
+    """The checked files that `specs` name, and their loader ("text" or "json")."""
+    for spec in specs:
+        if glob.has_magic(spec) and not glob.glob(os.path.expanduser(spec)):
+            raise DataError(f"{key}: no file matches {os.path.expanduser(spec)}")
+    files = matching_paths(specs)
     formats = set()
     for path in files:
         if not path.exists():
@@ -84,6 +119,9 @@ def local_files(specs: list[str], key: str) -> tuple[list[Path], str]:
 def load_local(specs: list[str], text_column: str, cache_dir: str, key: str) -> datasets.Dataset:
     files, loader = local_files(specs, key)
     data_files = [str(path) for path in files]
+    for path in files:
+        if path.suffix.lower() == ".jsonl":
+            check_json_lines(path, key, text_column)
     if loader == "text":
         return datasets.load_dataset("text", data_files=data_files, sample_by="document", split="train",
                                      cache_dir=cache_dir)
@@ -95,6 +133,9 @@ def load_local(specs: list[str], text_column: str, cache_dir: str, key: str) -> 
     if text_column not in documents.column_names:
         raise DataError(f"{key}: the records of {', '.join(data_files)} have no {text_column!r} field (they have "
                         f"{', '.join(documents.column_names)}); set text_column")
+    if getattr(documents.features[text_column], "dtype", None) not in ("string", "large_string", "null"):
+        raise DataError(f"{key}: the {text_column!r} field of the records of {', '.join(data_files)} holds "
+                        f"{documents.features[text_column]}, expected strings")
     return only_text(documents, text_column)
 
 
@@ -143,7 +184,8 @@ def load_split(source, split: str, cache_dir: str, seed: int, key: str) -> datas
         documents = load_hub(specs[0], split, source, cache_dir, key)
     else:
         raise DataError(f"{key}: {specs} mixes Hub names and local files (or names files that do not exist)")
-    documents = documents.filter(lambda text: bool(text and text.strip()), input_columns="text")
+    # isspace, not strip: no copy of a long document
+    documents = documents.filter(lambda text: bool(text) and not text.isspace(), input_columns="text")
     if len(documents) == 0:
         raise DataError(f"{key}: no non-empty documents in {', '.join(specs)}")
     if source.max_documents is not None and len(documents) > source.max_documents:

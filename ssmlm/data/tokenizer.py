@@ -53,14 +53,36 @@ def train_tokenizer(texts: Iterator[str], kind: str, vocab_size: int) -> PreTrai
     )
 
 
+# Long texts are tokenized in pieces of at most this many characters: a fast tokenizer holds ~200 bytes per character
+# of its input while it works, so a 50 MB document in one call would take ~10 GB.
+PIECE_CHARS = 1 << 16
+
+
+def text_pieces(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` as consecutive pieces of at most `max_chars` characters, each (but the first) starting with a space
+    that follows a non-space character. Byte-level BPE and SentencePiece (Metaspace) both end a pre-token there,
+    so the pieces encode to exactly the ids of the whole text. A stretch of `max_chars` characters with no such
+    space (a base64 blob, say) is cut where it ends: the one place where the ids may differ."""
+    start = 0
+    while len(text) - start > max_chars:
+        cut = text.rfind(" ", start + 1, start + max_chars + 1)
+        while cut > start and text[cut - 1].isspace():
+            cut = text.rfind(" ", start + 1, cut)
+        if cut <= start:
+            cut = start + max_chars
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def sample_texts(train_sets: dict[str, datasets.Dataset], total_chars: int) -> Iterator[str]:
-    """Documents from every domain in turn, up to an equal share of `total_chars` each."""
+    """Documents from every domain in turn, up to an equal share of `total_chars` each, in pieces."""
     share = total_chars // len(train_sets)
     for documents in train_sets.values():
         remaining = share
         for batch in documents.iter(batch_size=64):
             for text in batch["text"]:
-                yield text[:remaining]
+                yield from text_pieces(text[:remaining])
                 remaining -= min(len(text), remaining)
                 if remaining == 0:
                     break
@@ -68,7 +90,16 @@ def sample_texts(train_sets: dict[str, datasets.Dataset], total_chars: int) -> I
                 break
 
 
+def looks_like_a_path(name: str) -> bool:
+    """True for what cannot be a Hub repository id ("name" or "namespace/name"): absolute or relative paths that
+    start with "/", "." or "~", or have more than one "/". A missing one is then reported at once, not after the
+    Hub has been tried."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    if not Path(name_or_path).exists() and looks_like_a_path(name_or_path):
+        raise DataError(f"tokenizer.path: no such directory: {name_or_path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
@@ -89,8 +120,17 @@ def get_tokenizer(tokenizer_config, train_sets: dict[str, datasets.Dataset], cac
     name = f"{tokenizer_config.kind}-{tokenizer_config.vocab_size}-{key}"
     directory = Path(cache_dir).expanduser() / "tokenizers" / name
     if not (directory / "tokenizer.json").exists():
-        tokenizer = train_tokenizer(sample_texts(train_sets, tokenizer_config.training_chars), tokenizer_config.kind,
-                                    tokenizer_config.vocab_size)
+        too_small = (f"tokenizer.vocab_size: {tokenizer_config.vocab_size} cannot hold the distinct characters of "
+                     f"the training text and the {len(SPECIAL_TOKENS)} special tokens")
+        try:
+            tokenizer = train_tokenizer(sample_texts(train_sets, tokenizer_config.training_chars),
+                                        tokenizer_config.kind, tokenizer_config.vocab_size)
+        except Exception as error:  # the Unigram trainer's own words for it
+            if "not large enough to contain all chars" in str(error):
+                raise DataError(f"{too_small}; raise it") from None
+            raise
+        if len(tokenizer) > tokenizer_config.vocab_size:  # SentencePiece BPE grows to the alphabet silently
+            raise DataError(f"{too_small}: it would need {len(tokenizer)}")
         directory.parent.mkdir(parents=True, exist_ok=True)
         # Save beside the target and rename, so a reader never sees a half-written tokenizer.
         scratch = tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-")

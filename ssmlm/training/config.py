@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
@@ -20,14 +22,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from accelerate.utils import LoggerType
 
 from ..configuration import SSMLMConfig
+from ..data.tokenizer import SPECIAL_TOKENS
 
 
 class ConfigError(ValueError):
     """A problem with the user's configuration or input data, reported as one line (train.py exits with code 2)."""
 
 
+# Accelerate's tracker names ("all": every installed one).
+TRACKERS = tuple(tracker.value for tracker in LoggerType)
+SEED_RANGE = 2**32  # numpy's seeds, which set_seed also sets, are 32-bit
 # Model keys the trainer fills from the tokenizer, and HF bookkeeping fields a user has no reason to set.
 MODEL_KEYS_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 MODEL_KEYS_INTERNAL = ("transformers_version", "architectures")
@@ -80,8 +87,9 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # FFTs stay in float32 either way
+    max_grad_norm: float | None = 1.0  # gradient clipping threshold; null switches clipping off
+    # bf16 on CPUs and GPUs that support it, fp16 (with loss scaling) on GPUs only; FFTs stay in float32 either way
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # On the CPU: reuse freed memory instead of faulting in fresh pages every step. Long sequences train up to 1.6x
     # faster; the process keeps its peak heap, up to 30% more peak resident memory (ssmlm/host_memory.py).
     keep_freed_host_memory: bool = True
@@ -96,7 +104,7 @@ class OutputConfig:
     save_every: int = 500  # steps between checkpoints (also one at the end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     log_every: int = 10  # steps between loss records
-    tracker: str | None = "tensorboard"  # an Accelerate tracker ("tensorboard", "wandb", ...) or null
+    tracker: str | None = "tensorboard"  # an Accelerate tracker (TRACKERS: "tensorboard", "wandb", ...) or null
 
 
 @dataclass
@@ -108,14 +116,25 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):
+        # "~/runs/x" means the home directory, as in a shell: never a folder named "~".
+        self.output.dir = os.path.expanduser(self.output.dir)
+        self.data.cache_dir = os.path.expanduser(self.data.cache_dir)
+        if self.data.build_corpus:
+            self.data.build_corpus = os.path.expanduser(self.data.build_corpus)
+        if self.tokenizer.path:
+            self.tokenizer.path = os.path.expanduser(self.tokenizer.path)
         self._check_model_section()
+        self._check_ranges()
+
+    def _check_ranges(self):
+        """Every number in its range, so that a run never starts with a setting that does nothing or does harm."""
+        training, tokenizer = self.training, self.tokenizer
         positive = {
             "data.seq_len": self.data.seq_len, "data.num_proc": self.data.num_proc,
-            "tokenizer.vocab_size": self.tokenizer.vocab_size,
-            "tokenizer.training_chars": self.tokenizer.training_chars,
-            "training.max_steps": self.training.max_steps, "training.batch_size": self.training.batch_size,
-            "training.gradient_accumulation_steps": self.training.gradient_accumulation_steps,
-            "training.eval_every": self.training.eval_every, "training.eval_blocks": self.training.eval_blocks,
+            "tokenizer.vocab_size": tokenizer.vocab_size, "tokenizer.training_chars": tokenizer.training_chars,
+            "training.max_steps": training.max_steps, "training.batch_size": training.batch_size,
+            "training.gradient_accumulation_steps": training.gradient_accumulation_steps,
+            "training.eval_every": training.eval_every, "training.eval_blocks": training.eval_blocks,
             "output.save_every": self.output.save_every, "output.keep_checkpoints": self.output.keep_checkpoints,
             "output.log_every": self.output.log_every,
         }
@@ -132,8 +151,33 @@ class TrainConfig:
             if source.max_documents is not None and source.max_documents <= 0:
                 raise ConfigError(f"data.sources.{domain}.max_documents: must be positive or null, "
                                   f"got {source.max_documents}")
-        if self.training.warmup_steps < 0:
-            raise ConfigError(f"training.warmup_steps: must be 0 or more, got {self.training.warmup_steps}")
+        if training.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps: must be 0 or more, got {training.warmup_steps}")
+        for key in ("learning_rate", "ssm_learning_rate", "weight_decay"):
+            value = getattr(training, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"training.{key}: must be a finite number, 0 or more, got {value}")
+        for key in ("adam_beta1", "adam_beta2"):
+            value = getattr(training, key)
+            if not 0 <= value < 1:  # also false for NaN
+                raise ConfigError(f"training.{key}: must be in [0, 1), got {value}")
+        if training.max_grad_norm is not None and not (math.isfinite(training.max_grad_norm)
+                                                       and training.max_grad_norm > 0):
+            raise ConfigError(f"training.max_grad_norm: must be a positive finite number, or null to switch "
+                              f"clipping off, got {training.max_grad_norm}")
+        for key, seed in (("training.seed", training.seed), ("data.seed", self.data.seed)):
+            if not 0 <= seed < SEED_RANGE:
+                raise ConfigError(f"{key}: must be in [0, 2**32), got {seed}")
+        # The special tokens and, for byte-level BPE, all 256 bytes must fit: a smaller vocabulary is not honoured.
+        smallest = len(SPECIAL_TOKENS) + (256 if tokenizer.kind == "byte_bpe" else 1)
+        if tokenizer.path is None and tokenizer.vocab_size < smallest:
+            raise ConfigError(f"tokenizer.vocab_size: a {tokenizer.kind} tokenizer needs at least {smallest} "
+                              f"entries ({len(SPECIAL_TOKENS)} special tokens"
+                              f"{' and 256 bytes' if tokenizer.kind == 'byte_bpe' else ' and one piece'}), "
+                              f"got {tokenizer.vocab_size}")
+        if self.output.tracker is not None and self.output.tracker not in TRACKERS:
+            raise ConfigError(f"output.tracker: unknown tracker {self.output.tracker!r}; expected one of "
+                              f"{', '.join(TRACKERS)}, or null")
 
     def _check_model_section(self):
         allowed = {f.name for f in dataclasses.fields(SSMLMConfig)} - set(MODEL_KEYS_INTERNAL)
@@ -157,12 +201,20 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# YAML with `1e-3` read as a number: PyYAML follows YAML 1.1, where a float needs a dot ("1.0e-3").
+# YAML read as YAML 1.2 reads numbers and booleans. PyYAML follows YAML 1.1, where a float needs a dot ("1.0e-3" but
+# not "1e-3") and yes/no/on/off are booleans, so `mixed_precision: no` would be False rather than the string "no".
 
 
 class _Loader(yaml.SafeLoader):
     pass
 
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -313,6 +365,18 @@ def merge_sections(base: dict, update: dict) -> dict:
         both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = merge_sections(merged[key], value) if both_mappings else value
     return merged
+
+
+def flat_values(values: dict, prefix: str = "") -> dict:
+    """Nested config values as {dotted key: value}."""
+    flat = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flat_values(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -7,11 +7,17 @@ batch is batch_size x processes x accumulation blocks; a run on 2 processes and 
 accumulation see the same blocks in the same order and follow the same losses. The same code runs on one CPU,
 several CPU ranks over gloo, GPUs with DDP, DeepSpeed ZeRO or FSDP: the launcher's Accelerate config decides.
 
+Nothing is written before the whole run is checked: the config, the data, the tokenizer, the model, the
+checkpoint to resume from. A non-finite loss or gradient norm stops the run (TrainingDiverged) before the bad
+update is saved; SIGINT or SIGTERM (Ctrl-C) stops it after the current step, with a checkpoint (TrainingStopped).
+
 Output directory:
-    checkpoints/checkpoint-N/   Accelerate `save_state` (model, optimizer, scheduler, RNG) + trainer_state.json
+    ssmlm-run.json              the run's marker, locked while a process writes the run (run_dir.py)
+    checkpoints/checkpoint-N/   verified checkpoints (checkpoints.py)
     logs/                       tracker logs (TensorBoard by default)
     metrics.jsonl               one JSON record per logged step and per validation pass
-    train_config.yaml           the resolved configuration
+    train_config.yaml           the configuration of the latest segment; an earlier segment's, if it differs, is
+                                kept as train_config.until-step-N.yaml
     config.json, model.safetensors, tokenizer files: the final model, for from_pretrained / generate.py
 """
 
@@ -21,94 +27,109 @@ import itertools
 import json
 import math
 import os
-import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
 import datasets
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
-from accelerate.utils import is_tensorboard_available, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..data.packing import pack_documents
-from ..data.sources import load_documents
+from ..data.sources import is_local, load_documents, matching_paths
 from ..data.tokenizer import get_tokenizer
 from ..host_memory import keep_freed_host_memory
 from ..kernels import DiagonalSSM
 from ..modeling import SSMLMForCausalLM
-from .config import ConfigError, TrainConfig, dump_config
+from . import checkpoints
+from .config import ConfigError, TrainConfig, dump_config, flat_values
+from .run_dir import check_not_busy, check_replaceable, finish_run, is_empty, is_run, read_marker, replaced_path
+from .run_dir import readable_by_all, start_run
 
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_MARKER = "trainer_state.json"  # written last: a checkpoint without it is incomplete
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite; nothing after the last good checkpoint was saved."""
+
+
+class TrainingStopped(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a step, which was saved as a checkpoint."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to checkpoint-N.tmp and renamed when complete, so a crash never leaves a "latest" that is
-# half-written.
+# Before anything is written: what the command line asks of the output directory, checked without changing it.
 
 
-def complete_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint, oldest first."""
-    found = []
-    for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        step = path.name[len(CHECKPOINT_PREFIX):]
-        if step.isdigit() and (path / CHECKPOINT_MARKER).is_file():
-            found.append((int(step), path))
-    return sorted(found)
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    checkpoints = complete_checkpoints(Path(output_dir) / "checkpoints")
-    return checkpoints[-1][1] if checkpoints else None
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    checkpoint_dir = output_dir / "checkpoints"
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
-    partial = checkpoint_dir / f"{final.name}.tmp"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)  # left by a run that died while saving
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # every process writes its part (RNG states, ZeRO shards)
-    accelerator.wait_for_everyone()
+def warn(accelerator: Accelerator, text: str) -> None:
     if accelerator.is_main_process:
-        (partial / CHECKPOINT_MARKER).write_text(json.dumps({"step": step}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        for _, old in complete_checkpoints(checkpoint_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
+        print(text, file=sys.stderr, flush=True)
 
 
-def checkpoint_step(checkpoint: Path) -> int:
-    marker = checkpoint / CHECKPOINT_MARKER
-    if not marker.is_file():
-        raise ConfigError(f"{checkpoint} is not a complete checkpoint (no {CHECKPOINT_MARKER})")
-    return json.loads(marker.read_text())["step"]
-
-
-def check_output_dir(output_dir: Path, resume: bool, resume_from: str | None, overwrite: bool) -> Path | None:
-    """Refuse to write into an existing run unless told to overwrite or resume it; return the checkpoint to resume
-    from, if any. Every process checks before any of them changes anything, so all take the same decision."""
-    if resume_from is not None:
-        checkpoint_step(Path(resume_from))  # raises unless complete
-        return Path(resume_from)
-    if resume:
-        checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            raise ConfigError(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}")
-        return checkpoint
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+def start_mode(output_dir: Path, resume: bool, resume_from: str | None, overwrite: bool,
+               protected: list[Path]) -> str:
+    """"new", "continue" or "overwrite" (see run_dir.start_run), once the directory is known to allow it."""
+    if resume or resume_from is not None:
+        check_not_busy(output_dir)
+        if not (is_empty(output_dir) or is_run(output_dir) or (output_dir / "checkpoints").is_dir()):
+            raise ConfigError(f"output directory {output_dir} exists and is not an ssmlm run; choose another "
+                              f"output.dir to resume into")
+        return "continue"
+    if is_empty(output_dir):
+        return "new"
+    if not overwrite:
         raise ConfigError(f"output directory {output_dir} already exists; pass --overwrite to replace it, "
                           f"or --resume to continue its latest checkpoint")
-    return None
+    check_replaceable(output_dir, protected)
+    check_not_busy(output_dir)
+    return "overwrite"
+
+
+def read_paths(config: TrainConfig, config_file: str | None) -> list[Path]:
+    """What this run reads and `--overwrite` must never delete: local data files, the config, the tokenizer, the
+    data cache and the corpus folder."""
+    paths = [Path(config.data.cache_dir)]
+    for source in config.data.sources.values():
+        for specs in (source.train, source.validation):
+            paths += matching_paths([spec for spec in ([specs] if isinstance(specs, str) else specs) if is_local(spec)])
+    for path in (config_file, config.tokenizer.path, config.data.build_corpus):
+        if path:
+            paths.append(Path(path))
+    return paths
+
+
+def on_main_process(accelerator: Accelerator, action):
+    """Run `action` on the main process only; a ConfigError it raises is raised on every process."""
+    outcome = [None]
+    if accelerator.is_main_process:
+        try:
+            action()
+        except ConfigError as error:
+            outcome = [str(error)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[0] is not None:
+        raise ConfigError(outcome[0])
+
+
+def keep_config(output_dir: Path, config: TrainConfig, start_step: int) -> None:
+    """Write train_config.yaml; an earlier segment's different one is kept as train_config.until-step-N.yaml."""
+    path = output_dir / checkpoints.CONFIG_FILE
+    text = dump_config(config)
+    if path.is_file() and path.read_text(encoding="utf-8") != text:
+        kept = output_dir / f"train_config.until-step-{start_step}.yaml"
+        number = 2
+        while kept.exists():
+            kept = output_dir / f"train_config.until-step-{start_step}.{number}.yaml"
+            number += 1
+        os.rename(path, kept)
+    path.write_text(text, encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,13 +146,15 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     tracker = config.output.tracker
-    tensorboard_missing = tracker == "tensorboard" and not is_tensorboard_available()
+    if tracker not in (None, "all", *get_available_trackers()):  # LoggerType members equal their names
+        raise ConfigError(f"output.tracker: {tracker!r} is not installed (pip install {tracker}), or set "
+                          f"output.tracker to null")
     accelerator = Accelerator(
         mixed_precision=config.training.mixed_precision,
         # Steps are counted here, so an epoch's end must not force an early optimizer step.
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.training.gradient_accumulation_steps, sync_with_dataloader=False),
-        log_with=None if tensorboard_missing else tracker,
+        log_with=tracker,
         project_config=ProjectConfiguration(project_dir=config.output.dir,
                                             logging_dir=str(Path(config.output.dir) / "logs")),
         # Shuffle order from (seed, epoch): the same on every process and after a resume.
@@ -140,9 +163,12 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=handlers,
     )
-    if tensorboard_missing:
-        accelerator.print("warning: output.tracker is 'tensorboard' but the tensorboard package is not installed; "
-                          "logging to metrics.jsonl only (pip install tensorboard)")
+    precision = config.training.mixed_precision
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("training.mixed_precision: fp16 needs a GPU (its loss scaling is CUDA's); on the CPU use "
+                          "bf16 or \"no\"")
+    if precision == "bf16" and accelerator.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("training.mixed_precision: this GPU has no bf16; use fp16 or \"no\"")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:  # else each process would train alone, all writing the same files
         raise ConfigError(f"{launched} processes were launched but Accelerate joined {accelerator.num_processes}; "
@@ -151,7 +177,7 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     if accelerator.state.deepspeed_plugin is not None:
         # DeepSpeed clips inside its engine: give it our threshold where its config says "auto".
         accelerator.state.deepspeed_plugin.fill_match(
-            "gradient_clipping", must_match=False, gradient_clipping=config.training.max_grad_norm)
+            "gradient_clipping", must_match=False, gradient_clipping=config.training.max_grad_norm or 0.0)
     return accelerator
 
 
@@ -222,46 +248,121 @@ def evaluate(model, loaders: dict, accelerator: Accelerator) -> dict[str, float]
     for name, losses in [*block_losses.items(), ("all", torch.cat(list(block_losses.values())))]:
         prefix = "val" if name == "all" else f"val/{name}"
         metrics[f"{prefix}/loss"] = losses.mean().item()
-        metrics[f"{prefix}/ppl"] = math.exp(metrics[f"{prefix}/loss"])
+        metrics[f"{prefix}/ppl"] = perplexity(metrics[f"{prefix}/loss"])
     return metrics
 
 
+def json_safe(value):
+    """JSON has no NaN or infinity: such a number is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 709 else math.inf  # math.exp overflows above ~709.78
+
+
 class MetricsLog:
-    """metrics.jsonl on the main process; after a resume, records past the resumed step are dropped first."""
+    """metrics.jsonl on the main process; after a resume, records past the resumed step are dropped first, and so
+    is a line a crash left half-written."""
 
     def __init__(self, path: Path, enabled: bool, start_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= start_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({key: json_safe(value) for key, value in record.items()}) + "\n")
 
 
 def flat_hyperparameters(config: TrainConfig) -> dict:
     """The config as flat scalars, as trackers (TensorBoard hparams) want."""
-    def flatten(prefix, value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                yield from flatten(f"{prefix}.{key}" if prefix else key, item)
-        else:
-            yield prefix, value if isinstance(value, (int, float, str, bool)) else str(value)
-    return dict(flatten("", config.to_dict()))
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flat_values(config.to_dict()).items()}
+
+
+def weights_finite(model, accelerator: Accelerator) -> bool:
+    """Whether every parameter on every process is finite."""
+    finite = all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
+    not_finite_anywhere = accelerator.reduce(torch.tensor(float(not finite), device=accelerator.device), "sum")
+    return not_finite_anywhere.item() == 0
+
+
+class StopRequests:
+    """SIGINT and SIGTERM while training: the first asks to stop after the current step (with a checkpoint), a
+    second stops at once, as the signal would without this."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce):
+        self.requested = False
+        self.announce = announce
+        self.previous = {}
+
+    def __enter__(self):
+        for number in self.SIGNALS:
+            self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def handle(self, number, frame):
+        for each, handler in self.previous.items():
+            signal.signal(each, handler)
+        self.requested = True
+        self.announce(f"{signal.Signals(number).name}: stopping after this step, with a checkpoint (again to stop "
+                      f"at once, without one)")
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run.
 
 
-def train(config: TrainConfig, resume: bool = False, resume_from: str | None = None,
-          overwrite: bool = False) -> dict:
+def resume_checkpoint(accelerator: Accelerator, config: TrainConfig, candidates: list[Path],
+                      allow_changes: tuple[str, ...]) -> int:
+    """Load the first intact checkpoint of `candidates` into the prepared objects, once it is known to fit the
+    config; return its step."""
+    checkpoint, state = checkpoints.first_intact(candidates, lambda text: warn(accelerator, text))
+    start_step = state["step"]
+    saved_config = checkpoints.read_config(checkpoint)
+    changes = checkpoints.launch_changes(state, checkpoints.launch_facts(accelerator), allow_changes)
+    changes += checkpoints.config_changes(saved_config, config, allow_changes) if saved_config else []
+    if changes:
+        keys = ",".join(change.split(" ")[0] for change in changes)
+        raise ConfigError(f"{checkpoint.name} was trained with other settings: {'; '.join(changes)}; to resume "
+                          f"with them anyway, pass --allow-change {keys}")
+    if start_step >= config.training.max_steps:
+        raise ConfigError(f"training.max_steps={config.training.max_steps}, and {checkpoint.name} is at step "
+                          f"{start_step}: nothing left to train; raise training.max_steps to train further")
+    checkpoints.load(accelerator, checkpoint)
+    saved_threads = state.get("launch", {}).get("threads")
+    if saved_threads not in (None, torch.get_num_threads()):
+        warn(accelerator, f"note: {checkpoint.name} was trained with {saved_threads} threads per process and this "
+                          f"run has {torch.get_num_threads()}: its losses will match an uninterrupted run closely, "
+                          f"not bit for bit")
+    accelerator.print(f"Resumed from {checkpoint} at step {start_step}")
+    return start_step
+
+
+def train(config: TrainConfig, resume: bool = False, resume_from: str | None = None, overwrite: bool = False,
+          allow_changes: tuple[str, ...] = (), config_file: str | None = None) -> dict:
     """Train as `config` says; returns the final validation metrics. With `resume`, continue from `resume_from`
-    or else the latest complete checkpoint in the output directory."""
+    or else the newest intact checkpoint in the output directory; a resumed run whose config differs from the
+    checkpoint's in more than FREE_TO_CHANGE is refused unless each differing key (or its section) is in
+    `allow_changes`. `config_file` is protected from `overwrite`."""
     output_dir = Path(config.output.dir)
-    checkpoint = check_output_dir(output_dir, resume, resume_from, overwrite)
+    mode = start_mode(output_dir, resume, resume_from, overwrite, read_paths(config, config_file))
+    resume_candidates = checkpoints.candidates(output_dir, resume_from) if mode == "continue" else []
     accelerator = build_accelerator(config)
     if accelerator.device.type == "cpu" and config.training.keep_freed_host_memory:
         keep_freed_host_memory()
@@ -270,15 +371,13 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     # The main process tokenizes and packs first; the others then read its cache.
     with accelerator.main_process_first():
         tokenizer, train_blocks, validation_blocks = prepare_data(config)
-    # The output directory is touched only once the data is known to be good.
-    if accelerator.is_main_process:
-        if overwrite and output_dir.exists():
-            shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(dump_config(config))
-    accelerator.wait_for_everyone()
 
     training = config.training
+    blocks_per_step = training.batch_size * accelerator.num_processes * training.gradient_accumulation_steps
+    if len(train_blocks) < blocks_per_step:
+        raise ConfigError(f"data: {len(train_blocks)} training blocks of {config.data.seq_len} tokens are fewer "
+                          f"than one step needs ({training.batch_size} x {accelerator.num_processes} processes x "
+                          f"{training.gradient_accumulation_steps} accumulation)")
     set_seed(training.seed)  # the same initial weights on every process
     model = SSMLMForCausalLM(config.model_config(tokenizer))
     num_parameters = model.num_parameters()  # before ZeRO-3 or FSDP shard them
@@ -291,27 +390,51 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *validation_loaders.values())
     validation_loaders = dict(zip(validation_loaders, prepared))
-    if len(train_loader) < training.gradient_accumulation_steps:
-        raise ConfigError(f"data: {len(train_blocks)} training blocks of {config.data.seq_len} tokens are fewer "
-                          f"than one step needs ({training.batch_size} x {accelerator.num_processes} processes x "
-                          f"{training.gradient_accumulation_steps} accumulation)")
 
     start_step = 0
-    if checkpoint is not None:
-        start_step = checkpoint_step(checkpoint)
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"Resumed from {checkpoint} at step {start_step}")
+    if mode == "continue":
+        start_step = resume_checkpoint(accelerator, config, resume_candidates, allow_changes)
 
+    # Everything is checked: only now is the output directory touched.
+    lock = None
+
+    def take_output_dir():
+        nonlocal lock
+        lock = start_run(output_dir, mode, read_paths(config, config_file))
+        keep_config(output_dir, config, start_step)
+
+    on_main_process(accelerator, take_output_dir)
+    try:
+        metrics = run_steps(config, accelerator, model, optimizer, scheduler, train_loader, validation_loaders,
+                            tokenizer, output_dir, start_step, num_parameters, len(train_blocks))
+        if accelerator.is_main_process:
+            finish_run(output_dir)
+    finally:
+        accelerator.end_training()
+        if lock is not None:
+            lock.release()
+    return metrics
+
+
+def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, train_loader,
+              validation_loaders: dict, tokenizer, output_dir: Path, start_step: int, num_parameters: int,
+              num_blocks: int) -> dict:
+    """The loop from `start_step` to `training.max_steps`, then the final model and the final checkpoint."""
+    training = config.training
     accelerator.init_trackers("ssmlm", config=flat_hyperparameters(config))
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, start_step)
     tokens_per_step = (training.batch_size * accelerator.num_processes * training.gradient_accumulation_steps
                        * config.data.seq_len)
-    accelerator.print(f"{num_parameters:,} parameters; {len(train_blocks):,} training "
+    accelerator.print(f"{num_parameters:,} parameters; {num_blocks:,} training "
                       f"blocks of {config.data.seq_len} tokens; {tokens_per_step:,} tokens per step on "
                       f"{accelerator.num_processes} process(es) ({accelerator.distributed_type})")
 
     progress = tqdm(total=training.max_steps, initial=start_step, desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)
+
+    def say(text):
+        if accelerator.is_local_main_process:
+            progress.write(text)
 
     def record(step, metrics):
         accelerator.log(metrics, step=step)
@@ -320,57 +443,107 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     def validate(step):
         metrics = evaluate(model, validation_loaders, accelerator)
         record(step, metrics)
-        if accelerator.is_local_main_process:
-            progress.write(f"step {step}: validation " + ", ".join(
-                f"{domain} {metrics[f'val/{domain}/loss']:.3f} (ppl {metrics[f'val/{domain}/ppl']:.1f})"
-                for domain in validation_loaders))
+        say(f"step {step}: validation " + ", ".join(
+            f"{domain} {metrics[f'val/{domain}/loss']:.3f} (ppl {metrics[f'val/{domain}/ppl']:.1f})"
+            for domain in validation_loaders))
         return metrics
 
+    def save_checkpoint(step):
+        if not weights_finite(model, accelerator):
+            raise TrainingDiverged(f"training diverged by step {step}: the weights are no longer finite; "
+                                   f"{last_good(output_dir)}")
+        return checkpoints.save(accelerator, output_dir, step, config, config.output.keep_checkpoints)
+
+    # Gradient clipping with an infinite threshold measures the norm (for the divergence check) without clipping.
+    max_grad_norm = training.max_grad_norm or math.inf
+    # With fp16 loss scaling, an infinite gradient is routine: the scaler skips that step and lowers the scale.
+    scaled = accelerator.mixed_precision == "fp16"
     metrics = validate(start_step) if start_step == 0 else {}
     batches = micro_batches(train_loader, start_step * training.gradient_accumulation_steps)
     model.train()
     window_loss = torch.zeros((), device=accelerator.device)  # summed step losses since the last record
-    window_steps, window_seconds, grad_norm = 0, 0.0, None
-    for step in range(start_step + 1, training.max_steps + 1):
-        step_start = time.perf_counter()
-        for _ in range(training.gradient_accumulation_steps):
-            ids = next(batches)["input_ids"]
-            with accelerator.accumulate(model):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-            window_loss += loss.detach() / training.gradient_accumulation_steps
-        window_steps += 1
-        window_seconds += time.perf_counter() - step_start  # training time only: not validation or saving
-        progress.update(1)
+    window_steps, window_seconds, grad_norm, stop_requested = 0, 0.0, None, False
+    # The bar is closed however the loop ends, so that a message after it starts on a line of its own.
+    with StopRequests(say) as stop, progress:
+        for step in range(start_step + 1, training.max_steps + 1):
+            step_start = time.perf_counter()
+            step_loss = torch.zeros((), device=accelerator.device)
+            for _ in range(training.gradient_accumulation_steps):
+                ids = next(batches)["input_ids"]
+                with accelerator.accumulate(model):
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                    accelerator.backward(loss)
+                    step_loss += loss.detach() / training.gradient_accumulation_steps
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                        # One reduction per step: whether any process saw a bad loss or norm, or a stop request.
+                        flags = torch.tensor([float(not torch.isfinite(step_loss)),
+                                              float(grad_norm is not None and not scaled
+                                                    and not math.isfinite(float(grad_norm))),
+                                              float(stop.requested)], device=accelerator.device)
+                        bad_loss, bad_norm, stop_requested = (accelerator.reduce(flags, "sum") > 0).tolist()
+                        if bad_loss or bad_norm:  # under DeepSpeed the update is made already, but never saved
+                            log.write({"step": step, "diverged": True, "train/loss": float(step_loss),
+                                       "train/grad_norm": float(grad_norm) if grad_norm is not None else None})
+                            raise TrainingDiverged(
+                                f"training diverged at step {step}: the loss is {float(step_loss):.4g} and the "
+                                f"gradient norm {float(grad_norm) if grad_norm is not None else 'unknown'} "
+                                f"(on one of the processes, at least); lower training.learning_rate or set "
+                                f"training.max_grad_norm; {last_good(output_dir)}")
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+            window_loss += step_loss
+            window_steps += 1
+            window_seconds += time.perf_counter() - step_start  # training time only: not validation or saving
+            progress.update(1)
 
-        if step % config.output.log_every == 0 or step == training.max_steps:
-            mean_loss = accelerator.reduce(window_loss, "mean").item() / window_steps
-            tokens_per_second = window_steps * tokens_per_step / window_seconds
-            step_metrics = {"train/loss": mean_loss, "train/tokens_per_second": tokens_per_second,
-                            **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
-            if grad_norm is not None:
-                step_metrics["train/grad_norm"] = float(grad_norm)
-            record(step, step_metrics)
-            progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
-            window_loss.zero_()
-            window_steps, window_seconds = 0, 0.0
-        if step % training.eval_every == 0 or step == training.max_steps:
-            metrics = validate(step)
-        if step % config.output.save_every == 0 or step == training.max_steps:
-            save_checkpoint(accelerator, output_dir, step, config.output.keep_checkpoints)
-    progress.close()
+            if step % config.output.log_every == 0 or step == training.max_steps:
+                mean_loss = accelerator.reduce(window_loss, "mean").item() / window_steps
+                tokens_per_second = window_steps * tokens_per_step / window_seconds
+                step_metrics = {"train/loss": mean_loss, "train/tokens_per_second": tokens_per_second,
+                                **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
+                if grad_norm is not None:
+                    step_metrics["train/grad_norm"] = float(grad_norm)
+                record(step, step_metrics)
+                progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
+                window_loss.zero_()
+                window_steps, window_seconds = 0, 0.0
+            if step % training.eval_every == 0 or step == training.max_steps:
+                metrics = validate(step)
+                if not math.isfinite(metrics["val/loss"]):
+                    raise TrainingDiverged(f"training diverged by step {step}: the validation loss is "
+                                           f"{metrics['val/loss']}; {last_good(output_dir)}")
+            if step == training.max_steps:
+                break  # the final checkpoint is written after the final model
+            if step % config.output.save_every == 0:
+                save_checkpoint(step)
+            if stop_requested:
+                if step % config.output.save_every:
+                    save_checkpoint(step)
+                raise TrainingStopped(f"stopped at step {step}, saved as checkpoint-{step}; continue with --resume")
 
-    # The final model and its tokenizer, loadable with from_pretrained, generate.py and pipeline().
+    # The final model and its tokenizer, loadable with from_pretrained, generate.py and pipeline(); then the last
+    # checkpoint, so that a checkpoint at max_steps always comes with its final model.
+    if not weights_finite(model, accelerator):
+        raise TrainingDiverged(f"the final weights are not finite; no final model was saved; {last_good(output_dir)}")
     accelerator.wait_for_everyone()
     accelerator.unwrap_model(model).save_pretrained(
         output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
         state_dict=accelerator.get_state_dict(model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
-    accelerator.end_training()
+        readable_by_all(output_dir)
+    save_checkpoint(training.max_steps)
     return metrics
+
+
+def last_good(output_dir: Path) -> str:
+    """Where a stopped run can go on from, in words."""
+    latest = checkpoints.latest_checkpoint(output_dir)
+    kept = replaced_path(output_dir)
+    if latest is not None:
+        return f"the newest checkpoint is still {latest}, from before the problem"
+    if read_marker(output_dir).get("replaces") == kept.name:
+        return f"no checkpoint was written; the run this one replaces is still in {kept}"
+    return "no checkpoint was written"

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides with dotted keys, e.g. training.max_steps=100 model.hidden_size=128")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    if args.allow_change and not (args.resume or args.resume_from):
+        parser.error("--allow-change applies only with --resume or --resume-from")
 
     # Imported after parsing, so --help is instant.
     from ssmlm.data.sources import DataError

@@ -3,6 +3,9 @@ back what a run wrote."""
 
 import importlib.util
 import json
+import socket
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -79,3 +82,26 @@ def cli(capsys, *args) -> tuple[int, str]:
     finally:
         reset_accelerate()
     return code, capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_rank_command(launcher_args: list[str], config: Path, *overrides: str) -> list[str]:
+    """`accelerate launch` of train.py on 2 processes."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+            "--main_process_port", str(free_port()), str(TRAIN_PY), "--config", str(config), *overrides]
+
+
+def wait_for_logged_steps(output_dir: Path, steps: int, process, timeout: float = 120) -> None:
+    """Until the running `process` has logged `steps` training losses in output_dir/metrics.jsonl."""
+    metrics = output_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and sum('"train/loss"' in line for line in metrics.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {steps} logged steps in {metrics} (exit code {process.poll()})")

@@ -164,6 +164,14 @@ def test_a_missing_local_tokenizer_path_is_not_tried_on_the_hub(path, train_sets
         tokenizers.get_tokenizer(TokenizerConfig(path=path), train_sets, tmp_path)
 
 
+def test_a_missing_tokenizer_in_an_existing_folder_is_not_tried_on_the_hub(train_sets, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(tokenizers.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("tried the Hub"))
+    with pytest.raises(DataError, match="tokenizer.path: no such directory: runs/gss-smal"):
+        tokenizers.get_tokenizer(TokenizerConfig(path="runs/gss-smal"), train_sets, tmp_path)
+
+
 @pytest.mark.parametrize("kind, size", [("sentencepiece_bpe", 8), ("sentencepiece_unigram", 8)])
 def test_a_vocabulary_too_small_for_the_alphabet_is_an_error_not_silently_larger(kind, size, train_sets, tmp_path):
     with pytest.raises(DataError, match=f"tokenizer.vocab_size: {size} cannot hold the distinct characters"):

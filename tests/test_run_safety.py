@@ -9,21 +9,22 @@ careless user, an unlucky machine or a bad learning rate would.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from runs import TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, write_config
+from runs import TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, two_rank_command
+from runs import wait_for_logged_steps, write_config
 
 from ssmlm.training import TrainingDiverged, checkpoints, latest_checkpoint
 from ssmlm.training.config import ConfigError
-from ssmlm.training.run_dir import MARKER, RunLock, check_replaceable
+from ssmlm.training.run_dir import MARKER, RunLock, check_replaceable, finish_run, is_run, read_marker
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -157,6 +158,48 @@ def test_a_failed_replacement_keeps_the_old_run_and_a_finished_one_removes_it(fi
             assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
+def marked_run(path: Path, **fields) -> Path:
+    path.mkdir(parents=True)
+    RunLock.create(path, **fields).release()
+    (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+def test_a_finished_replacement_deletes_only_the_run_it_replaced(tmp_path):
+    old = marked_run(tmp_path / "run.replaced")
+    new = marked_run(tmp_path / "run", replaces={"path": old.name, "id": read_marker(old)["id"]})
+    holder = RunLock(old).acquire()  # someone resumed the old run where it was kept, and is writing it
+    assert "is being written by another process: not deleted" in finish_run(new)
+    assert is_run(old)
+    holder.release()
+    shutil.rmtree(old)
+    other = marked_run(tmp_path / "run.replaced")  # another run, placed there later under that name
+    assert finish_run(new) is None and is_run(other)
+    shutil.rmtree(other)
+    old = marked_run(tmp_path / "run.replaced", ssmlm_version="0.1.0")
+    new_marker = json.loads((new / MARKER).read_text())
+    (new / MARKER).write_text(json.dumps({**new_marker, "replaces": {"path": old.name, "id": read_marker(old)["id"]}}))
+    assert finish_run(new) is None and not old.exists()
+
+
+@pytest.mark.parametrize("output, message", [
+    ("a-file/run", "is a file, not a directory"),
+    ("dangling/run", "is a symbolic link to nothing"),
+])
+def test_an_output_directory_that_cannot_be_made_is_a_one_line_error(output, message, config_file, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    code, err = cli(capsys, "--config", config_file, f"output.dir={tmp_path / output}", *SHORT)
+    assert code == 2 and message in one_line_error(err)
+
+
+def test_allow_change_without_resume_is_refused(config_file, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        cli(capsys, "--config", config_file, "--allow-change", "training.learning_rate")
+    assert exit_status.value.code == 2
+    assert "--allow-change applies only with --resume or --resume-from" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. One writer per run directory; a crashed writer leaves no stale lock.
 
@@ -279,6 +322,11 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def edit_state(checkpoint: Path, **fields) -> None:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    (checkpoint / "trainer_state.json").write_text(json.dumps({**state, **fields}))
+
+
 DAMAGES = {
     "truncated weights": (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:99]),
                           "model.safetensors has 99 bytes, not "),
@@ -292,6 +340,13 @@ DAMAGES = {
     "state of another step": (lambda c: (c / "trainer_state.json").write_text(
         (c / "trainer_state.json").read_text().replace('"step": 6', '"step": 2')),
         "trainer_state.json says step 2, not the step of its name"),
+    "step as a string": (lambda c: edit_state(c, step="6"), "trainer_state.json is not readable"),
+    "files as a list": (lambda c: edit_state(c, files=[]), "trainer_state.json is not readable"),
+    "a file entry of the wrong shape": (lambda c: edit_state(c, files={"model.safetensors": 1}),
+                                        "trainer_state.json is not readable"),
+    "a file outside the checkpoint": (lambda c: edit_state(c, files={"../x": {"size": 1, "sha256": "0"}}),
+                                      "trainer_state.json is not readable"),
+    "launch as a list": (lambda c: edit_state(c, launch=[]), "trainer_state.json is not readable"),
 }
 
 
@@ -327,19 +382,45 @@ def test_a_checkpoint_whose_state_disagrees_with_its_name_is_never_used(stopped_
     os.rename(run / "checkpoints" / "checkpoint-2", run / "checkpoints" / "checkpoint-9")  # says step 2
     code, err = cli(capsys, "--config", config, "--resume")
     assert code == 0, err
+    assert "warning: skipped damaged checkpoint checkpoint-9: trainer_state.json says step 2, not the step" in err
     assert [r["step"] for r in records(run) if "train/loss" in r] == list(range(1, 9))  # nothing cut at step 2
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == [
-        "checkpoint-4", "checkpoint-6", "checkpoint-8", "checkpoint-9"]  # nothing deleted because of it
+        "checkpoint-4", "checkpoint-6", "checkpoint-8", "checkpoint-9.set-aside"]  # kept, out of the way
+
+
+def test_resume_from_an_older_checkpoint_sets_the_later_ones_aside(stopped_run, eight_steps, capsys):
+    run, config = stopped_run
+    code, err = cli(capsys, "--config", config, "--resume-from", run / "checkpoints" / "checkpoint-2")
+    assert code == 0, err
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == [
+        "checkpoint-4", "checkpoint-4.set-aside", "checkpoint-6", "checkpoint-6.set-aside", "checkpoint-8"]
+    losses, reference = train_losses(run), train_losses(eight_steps)
+    assert [losses[step] for step in range(3, 9)] == pytest.approx([reference[step] for step in range(3, 9)],
+                                                                   rel=1e-6)
+
+
+def test_resume_never_takes_over_a_folder_that_is_not_a_run(stopped_run, tmp_path, capsys):
+    run, config = stopped_run
+    project = tmp_path / "project"
+    (project / "checkpoints" / "checkpoint-3").mkdir(parents=True)  # another tool's checkpoints
+    (project / "config.json").write_text("{}")
+    before = snapshot(project)
+    code, err = cli(capsys, "--config", config, "--resume-from", run / "checkpoints" / "checkpoint-6",
+                    f"output.dir={project}")
+    assert code == 2 and f"output directory {project} exists and is not an ssmlm run" in one_line_error(err)
+    assert snapshot(project) == before and not (project / MARKER).exists()
 
 
 def test_resume_refuses_a_changed_config_unless_the_change_is_allowed(stopped_run, capsys):
     run, config = stopped_run
     before = snapshot(run)
-    code, err = cli(capsys, "--config", config, "--resume", "training.batch_size=4", "data.seq_len=32")
+    code, err = cli(capsys, "--config", config, "--resume", "training.batch_size=4", "data.seq_len=32",
+                    "data.num_proc=1")
     line = one_line_error(err)
     assert code == 2
-    assert ("checkpoint-6 was trained with other settings: data.seq_len (64 -> 32); training.batch_size (8 -> 4); "
-            "to resume with them anyway, pass --allow-change data.seq_len,training.batch_size") in line
+    assert ("checkpoint-6 was trained with other settings: data.num_proc (2 -> 1); data.seq_len (64 -> 32); "
+            "training.batch_size (8 -> 4); to resume with them anyway, pass --allow-change "
+            "data.num_proc,data.seq_len,training.batch_size") in line
     code, err = cli(capsys, "--config", config, "--resume", "training.learning_rate=1e-3", "model.hidden_size=48",
                     "--allow-change", "training.learning_rate")
     assert code == 2 and "model.hidden_size (32 -> 48)" in one_line_error(err)
@@ -379,12 +460,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(corpus, cache_dir, tmp_pa
 
     process = subprocess.Popen([sys.executable, str(TRAIN_PY), "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "stopped" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if metrics.exists() and sum('"train/loss"' in line for line in metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
+    wait_for_logged_steps(tmp_path / "stopped", 2, process)
     with pytest.raises(ConfigError, match="another process is writing the run"):  # the live run holds the lock
         RunLock(tmp_path / "stopped").acquire()
     process.send_signal(signal.SIGINT)
@@ -402,6 +478,26 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(corpus, cache_dir, tmp_pa
     assert sorted(resumed) == list(range(1, 13))
     assert [resumed[s] for s in range(step + 1, 13)] == pytest.approx([reference[s] for s in range(step + 1, 13)],
                                                                       rel=1e-6)
+
+
+def test_ctrl_c_under_a_two_rank_launch_stops_every_rank_with_one_checkpoint(corpus, cache_dir, tmp_path):
+    """A terminal's Ctrl-C reaches the launcher and both ranks, and the launcher forwards it to them again at once:
+    the ranks agree on the step to stop after and write its checkpoint together."""
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "run")
+    values["model"] = {"hidden_size": 96, "num_hidden_layers": 2}
+    values["training"].update(max_steps=40, batch_size=4, eval_every=100, eval_blocks=4)
+    values["output"].update(save_every=100)
+    config = write_config(values, tmp_path / "config.yaml")
+    process = subprocess.Popen(two_rank_command(["--multi_gpu"], config), env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_logged_steps(tmp_path / "run", 2, process, timeout=180)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    err = process.communicate(timeout=120)[1]
+    # Both ranks say so, with the same step (their lines may interleave with the other's progress bar).
+    stops = re.findall(r"train\.py: stopped at step (\d+), saved as checkpoint-\1;", err)
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]
+    step = int(stops[0])
+    assert latest_checkpoint(tmp_path / "run").name == f"checkpoint-{step}"  # intact: verified by its checksums
 
 
 def test_in_process_divergence_raises_training_diverged(corpus, cache_dir, tmp_path):

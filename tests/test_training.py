@@ -8,7 +8,6 @@ Multi-process runs are `accelerate launch` subprocesses over gloo on CPU; single
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 import torch
 from fixtures.tiny_corpus import DOMAINS
 from runs import REPO, TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, validation
-from runs import write_config
+from runs import two_rank_command, write_config
 
 from ssmlm.generation_cli import main as generate_main
 from ssmlm.training import latest_checkpoint, trainer
@@ -27,16 +26,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_two_ranks(launcher_args: list[str], config: Path, *overrides: str, env: dict | None = None):
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
-               "--main_process_port", str(free_port()), str(TRAIN_PY), "--config", str(config), *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})})
+    result = subprocess.run(two_rank_command(launcher_args, config, *overrides), capture_output=True, text=True,
+                            timeout=240, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

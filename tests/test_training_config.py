@@ -165,6 +165,7 @@ def test_extends_errors_are_clear(tmp_path):
     ("tokenizer.vocab_size=259", "tokenizer.vocab_size: a byte_bpe tokenizer needs at least 260 entries (4 special "
                                  "tokens and 256 bytes), got 259"),
     ("output.tracker=tensorbored", "output.tracker: unknown tracker 'tensorbored'; expected one of all, aim, "),
+    ("output.dir=''", "output.dir: empty; give the directory the run is written to"),
 ])
 def test_out_of_range_settings_are_named(override, message):
     assert message in error_of([override])

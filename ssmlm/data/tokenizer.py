@@ -91,10 +91,11 @@ def sample_texts(train_sets: dict[str, datasets.Dataset], total_chars: int) -> I
 
 
 def looks_like_a_path(name: str) -> bool:
-    """True for what cannot be a Hub repository id ("name" or "namespace/name"): absolute or relative paths that
-    start with "/", "." or "~", or have more than one "/". A missing one is then reported at once, not after the
-    Hub has been tried."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    """True for what is not meant as a Hub repository id ("name" or "namespace/name"): paths that start with "/",
+    "." or "~", have more than one "/", or whose first part exists here ("runs/gss-smal"). A missing one is then
+    reported at once, not after the Hub has been tried."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+            or "/" in name and Path(name.split("/")[0]).exists())
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

@@ -7,7 +7,8 @@ A checkpoint is written to `checkpoint-N.tmp` and renamed when complete; `traine
 holds the step, the launch (processes, threads) and the size and SHA-256 of every other file. A checkpoint is
 intact only if that file parses, its step is the N of its name, and every file is there with its size and hash:
 a truncated, missing or bit-flipped file, or a state that disagrees with its name, makes it damaged. `--resume`
-reports a damaged newest checkpoint in one line and takes the newest intact one.
+reports a damaged newest checkpoint in one line and takes the newest intact one; once the run is checked, the
+checkpoints of later steps than the one it goes on from are renamed checkpoint-N.set-aside, never deleted.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from accelerate import Accelerator
 
 from ..data.corpus import sha256_file
 from .config import ConfigError, TrainConfig, dump_config, flat_values
-from .run_dir import readable_by_all
+from .run_dir import free_path, readable_by_all
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
 CONFIG_FILE = "train_config.yaml"
 # Settings a resumed run may change without saying so: they do not change what is trained, only how long, how
 # often it is checked and saved, and where the data cache is.
+# (Not data.num_proc: each packing process drops the tail of its own batches, so it changes the blocks.)
 FREE_TO_CHANGE = ("training.max_steps", "training.eval_every", "training.eval_blocks",
-                  "training.keep_freed_host_memory", "data.num_proc", "data.cache_dir", "data.build_corpus", "output")
+                  "training.keep_freed_host_memory", "data.cache_dir", "data.build_corpus", "output")
 
 
 class DamagedCheckpoint(Exception):
@@ -62,12 +64,15 @@ def read_state(checkpoint: Path) -> dict:
         raise DamagedCheckpoint(f"incomplete: no {STATE_FILE}")
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
-        step = state["step"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         raise DamagedCheckpoint(f"{STATE_FILE} is not readable") from None
-    if checkpoint.name != f"{PREFIX}{step}":
-        raise DamagedCheckpoint(f"{STATE_FILE} says step {step}, not the step of its name")
-    for name, expected in state.get("files", {}).items():  # checkpoints of ssmlm 0.1.0 list no files
+    files = state.get("files", {}) if isinstance(state, dict) else None  # checkpoints of ssmlm 0.1.0 list none
+    if not (isinstance(state, dict) and type(state.get("step")) is int and isinstance(state.get("launch", {}), dict)
+            and isinstance(files, dict) and all(valid_entry(name, entry) for name, entry in files.items())):
+        raise DamagedCheckpoint(f"{STATE_FILE} is not readable")
+    if checkpoint.name != f"{PREFIX}{state['step']}":
+        raise DamagedCheckpoint(f"{STATE_FILE} says step {state['step']}, not the step of its name")
+    for name, expected in files.items():
         path = checkpoint / name
         if not path.is_file():
             raise DamagedCheckpoint(f"{name} is missing")
@@ -76,6 +81,13 @@ def read_state(checkpoint: Path) -> dict:
         if sha256_file(path) != expected["sha256"]:
             raise DamagedCheckpoint(f"{name} does not match its checksum")
     return state
+
+
+def valid_entry(name, entry) -> bool:
+    """A file entry of a trainer state: a relative path inside the checkpoint, its size and its SHA-256."""
+    parts = Path(name).parts
+    return (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)
+            and bool(parts) and not Path(name).is_absolute() and ".." not in parts)
 
 
 def read_config(checkpoint: Path) -> dict | None:
@@ -146,7 +158,7 @@ def launch_changes(state: dict, facts: dict, allowed: Iterable[str]) -> list[str
 
 def save(accelerator: Accelerator, output_dir: Path, step: int, config: TrainConfig, keep: int) -> Path:
     """Write checkpoint-`step` whole (every process its part), then delete all but the newest `keep` of the
-    checkpoints of earlier steps. Later ones, left by a run resumed from before them, are never deleted here."""
+    checkpoints of earlier steps (a later one is never deleted here: a resumed run sets those aside)."""
     root = output_dir / "checkpoints"
     final = root / f"{PREFIX}{step}"
     partial = root / f"{final.name}.tmp"
@@ -169,6 +181,19 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, config: TrainCon
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def set_aside_after(output_dir: Path, step: int) -> list[Path]:
+    """Rename the run's checkpoints of steps after `step` (damaged ones, or another history when resuming from an
+    older checkpoint) to checkpoint-N.set-aside, so that the run goes on from `step` with one history: never a
+    later --resume into the other one, never one of them rotated out. Returns their new paths."""
+    set_aside = []
+    for later_step, path in checkpoint_dirs(output_dir / "checkpoints"):
+        if later_step > step:
+            target = free_path(path.with_name(f"{path.name}.set-aside"))
+            os.rename(path, target)
+            set_aside.append(target)
+    return set_aside
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

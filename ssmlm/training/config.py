@@ -116,8 +116,9 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):
-        # "~/runs/x" means the home directory, as in a shell: never a folder named "~".
-        self.output.dir = os.path.expanduser(self.output.dir)
+        # "~/runs/x" means the home directory, as in a shell: never a folder named "~"; "runs/x/" and "runs/y/../x"
+        # are the directory runs/x.
+        self.output.dir = os.path.normpath(os.path.expanduser(self.output.dir)) if self.output.dir.strip() else ""
         self.data.cache_dir = os.path.expanduser(self.data.cache_dir)
         if self.data.build_corpus:
             self.data.build_corpus = os.path.expanduser(self.data.build_corpus)
@@ -144,6 +145,8 @@ class TrainConfig:
         if self.data.seq_len < 2:
             raise ConfigError(f"data.seq_len: must be at least 2 (a block predicts its next tokens), "
                               f"got {self.data.seq_len}")
+        if not self.output.dir.strip():
+            raise ConfigError("output.dir: empty; give the directory the run is written to")
         if not self.data.sources:
             raise ConfigError("data.sources: no domains given; expected a mapping of domain name to "
                               "train/validation files")

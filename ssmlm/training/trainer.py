@@ -51,8 +51,8 @@ from ..kernels import DiagonalSSM
 from ..modeling import SSMLMForCausalLM
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
-from .run_dir import check_not_busy, check_replaceable, finish_run, is_empty, is_run, read_marker, replaced_path
-from .run_dir import readable_by_all, start_run
+from .run_dir import check_not_busy, check_replaceable, check_writable, finish_run, is_empty, is_legacy_run, is_run
+from .run_dir import free_path, is_unfinished_replacement, readable_by_all, replaced_path, start_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,11 +75,12 @@ def warn(accelerator: Accelerator, text: str) -> None:
 def start_mode(output_dir: Path, resume: bool, resume_from: str | None, overwrite: bool,
                protected: list[Path]) -> str:
     """"new", "continue" or "overwrite" (see run_dir.start_run), once the directory is known to allow it."""
+    check_writable(output_dir)
     if resume or resume_from is not None:
-        check_not_busy(output_dir)
-        if not (is_empty(output_dir) or is_run(output_dir) or (output_dir / "checkpoints").is_dir()):
+        if not (is_empty(output_dir) or is_run(output_dir) or is_legacy_run(output_dir)):
             raise ConfigError(f"output directory {output_dir} exists and is not an ssmlm run; choose another "
                               f"output.dir to resume into")
+        check_not_busy(output_dir)
         return "continue"
     if is_empty(output_dir):
         return "new"
@@ -105,13 +106,16 @@ def read_paths(config: TrainConfig, config_file: str | None) -> list[Path]:
 
 
 def on_main_process(accelerator: Accelerator, action):
-    """Run `action` on the main process only; a ConfigError it raises is raised on every process."""
+    """Run `action` on the main process only; a ConfigError or OSError it raises is raised on every process, as a
+    ConfigError (the others wait for its outcome, and must not wait forever)."""
     outcome = [None]
     if accelerator.is_main_process:
         try:
             action()
         except ConfigError as error:
             outcome = [str(error)]
+        except OSError as error:
+            outcome = [f"{error.filename or 'output.dir'}: {error.strerror or error}"]
     if accelerator.num_processes > 1:
         broadcast_object_list(outcome)
     if outcome[0] is not None:
@@ -123,12 +127,7 @@ def keep_config(output_dir: Path, config: TrainConfig, start_step: int) -> None:
     path = output_dir / checkpoints.CONFIG_FILE
     text = dump_config(config)
     if path.is_file() and path.read_text(encoding="utf-8") != text:
-        kept = output_dir / f"train_config.until-step-{start_step}.yaml"
-        number = 2
-        while kept.exists():
-            kept = output_dir / f"train_config.until-step-{start_step}.{number}.yaml"
-            number += 1
-        os.rename(path, kept)
+        os.rename(path, free_path(output_dir / f"train_config.until-step-{start_step}.yaml"))
     path.write_text(text, encoding="utf-8")
 
 
@@ -275,7 +274,9 @@ class MetricsLog:
                         kept.append(line)
                 except (ValueError, KeyError, TypeError):
                     continue
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            partial = path.with_name(path.name + ".tmp")
+            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(partial, path)  # a crash now leaves the old file or the new one, never half of one
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -297,14 +298,17 @@ def weights_finite(model, accelerator: Accelerator) -> bool:
 
 
 class StopRequests:
-    """SIGINT and SIGTERM while training: the first asks to stop after the current step (with a checkpoint), a
-    second stops at once, as the signal would without this."""
+    """SIGINT and SIGTERM while training ask to stop after the current step, with a checkpoint. In a single process a
+    second signal of the same kind stops at once, as it would without this. Under a multi-process launcher every
+    signal only repeats the request: a terminal's Ctrl-C reaches every rank and the launcher forwards it again at
+    once, and it kills the ranks itself if they take too long (torchrun: after 30 s)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce):
+    def __init__(self, announce, second_stops_at_once: bool):
         self.requested = False
         self.announce = announce
+        self.second_stops_at_once = second_stops_at_once
         self.previous = {}
 
     def __enter__(self):
@@ -313,11 +317,12 @@ class StopRequests:
         return self
 
     def handle(self, number, frame):
-        for each, handler in self.previous.items():
-            signal.signal(each, handler)
+        if self.second_stops_at_once:
+            signal.signal(number, self.previous[number])
+        if not self.requested:
+            again = " (the same signal again stops at once, without one)" if self.second_stops_at_once else ""
+            self.announce(f"{signal.Signals(number).name}: stopping after this step, with a checkpoint{again}")
         self.requested = True
-        self.announce(f"{signal.Signals(number).name}: stopping after this step, with a checkpoint (again to stop "
-                      f"at once, without one)")
 
     def __exit__(self, *exc):
         for number, handler in self.previous.items():
@@ -345,6 +350,10 @@ def resume_checkpoint(accelerator: Accelerator, config: TrainConfig, candidates:
         raise ConfigError(f"training.max_steps={config.training.max_steps}, and {checkpoint.name} is at step "
                           f"{start_step}: nothing left to train; raise training.max_steps to train further")
     checkpoints.load(accelerator, checkpoint)
+    saved_steps = (saved_config or {}).get("training", {}).get("max_steps")
+    if saved_steps not in (None, config.training.max_steps):
+        warn(accelerator, f"note: training.max_steps was {saved_steps} and is {config.training.max_steps}: the "
+                          f"learning rate follows the cosine schedule to the new end from here, not the old one")
     saved_threads = state.get("launch", {}).get("threads")
     if saved_threads not in (None, torch.get_num_threads()):
         warn(accelerator, f"note: {checkpoint.name} was trained with {saved_threads} threads per process and this "
@@ -402,13 +411,16 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
         nonlocal lock
         lock = start_run(output_dir, mode, read_paths(config, config_file))
         keep_config(output_dir, config, start_step)
+        for path in checkpoints.set_aside_after(output_dir, start_step):
+            warn(accelerator, f"note: {path.name}, of a later step than the one resumed from, is set aside (renamed), "
+                              f"not deleted")
 
     on_main_process(accelerator, take_output_dir)
     try:
         metrics = run_steps(config, accelerator, model, optimizer, scheduler, train_loader, validation_loaders,
                             tokenizer, output_dir, start_step, num_parameters, len(train_blocks))
-        if accelerator.is_main_process:
-            finish_run(output_dir)
+        if accelerator.is_main_process and (warning := finish_run(output_dir)):
+            warn(accelerator, warning)
     finally:
         accelerator.end_training()
         if lock is not None:
@@ -464,7 +476,7 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
     window_loss = torch.zeros((), device=accelerator.device)  # summed step losses since the last record
     window_steps, window_seconds, grad_norm, stop_requested = 0, 0.0, None, False
     # The bar is closed however the loop ends, so that a message after it starts on a line of its own.
-    with StopRequests(say) as stop, progress:
+    with StopRequests(say, second_stops_at_once=accelerator.num_processes == 1) as stop, progress:
         for step in range(start_step + 1, training.max_steps + 1):
             step_start = time.perf_counter()
             step_loss = torch.zeros((), device=accelerator.device)
@@ -541,9 +553,8 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
 def last_good(output_dir: Path) -> str:
     """Where a stopped run can go on from, in words."""
     latest = checkpoints.latest_checkpoint(output_dir)
-    kept = replaced_path(output_dir)
     if latest is not None:
         return f"the newest checkpoint is still {latest}, from before the problem"
-    if read_marker(output_dir).get("replaces") == kept.name:
-        return f"no checkpoint was written; the run this one replaces is still in {kept}"
+    if is_unfinished_replacement(output_dir):
+        return f"no checkpoint was written; the run this one replaces is still in {replaced_path(output_dir)}"
     return "no checkpoint was written"

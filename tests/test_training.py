@@ -68,6 +68,12 @@ def test_freed_host_memory_is_kept_on_the_cpu_unless_the_config_says_not(corpus,
     assert calls == ["kept"]
 
 
+def test_the_default_tracker_writes_tensorboard_logs(corpus, cache_dir, tmp_path):
+    run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "run"), "output.tracker=tensorboard",
+                   "training.max_steps=2", "training.eval_every=2", "training.eval_blocks=2", "output.save_every=2")
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
 @pytest.fixture(scope="module")
 def one_rank_reference(corpus, cache_dir, tmp_path_factory) -> Path:
     """6 steps on one process with a global batch of 8 blocks made of 2 accumulated micro-batches of 4."""

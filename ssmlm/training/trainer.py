@@ -145,7 +145,7 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     tracker = config.output.tracker
-    if tracker not in (None, "all", *get_available_trackers()):  # LoggerType members equal their names
+    if tracker not in (None, "all", *(available.value for available in get_available_trackers())):
         raise ConfigError(f"output.tracker: {tracker!r} is not installed (pip install {tracker}), or set "
                           f"output.tracker to null")
     accelerator = Accelerator(

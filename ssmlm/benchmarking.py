@@ -44,12 +44,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
-from . import configuration
 from .configuration import SSMLMConfig
-from .kernels import DiagonalSSM
+from .blocks import BLOCKS
+from .kernels import SSMKernel
 from .host_memory import add_host_allocator_option, keep_freed_host_memory
 from .modeling import SSMLMForCausalLM
-from .ops.fftconv import fft_length
 
 # The size every contender is built at: the reference figures of the issue were taken at this size.
 VOCAB_SIZE, HIDDEN_SIZE, NUM_LAYERS, NUM_HEADS = 8192, 256, 4, 4
@@ -103,8 +102,8 @@ def ssmlm_config(**overrides) -> SSMLMConfig:
 
 
 def require_block_type(kind: str):
-    if kind not in configuration.BLOCK_TYPES:
-        raise NotImplementedYet(f"block type {kind!r} is not in ssmlm.configuration.BLOCK_TYPES")
+    if kind not in BLOCKS:
+        raise NotImplementedYet(f"block type {kind!r} is not in ssmlm.blocks.BLOCKS")
 
 
 def build_gss() -> PreTrainedModel:
@@ -405,32 +404,6 @@ def describe_model(model: PreTrainedModel) -> dict:
 # (norms, activations, gates, exponentials) is not counted.
 
 
-def real_fft_flops(size: int) -> float:
-    """A real FFT of `size` points: half the 5·n·log2(n) of a complex FFT, the usual convention."""
-    return 2.5 * size * math.log2(size)
-
-
-def diagonal_ssm_flops(ssm: DiagonalSSM, tokens: int, cached: bool, batch: int) -> float:
-    """One forward of a diagonal SSM (GSS's DSS, Mega's EMA: ssmlm/kernels/diagonal.py) over `tokens` new
-    positions; `cached`: continuing a state (generation) rather than the stateless training convolution."""
-    channels, modes = ssm.channels, ssm.modes
-    with torch.no_grad():
-        is_complex = ssm.discretize()[0].is_complex()
-    mode_mac = 8 if is_complex else 2  # a multiply-add of two complex (real) numbers
-    input_mac = 4 if is_complex else 2  # a real input times a complex (real) power
-    if cached and tokens == 1:
-        return batch * 2 * mode_mac * channels * modes  # the step: z = Ā z + u, then P(C̃·z)
-    size = fft_length(tokens, tokens)
-    kernel = mode_mac * channels * modes * tokens  # K = P(C̃ Ā^t): one matrix product for the whole batch
-    convolution = channels * real_fft_flops(size) + batch * channels * (  # rfft(K), once for the batch
-        2 * real_fft_flops(size) + 6 * (size // 2 + 1)  # rfft(u), irfft(y) and the complex product
-    )
-    flops = kernel + convolution
-    if cached:  # a chunk continuing a state: the state's contribution to y, and the state handed on
-        flops += batch * (mode_mac + input_mac) * channels * modes * tokens
-    return flops
-
-
 def attended_pairs(tokens: int, context: int, chunk: int | None) -> int:
     """(query, key) pairs of causal attention for positions context .. context+tokens-1, each attending to the
     keys before it, or only to those in its own chunk of `chunk` tokens (absolute positions, as Mega-chunk)."""
@@ -447,17 +420,21 @@ class AttentionShape(NamedTuple):
     chunk: int | None  # attention only inside chunks of this many tokens; None: over the whole prefix
 
 
-# The attention of each block class, or None for a block without one. Looked up by class name: the Mega and
-# hybrid blocks may be absent from the tree measured. A block class missing here is reported as not counted.
-ATTENTION_SHAPES: dict[str, Callable[[nn.Module], AttentionShape | None]] = {
-    "GSSBlock": lambda layer: None,
-    "MegaBlock": lambda layer: AttentionShape(layer.z_dim, layer.v_dim, layer.chunk_size),
-    "AttentionBlock": lambda layer: AttentionShape(
-        layer.num_heads * layer.head_dim, layer.num_heads * layer.head_dim,
-        layer.window if layer.span == "chunked" else None),  # a sliding span is counted as full: an upper bound
+# The attention of the layers of models that are not ssmlm's (an ssmlm block gives its own: `attention_shape()`).
+# A layer class in neither is reported as not counted.
+FOREIGN_ATTENTION_SHAPES: dict[str, Callable[[nn.Module], AttentionShape | None]] = {
     "LlamaDecoderLayer": lambda layer: AttentionShape(layer.self_attn.q_proj.out_features,
                                                       layer.self_attn.q_proj.out_features, None),
 }
+
+
+def attention_shape(layer: nn.Module) -> AttentionShape | None | str:
+    """The layer's attention, None for a layer without one, or "unknown"."""
+    if hasattr(layer, "attention_shape"):
+        shape = layer.attention_shape()
+        return None if shape is None else AttentionShape(*shape)
+    shape_of = FOREIGN_ATTENTION_SHAPES.get(type(layer).__name__)
+    return "unknown" if shape_of is None else shape_of(layer)
 
 
 def forward_flops(model: PreTrainedModel, tokens: int, context: int = 0, cached: bool = False,
@@ -469,13 +446,13 @@ def forward_flops(model: PreTrainedModel, tokens: int, context: int = 0, cached:
     head = model.get_output_embeddings()
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not head)
     flops = 2 * batch * (tokens * linear_weights + logits_tokens * head.weight.numel())
-    flops += sum(diagonal_ssm_flops(m, tokens, cached, batch) for m in model.modules() if isinstance(m, DiagonalSSM))
+    flops += sum(m.flops(tokens, cached, batch) for m in model.modules() if isinstance(m, SSMKernel))
     uncounted = set()
     for layer in model.model.layers:
-        shape_of = ATTENTION_SHAPES.get(type(layer).__name__)
-        if shape_of is None:
+        shape = attention_shape(layer)
+        if shape == "unknown":
             uncounted.add(type(layer).__name__)
-        elif (shape := shape_of(layer)) is not None:
+        elif shape is not None:
             # QKᵀ and AV: a multiply-add per width per (query, key) pair.
             pairs = attended_pairs(tokens, context, shape.chunk)
             flops += batch * 2 * (shape.query_key_width + shape.value_width) * pairs

@@ -11,12 +11,14 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 
 def map_state(fn, state):
-    """Apply `fn` to every tensor of a (possibly nested tuple) state."""
+    """Apply `fn` to every tensor of a (possibly nested) tuple state, keeping the tuple's type (a NamedTuple
+    stays one)."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
         return fn(state)
-    return tuple(map_state(fn, s) for s in state)
+    mapped = [map_state(fn, s) for s in state]
+    return type(state)(*mapped) if hasattr(state, "_fields") else type(state)(mapped)
 
 
 class BlockStateLayer(CacheLayerMixin):

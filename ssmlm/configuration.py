@@ -4,8 +4,12 @@ from huggingface_hub.dataclasses import strict
 
 from transformers import PreTrainedConfig
 
-BLOCK_TYPES = ("gss", "mega", "attention")
-SSM_KERNELS = ("dss", "s4d")
+from .blocks import BLOCKS
+from .kernels import KERNELS, check_options
+
+# Configs saved before kernels took their options in one field: S4D's were flat fields.
+LEGACY_KERNEL_FIELDS = {"s4d_init": ("s4d", "init"), "s4d_discretization": ("s4d", "discretization"),
+                        "s4d_dt_min": ("s4d", "dt_min"), "s4d_dt_max": ("s4d", "dt_max")}
 MEGA_ATTENTION_FUNCTIONS = ("softmax", "laplace")
 MEGA_POSITION_BIASES = ("simple", "rotary")
 ATTENTION_SPANS = ("full", "sliding", "chunked")
@@ -20,16 +24,18 @@ class SSMLMConfig(PreTrainedConfig):
     vocab_size (`int`): tokens in the vocabulary.
     hidden_size (`int`): E, the residual stream width.
     num_hidden_layers (`int`): number of blocks.
-    block_types (`list[str]`, *optional*): the kind of each block, one of `BLOCK_TYPES`; defaults to all "gss".
+    block_types (`list[str]`, *optional*): the kind of each block, a name in `ssmlm.blocks.BLOCKS`; defaults to
+        all "gss".
         (Not `layer_types`: transformers validates that name against its own attention kinds.)
     intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch and of the normalised
         feed-forward network of the Mega and Transformer blocks (default 4E).
     ssm_size (`int`, *optional*): H, the narrow width the SSM runs in (default E/4).
     ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H); the real state is 2N.
-    ssm_kernel (`str`): "dss" (DSS-exp with Δ = 1 and modes shared across channels, as in GSS) or "s4d".
-    s4d_init (`str`): "lin" or "inv", S4D's initialisation of Λ.
-    s4d_discretization (`str`): "zoh" or "bilinear".
-    s4d_dt_min, s4d_dt_max (`float`): range of S4D's log-uniform step sizes Δ.
+    ssm_kernel (`str`): the SSM of the GSS and plain SSM blocks, a name in `ssmlm.kernels.KERNELS`: "dss"
+        (DSS-exp with Δ = 1 and modes shared across channels, as in GSS), "s4d", ... (docs/kernels.md).
+    ssm_kernel_options (`dict`, *optional*): that kernel's options, e.g. {"init": "lin"} for S4D; each kernel
+        lists its own (`OPTIONS`) and their defaults (docs/kernels.md). Configs saved with the former flat
+        `s4d_init`, `s4d_discretization`, `s4d_dt_min` and `s4d_dt_max` fields load into it.
     mega_ema_dim (`int`): n, the expansion dimension of Mega's damped EMA per channel (the paper uses 16).
     mega_z_dim (`int`, *optional*): width of Mega's shared representation Z, queries and keys (default E/4).
     mega_v_dim (`int`, *optional*): width of Mega's values and reset gate (default 2E).
@@ -65,10 +71,7 @@ class SSMLMConfig(PreTrainedConfig):
     ssm_size: int | None = None
     ssm_state_size: int | None = None
     ssm_kernel: str = "dss"
-    s4d_init: str = "inv"
-    s4d_discretization: str = "zoh"
-    s4d_dt_min: float = 1e-3
-    s4d_dt_max: float = 1e-1
+    ssm_kernel_options: dict | None = None
     mega_ema_dim: int = 16
     mega_z_dim: int | None = None
     mega_v_dim: int | None = None
@@ -92,6 +95,11 @@ class SSMLMConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        legacy = {key: kwargs.pop(key) for key in LEGACY_KERNEL_FIELDS if key in kwargs}
+        if self.ssm_kernel == "s4d" and legacy:
+            self.ssm_kernel_options = {**{LEGACY_KERNEL_FIELDS[key][1]: value for key, value in legacy.items()},
+                                       **(self.ssm_kernel_options or {})}
+        self.ssm_kernel_options = dict(self.ssm_kernel_options or {})
         self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
         self.ssm_size = self.ssm_size or max(1, self.hidden_size // 4)
         self.ssm_state_size = self.ssm_state_size or 2 * self.ssm_size
@@ -114,17 +122,13 @@ class SSMLMConfig(PreTrainedConfig):
                 f"SSMLMConfig.block_types has {len(self.block_types)} entries but num_hidden_layers is "
                 f"{self.num_hidden_layers}"
             )
-        unknown = sorted(set(self.block_types) - set(BLOCK_TYPES))
+        unknown = sorted(set(self.block_types) - set(BLOCKS))
         if unknown:
-            raise ValueError(f"SSMLMConfig.block_types: unknown block kind(s) {unknown}; expected {BLOCK_TYPES}")
-        if self.ssm_kernel not in SSM_KERNELS:
-            raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {SSM_KERNELS}, got {self.ssm_kernel!r}")
-        if self.s4d_init not in ("lin", "inv"):
-            raise ValueError(f"SSMLMConfig.s4d_init must be 'lin' or 'inv', got {self.s4d_init!r}")
-        if self.s4d_discretization not in ("zoh", "bilinear"):
-            raise ValueError(
-                f"SSMLMConfig.s4d_discretization must be 'zoh' or 'bilinear', got {self.s4d_discretization!r}"
-            )
+            raise ValueError(f"SSMLMConfig.block_types: unknown block kind(s) {unknown}; expected one of "
+                             f"{', '.join(BLOCKS)}")
+        if self.ssm_kernel not in KERNELS:
+            raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {', '.join(KERNELS)}, got {self.ssm_kernel!r}")
+        check_options(self.ssm_kernel, self.ssm_kernel_options, "SSMLMConfig.ssm_kernel_options")
         if self.mega_chunk_size is not None and self.mega_chunk_size <= 0:
             raise ValueError(
                 "SSMLMConfig.mega_chunk_size must be positive, or None / -1 for full attention, "

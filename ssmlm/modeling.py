@@ -9,27 +9,24 @@ import torch
 from torch import nn
 
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .blocks.attention import AttentionBlock
+from .blocks import BLOCKS
 from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
-from .blocks.gss import GSSBlock
-from .blocks.mega import MegaBlock, QueryKeyScaleOffset
+from .blocks.mega import QueryKeyScaleOffset
 from .cache import SSMLMCache
 from .configuration import SSMLMConfig
-from .kernels import DiagonalSSM
+from .kernels import SSMKernel
 
-BLOCK_CLASSES = {"gss": GSSBlock, "mega": MegaBlock, "attention": AttentionBlock}
 # Modules with parameters of their own: post_init's `_init_weights` re-initialises them by their reset_parameters().
-CUSTOM_INIT_MODULES = (DiagonalSSM, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
+CUSTOM_INIT_MODULES = (SSMKernel, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
 
 
 class SSMLMPreTrainedModel(PreTrainedModel):
     config_class = SSMLMConfig
     config: SSMLMConfig
     base_model_prefix = "model"
-    _no_split_modules = ["GSSBlock", "MegaBlock", "AttentionBlock"]
+    _no_split_modules = [block.__name__ for block in BLOCKS.values()]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
 
@@ -49,7 +46,7 @@ class SSMLMModel(SSMLMPreTrainedModel):
     def __init__(self, config: SSMLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(BLOCK_CLASSES[kind](config) for kind in config.block_types)
+        self.layers = nn.ModuleList(BLOCKS[kind](config) for kind in config.block_types)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()

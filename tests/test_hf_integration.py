@@ -143,14 +143,27 @@ def test_text_streamer_streams_the_continuation(tokenizer, model):
         ({"num_hidden_layers": 1, "block_types": ["nope"]}, "block_types"),
         ({"num_hidden_layers": 3, "block_types": ["gss"]}, "block_types"),
         ({"ssm_kernel": "x"}, "ssm_kernel"),
-        ({"s4d_init": "x"}, "s4d_init"),
-        ({"s4d_discretization": "x"}, "s4d_discretization"),
+        ({"ssm_kernel": "s4d", "ssm_kernel_options": {"init": "x"}}, r"ssm_kernel_options\.init must be one of"),
+        ({"ssm_kernel": "s4d", "ssm_kernel_options": {"step": 1}}, r"ssm_kernel_options\.step: S4DKernel has no"),
+        ({"ssm_kernel": "s4d", "s4d_discretization": "x"}, r"ssm_kernel_options\.discretization"),  # a saved config
         ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
     ],
 )
 def test_bad_config_fields_are_named(overrides, field):
     with pytest.raises(StrictDataclassError, match=field):
         SSMLMConfig(**overrides)
+
+
+def test_a_config_saved_with_the_former_flat_s4d_fields_still_loads(tmp_path):
+    tiny_config(ssm_kernel="s4d").save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["ssm_kernel_options"]
+    config_file.write_text(json.dumps({**saved, "s4d_init": "lin", "s4d_discretization": "bilinear",
+                                       "s4d_dt_min": 0.01, "s4d_dt_max": 0.05}))
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.ssm_kernel_options == {"init": "lin", "discretization": "bilinear", "dt_min": 0.01, "dt_max": 0.05}
+    assert not hasattr(config, "s4d_init")
 
 
 def test_bad_config_file_is_rejected_on_load(tmp_path):

@@ -70,7 +70,9 @@ def test_missing_required_section():
 @pytest.mark.parametrize("override, message", [
     ("model.hiden_size=3", "model.hiden_size: unknown key; SSMLMConfig has no field 'hiden_size'"),
     ("model.hidden_size=wide", "model: TypeError: Field 'hidden_size' expected int, got str (value: 'wide')"),
-    ("model.ssm_kernel=s9", "model: ValueError: SSMLMConfig.ssm_kernel must be one of ('dss', 's4d'), got 's9'"),
+    ("model.ssm_kernel=s9", "model: ValueError: SSMLMConfig.ssm_kernel must be one of dss, s4d, "),
+    ("model.ssm_kernel_options={init: lin}", "model: ValueError: SSMLMConfig.ssm_kernel_options.init: DSSKernel has "
+                                             "no such option; it takes min_decay, max_decay"),
     ("model.vocab_size=100", "model.vocab_size: set by the tokenizer; use tokenizer.vocab_size"),
 ])
 def test_model_section_is_checked_by_ssmlm_config(override, message):

@@ -58,6 +58,12 @@ class AttentionBlock(GradientCheckpointingLayer):
         self.feed_forward = NormalizedFeedForward(config.hidden_size, config.intermediate_size,
                                                   config.layer_norm_eps, config.hidden_dropout)
 
+    def attention_shape(self):
+        """(query/key width, value width, chunk or None) for the benchmark's FLOPs; a sliding span is counted as
+        full, an upper bound."""
+        width = self.num_heads * self.head_dim
+        return width, width, self.window if self.span == "chunked" else None
+
     def initial_state(self, batch_size: int):
         """(keys, values, key positions (-1 = padding), next position per row): nothing seen yet."""
         weight = self.to_qkv.weight

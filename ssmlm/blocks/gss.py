@@ -3,7 +3,7 @@
     h = LayerNorm(x)
     v = gelu(W_v h)                 F wide: the gate
     u = gelu(W_u h)                 H narrow: the SSM runs here, which is where GSS's speed comes from
-    y = SSM(LayerNorm(u))           DSS (or S4D) with its skip term D ⊙ u
+    y = SSM(LayerNorm(u))           DSS (or any registered kernel) with its skip term D ⊙ u
     o = W_o((W_c y) ⊙ v)            back to F, gate, project to E
     x + dropout(o)
 """
@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..kernels import build_ssm_kernel
+from ..kernels import build_ssm
 
 
 class GSSBlock(GradientCheckpointingLayer):
@@ -24,13 +24,16 @@ class GSSBlock(GradientCheckpointingLayer):
         self.to_v = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.to_u = nn.Linear(config.hidden_size, config.ssm_size, bias=False)
         self.ssm_norm = nn.LayerNorm(config.ssm_size, eps=config.layer_norm_eps)
-        self.ssm = build_ssm_kernel(config, config.ssm_size)
+        self.ssm = build_ssm(config.ssm_kernel, config.ssm_size, config.ssm_state_size, config.ssm_kernel_options)
         self.to_gate = nn.Linear(config.ssm_size, config.intermediate_size, bias=False)
         self.to_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def initial_state(self, batch_size: int):
         return self.ssm.initial_state(batch_size)
+
+    def attention_shape(self):
+        return None
 
     def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
         h = self.norm(x)

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..kernels.ema import DampedEMA
+from ..kernels import build_ssm
 from .attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .ffn import NormalizedFeedForward
 
@@ -83,7 +83,7 @@ class MegaBlock(GradientCheckpointingLayer):
         self.chunk_size = config.mega_chunk_size  # None: full causal attention
         self.attention_function = config.mega_attention
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.ema = DampedEMA(width, config.mega_ema_dim)
+        self.ema = build_ssm("ema", width, config.mega_ema_dim)
         self.to_values = nn.Linear(width, self.v_dim)
         # From X', in one product: the update gate φ, Z, the reset gate γ, and X' W_h + b_h.
         self.from_shared = nn.Linear(width, width + self.z_dim + self.v_dim + width)
@@ -105,6 +105,10 @@ class MegaBlock(GradientCheckpointingLayer):
 
     def initial_state(self, batch_size: int):
         return (self.ema.initial_state(batch_size), *self._no_keys(batch_size))
+
+    def attention_shape(self):
+        """(query/key width, value width, chunk or None) for the benchmark's FLOPs."""
+        return self.z_dim, self.v_dim, self.chunk_size
 
     def _no_keys(self, batch_size: int):
         """An empty attention cache: no slots yet, no tokens seen (Mega-chunk's first call widens it to c)."""

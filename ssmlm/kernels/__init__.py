@@ -1,20 +1,35 @@
-"""SSM kernels. Each gives its convolution kernel for any length, continues a chunk from a state, and steps."""
+"""SSM kernels, one file each, all keeping the contract of base.py: `y, state = kernel(u, state)`.
 
+KERNELS is the one registry: the config's allowed `ssm_kernel` names and the tests derive from it, and a block
+builds its kernel with `build_ssm`. A new kernel is one file plus its entry here.
+"""
+
+from .base import SSMKernel
 from .diagonal import DiagonalSSM
 from .dss import DSSKernel
 from .ema import DampedEMA
 from .s4d import S4DKernel
 
-
-def build_ssm_kernel(config, channels: int) -> DiagonalSSM:
-    """The SSM a block runs in its narrow width, chosen by `config.ssm_kernel`."""
-    if config.ssm_kernel == "dss":
-        return DSSKernel(channels, config.ssm_state_size)
-    if config.ssm_kernel == "s4d":
-        return S4DKernel(channels, config.ssm_state_size, init_method=config.s4d_init,
-                         discretization=config.s4d_discretization, dt_min=config.s4d_dt_min,
-                         dt_max=config.s4d_dt_max)
-    raise ValueError(f"unknown ssm_kernel {config.ssm_kernel!r}")
+KERNELS: dict[str, type[SSMKernel]] = {
+    "dss": DSSKernel,  # DSS-exp as GSS uses it: modes shared by all channels, Δ = 1
+    "s4d": S4DKernel,
+    "ema": DampedEMA,  # Mega's multi-dimensional damped EMA (real modes)
+}
 
 
-__all__ = ["DampedEMA", "DiagonalSSM", "DSSKernel", "S4DKernel", "build_ssm_kernel"]
+def check_options(kind: str, options: dict, field: str = "ssm_kernel_options") -> None:
+    """Raise ValueError for an unknown kernel, or options it does not take (naming `field.key`)."""
+    if kind not in KERNELS:
+        raise ValueError(f"unknown SSM kernel {kind!r}; expected one of {', '.join(KERNELS)}")
+    KERNELS[kind].validate_options(options, field)
+
+
+def build_ssm(kind: str, channels: int, state_size: int, options: dict | None = None) -> SSMKernel:
+    """The kernel `kind` over `channels` channels with `state_size` states, configured by `options`."""
+    options = dict(options or {})
+    check_options(kind, options)
+    return KERNELS[kind](channels, state_size, **options)
+
+
+__all__ = ["KERNELS", "DampedEMA", "DiagonalSSM", "DSSKernel", "S4DKernel", "SSMKernel", "build_ssm",
+           "check_options"]

@@ -13,18 +13,25 @@ S4D eq. (5)); for real modes (Mega's EMA) P is the identity. Everything below fo
     from state  y_t += P(Σ_n C̃_n Ā_n^{t+1} z0_n)                       (a chunk that continues a sequence)
     new state   z_{T-1} = Ā^T z0 + Σ_k Ā^{T-1-k} u_k                     (the state a chunk hands on)
 
-A kernel module supplies only `discretize() -> (log Ā, C̃)`; this class turns it into the mixer interface
-`y, state = ssm(u, state)`.
+A kernel module supplies only `discretize() -> (log Ā, C̃)`; this class turns it into the SSMKernel contract
+(kernels/base.py): `y, state = ssm(u, state)`.
 """
 
 import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from ..ops.fftconv import causal_fft_conv
+from ..ops.fftconv import causal_fft_conv, convolution_flops
+from .base import SSMKernel
+
+
+def check_dt_range(options: dict, dt_min: float, dt_max: float) -> None:
+    """The step sizes Δ are drawn log-uniformly from [dt_min, dt_max]: both positive, in order."""
+    low, high = options.get("dt_min", dt_min), options.get("dt_max", dt_max)
+    if not 0 < low <= high:
+        raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, got {low} and {high}")
 
 
 def project(w: torch.Tensor) -> torch.Tensor:
@@ -103,29 +110,17 @@ def time_sum(u: torch.Tensor, powers: Powers) -> torch.Tensor:
     return (inner * powers.high.transpose(-1, -2)).sum(-2)
 
 
-class DiagonalSSM(nn.Module):
-    """Base of the diagonal kernels: subclasses define `discretize()` and the parameters it reads.
-
-    forward(u, state) with u: (batch, length, channels). `state=None` is the training mode: one FFT
-    convolution, no state kept. With a state, the chunk continues the sequence the state summarises and the
-    updated state is returned; a single token takes the recurrent step.
-    """
+class DiagonalSSM(SSMKernel):
+    """Base of the diagonal kernels: subclasses define `discretize()` and the parameters it reads; the modes
+    are the state size (complex modes: the real state is twice as large)."""
 
     def __init__(self, channels: int, modes: int):
-        super().__init__()
-        self.channels = channels
+        super().__init__(channels, modes)
         self.modes = modes
-        self.D = nn.Parameter(torch.empty(channels))  # the skip term D ⊙ u
-        self._step_cache = None  # (parameter versions, (Ā, C̃)): see step_coefficients
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (log Ā of shape (1 or H, N), C̃ of shape (H, N)), both in the parameters' precision."""
+        """Return (log Ā of shape (1 or H, N), C̃ of shape (H, N)), both in the compute precision."""
         raise NotImplementedError
-
-    def compute_dtype(self) -> torch.dtype:
-        """float64 for a float64 model, float32 otherwise: complex exponentials and long FFTs have no
-        half-precision path, so the SSM runs in float32 under autocast or with bf16 weights."""
-        return torch.float64 if self.D.dtype == torch.float64 else torch.float32
 
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel K of shape (H, length)."""
@@ -137,43 +132,24 @@ class DiagonalSSM(nn.Module):
         return log_a.new_zeros(batch_size, self.channels, self.modes)
 
     def step_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Ā, C̃) for the recurrent step. Generation steps once per token with fixed parameters, so without
-        autograd they are computed once and kept while no parameter changes: an optimizer step or
-        load_state_dict bumps a parameter's version, .to() gives it new storage, and either recomputes them."""
-        parameters = list(self.parameters())
-        if torch.is_grad_enabled() or any(p.is_inference() for p in parameters):  # inference tensors: no versions
+        """(Ā, C̃) for the recurrent step, computed once per parameter version while generating."""
+        def compute():
             log_a, c = self.discretize()
             return torch.exp(log_a), c
-        key = [(p.data_ptr(), p._version, p.dtype, p.device) for p in parameters]
-        if self._step_cache is None or self._step_cache[0] != key:
-            log_a, c = self.discretize()
-            self._step_cache = (key, (torch.exp(log_a), c))
-        return self._step_cache[1]
+        return self.inference_constant(compute)
 
-    def forward(self, u: torch.Tensor, state: torch.Tensor | None = None):
-        input_dtype = u.dtype
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            u = u.to(self.compute_dtype()).transpose(1, 2)  # (batch, H, length): time last for the FFT
-            length = u.shape[-1]
-            if state is not None and length == 1:
-                y, state = self._step(u[..., 0], state, *self.step_coefficients())
-                y = y.unsqueeze(-1)
-            elif state is None:
-                y = causal_fft_conv(u.contiguous(), self.kernel(length))
-            else:
-                y, state = self._chunk(u, state, *self.discretize())
-            y = y + self.D.to(u.dtype).unsqueeze(-1) * u
-        return y.transpose(1, 2).to(input_dtype), state
+    def convolve(self, u):
+        return causal_fft_conv(u.contiguous(), self.kernel(u.shape[-1]))
 
-    @staticmethod
-    def _step(u, state, a_bar, c):
+    def step(self, u, state):
         """One token: z = Ā z + u, y = P(C̃ · z)."""
+        a_bar, c = self.step_coefficients()
         state = a_bar * state + u.unsqueeze(-1)
         return project((c * state).sum(-1)), state
 
-    @staticmethod
-    def _chunk(u, state, log_a, c):
+    def chunk(self, u, state):
         """A chunk of T tokens from state z0: FFT convolution plus the decayed initial state (module docstring)."""
+        log_a, c = self.discretize()
         length = u.shape[-1]
         powers = powers_of(log_a, length)  # Ā^t, t = 0 .. T-1
         y = causal_fft_conv(u.contiguous(), mode_sum(c, powers))
@@ -181,3 +157,16 @@ class DiagonalSSM(nn.Module):
         new_state = torch.exp(length * log_a) * state + time_sum(u, powers)
         return y, new_state
 
+    def flops(self, tokens: int, cached: bool, batch: int) -> float:
+        with torch.no_grad():
+            is_complex = self.discretize()[0].is_complex()
+        mode_mac = 8 if is_complex else 2  # a multiply-add of two complex (real) numbers
+        input_mac = 4 if is_complex else 2  # a real input times a complex (real) power
+        channels, modes = self.channels, self.modes
+        if cached and tokens == 1:
+            return batch * 2 * mode_mac * channels * modes  # the step: z = Ā z + u, then P(C̃·z)
+        kernel = mode_mac * channels * modes * tokens  # K = P(C̃ Ā^t): one matrix product for the whole batch
+        flops = kernel + convolution_flops(channels, tokens, batch)
+        if cached:  # a chunk continuing a state: the state's contribution to y, and the state handed on
+            flops += batch * (mode_mac + input_mac) * channels * modes * tokens
+        return flops

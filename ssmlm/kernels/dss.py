@@ -21,14 +21,23 @@ from .diagonal import DiagonalSSM
 
 
 class DSSKernel(DiagonalSSM):
+    OPTIONS = {"min_decay": float, "max_decay": float}
+
     def __init__(self, channels: int, modes: int, min_decay: float = 1e-3, max_decay: float = 1.0):
         super().__init__(channels, modes)
+        self.validate_options(dict(min_decay=min_decay, max_decay=max_decay))
         self.min_decay, self.max_decay = min_decay, max_decay
         self.log_neg_lambda_re = nn.Parameter(torch.empty(modes))
         self.lambda_im = nn.Parameter(torch.empty(modes))
         self.C_re = nn.Parameter(torch.empty(channels, modes))
         self.C_im = nn.Parameter(torch.empty(channels, modes))
         self.reset_parameters()
+
+    @classmethod
+    def check_options(cls, options):
+        low, high = options.get("min_decay", 1e-3), options.get("max_decay", 1.0)
+        if not 0 < low <= high:
+            raise ValueError(f"min_decay and max_decay must satisfy 0 < min_decay <= max_decay, got {low} and {high}")
 
     @torch.no_grad()
     def reset_parameters(self):

@@ -17,18 +17,17 @@ from torch import nn
 
 from transformers import initialization as init
 
-from .diagonal import DiagonalSSM
+from .diagonal import DiagonalSSM, check_dt_range
 
 
 class S4DKernel(DiagonalSSM):
-    def __init__(self, channels: int, modes: int, init_method: str = "lin", discretization: str = "zoh",
+    OPTIONS = {"init": ("lin", "inv"), "discretization": ("zoh", "bilinear"), "dt_min": float, "dt_max": float}
+
+    def __init__(self, channels: int, modes: int, init: str = "inv", discretization: str = "zoh",
                  dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__(channels, modes)
-        if init_method not in ("lin", "inv"):
-            raise ValueError(f"S4D init must be 'lin' or 'inv', got {init_method!r}")
-        if discretization not in ("zoh", "bilinear"):
-            raise ValueError(f"S4D discretization must be 'zoh' or 'bilinear', got {discretization!r}")
-        self.init_method, self.discretization = init_method, discretization
+        self.validate_options(dict(init=init, discretization=discretization, dt_min=dt_min, dt_max=dt_max))
+        self.init_method, self.discretization = init, discretization
         self.dt_min, self.dt_max = dt_min, dt_max
         self.log_dt = nn.Parameter(torch.empty(channels))
         self.log_neg_lambda_re = nn.Parameter(torch.empty(channels, modes))
@@ -36,6 +35,10 @@ class S4DKernel(DiagonalSSM):
         self.C_re = nn.Parameter(torch.empty(channels, modes))
         self.C_im = nn.Parameter(torch.empty(channels, modes))
         self.reset_parameters()
+
+    @classmethod
+    def check_options(cls, options):
+        check_dt_range(options, 1e-3, 1e-1)
 
     @torch.no_grad()
     def reset_parameters(self):

@@ -1,5 +1,7 @@
 """Causal long convolution by FFT: the convolutional (training) mode of every SSM kernel."""
 
+import math
+
 import torch
 
 
@@ -71,3 +73,15 @@ def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=u.device.type, enabled=False):
         y = CausalFFTConv.apply(u.to(compute_dtype), kernel.to(compute_dtype), fft_length(length, kernel.shape[-1]))
     return y.to(u.dtype)
+
+
+def real_fft_flops(size: int) -> float:
+    """A real FFT of `size` points: half the 5·n·log2(n) of a complex FFT, the usual convention."""
+    return 2.5 * size * math.log2(size)
+
+
+def convolution_flops(channels: int, length: int, batch: int) -> float:
+    """One causal_fft_conv of `batch` inputs with a kernel shared by the batch: rfft(K) once, then rfft(u),
+    the complex product and irfft(y) per input."""
+    size = fft_length(length, length)
+    return channels * real_fft_flops(size) + batch * channels * (2 * real_fft_flops(size) + 6 * (size // 2 + 1))

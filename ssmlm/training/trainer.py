@@ -47,7 +47,7 @@ from ..data.packing import pack_documents
 from ..data.sources import is_local, load_documents, matching_paths
 from ..data.tokenizer import get_tokenizer
 from ..host_memory import keep_freed_host_memory
-from ..kernels import DiagonalSSM
+from ..kernels import SSMKernel
 from ..modeling import SSMLMForCausalLM
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
@@ -205,7 +205,7 @@ def prepare_data(config: TrainConfig):
 def parameter_groups(model: torch.nn.Module, training) -> list[dict]:
     """AdamW groups: SSM kernel parameters with their own learning rate and no weight decay; weight decay on
     the other matrices only (not on norms, biases or the SSM skip term)."""
-    ssm = {id(p) for module in model.modules() if isinstance(module, DiagonalSSM) for p in module.parameters()}
+    ssm = {id(p) for module in model.modules() if isinstance(module, SSMKernel) for p in module.parameters()}
     groups = {"decay": [], "no_decay": [], "ssm": []}
     for parameter in model.parameters():
         if parameter.requires_grad:

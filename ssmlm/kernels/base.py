@@ -1,0 +1,118 @@
+"""The contract every SSM kernel keeps, whatever its structure (diagonal, DPLR, ...).
+
+    y, state = kernel(u, state)        u: (batch, length, channels)
+
+`state=None` is the training mode: the whole sequence at once (an FFT convolution), no state kept. With a state,
+`u` continues the sequence the state summarises, one token (the recurrent step) or a chunk of any length, and the
+updated state comes back. One pass == chunks with the state carried == token by token, for every kernel.
+
+A kernel supplies `convolve`, `chunk`, `step` and `initial_state` on (batch, channels, length) tensors in its
+compute precision; this class does the rest once: the float32 policy (complex exponentials and long FFTs have no
+half-precision path, so an SSM computes in float32 under autocast or with bf16 weights, in float64 for a float64
+model), the layout (time last, for the FFT), the skip term D ⊙ u, and a cache of the step's coefficients while
+the parameters do not change. Everything outside `kernels/` sees only this type: the optimizer's SSM group, the
+model's re-initialisation and the benchmark's FLOPs all key on it.
+
+Options a kernel takes (its keyword arguments after `channels` and `state_size`) are declared in `OPTIONS`:
+a tuple of choices or a type. `kernels.check_options` validates a config's `ssm_kernel_options` against them
+and then the kernel's own `check_options`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class SSMKernel(nn.Module):
+    OPTIONS: ClassVar[dict[str, tuple | type]] = {}
+
+    def __init__(self, channels: int, state_size: int):
+        super().__init__()
+        self.channels = channels
+        self.state_size = state_size
+        self.D = nn.Parameter(torch.empty(channels))  # the skip term D ⊙ u
+        self._inference_cache = None  # (parameter versions, value): see inference_constant
+
+    @classmethod
+    def validate_options(cls, options: dict, field: str = "options") -> None:
+        """Raise ValueError naming `field.key` for an option the kernel does not take, or of the wrong type or
+        value; then for values that cannot work together (`check_options`)."""
+        for key, value in options.items():
+            if key not in cls.OPTIONS:
+                raise ValueError(f"{field}.{key}: {cls.__name__} has no such option; it takes "
+                                 f"{', '.join(cls.OPTIONS) or 'none'}")
+            expected = cls.OPTIONS[key]
+            if isinstance(expected, tuple):
+                if value not in expected:
+                    raise ValueError(f"{field}.{key} must be one of {', '.join(map(repr, expected))}, got {value!r}")
+            elif isinstance(value, bool) and expected is not bool or not isinstance(
+                    value, (int, float) if expected is float else expected):
+                raise ValueError(f"{field}.{key} expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        try:
+            cls.check_options(options)
+        except ValueError as error:
+            raise ValueError(f"{field}: {error}") from None
+
+    # ---- what a kernel defines ----
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ValueError for option values that are of the right type but cannot work together."""
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int):
+        """The state before any token: a tensor or a tuple of tensors, batch first."""
+        raise NotImplementedError
+
+    def convolve(self, u: torch.Tensor) -> torch.Tensor:
+        """The training mode: y of (batch, channels, length) from u of the same shape, no state."""
+        raise NotImplementedError
+
+    def chunk(self, u: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """A chunk of any length continuing from `state`: (y, the state after it)."""
+        raise NotImplementedError
+
+    def step(self, u: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """One token, u of (batch, channels): (y of (batch, channels), the next state)."""
+        raise NotImplementedError
+
+    def flops(self, tokens: int, cached: bool, batch: int) -> float:
+        """FLOPs of one forward over `tokens` positions: continuing a state (`cached`, one token is a step) or
+        the stateless training convolution. A multiply-add counts 2; elementwise work is not counted."""
+        raise NotImplementedError
+
+    # ---- the shared machinery ----
+
+    def compute_dtype(self) -> torch.dtype:
+        return torch.float64 if self.D.dtype == torch.float64 else torch.float32
+
+    def inference_constant(self, compute):
+        """`compute()` (coefficients of the step), kept while no parameter changes when there is no autograd:
+        generation steps once per token with fixed parameters. An optimizer step or load_state_dict bumps a
+        parameter's version, .to() gives it new storage; either makes it recompute."""
+        parameters = list(self.parameters())
+        if torch.is_grad_enabled() or any(p.is_inference() for p in parameters):  # inference tensors: no versions
+            return compute()
+        key = [(p.data_ptr(), p._version, p.dtype, p.device) for p in parameters]
+        if self._inference_cache is None or self._inference_cache[0] != key:
+            self._inference_cache = (key, compute())
+        return self._inference_cache[1]
+
+    def forward(self, u: torch.Tensor, state=None):
+        input_dtype = u.dtype
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u = u.to(self.compute_dtype()).transpose(1, 2)  # (batch, channels, length): time last for the FFT
+            if state is None:
+                y = self.convolve(u)
+            elif u.shape[-1] == 1:
+                y, state = self.step(u[..., 0], state)
+                y = y.unsqueeze(-1)
+            else:
+                y, state = self.chunk(u, state)
+            y = y + self.D.to(u.dtype).unsqueeze(-1) * u
+        return y.transpose(1, 2).to(input_dtype), state

@@ -20,7 +20,6 @@ import importlib.metadata
 import importlib.util
 import itertools
 import json
-import math
 import os
 import platform
 import resource

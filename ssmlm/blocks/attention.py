@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .base import Block
 from .ffn import NormalizedFeedForward
 
 ATTENTION_SPANS = ("full", "sliding", "chunked")
@@ -42,7 +42,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class AttentionBlock(GradientCheckpointingLayer):
+class AttentionBlock(Block):
     def __init__(self, config):
         super().__init__()
         self.num_heads = config.attention_num_heads

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..kernels import build_ssm
+from .base import Block
 
 
-class GSSBlock(GradientCheckpointingLayer):
+class GSSBlock(Block):
     def __init__(self, config):
         super().__init__()
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -31,9 +31,6 @@ class GSSBlock(GradientCheckpointingLayer):
 
     def initial_state(self, batch_size: int):
         return self.ssm.initial_state(batch_size)
-
-    def attention_shape(self):
-        return None
 
     def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
         h = self.norm(x)

@@ -31,10 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..kernels import build_ssm
 from .attention_bias import RotaryRelativeBias, SimpleRelativeBias
+from .base import Block
 from .ffn import NormalizedFeedForward
 
 LAPLACE_MEAN, LAPLACE_STD = math.sqrt(0.5), math.sqrt(1 / (4 * math.pi))
@@ -75,7 +75,7 @@ class QueryKeyScaleOffset(nn.Module):
         return z * self.query_scale + self.query_offset, z * self.key_scale + self.key_offset
 
 
-class MegaBlock(GradientCheckpointingLayer):
+class MegaBlock(Block):
     def __init__(self, config):
         super().__init__()
         width = config.hidden_size

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..kernels import build_ssm
+from .base import Block
 from .ffn import NormalizedFeedForward
 
 
-class SSMBlock(GradientCheckpointingLayer):
+class SSMBlock(Block):
     def __init__(self, config):
         super().__init__()
         width = config.hidden_size
@@ -35,9 +35,6 @@ class SSMBlock(GradientCheckpointingLayer):
 
     def initial_state(self, batch_size: int):
         return self.ssm.initial_state(batch_size)
-
-    def attention_shape(self):
-        return None
 
     def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
         h = self.norm(x)

@@ -6,14 +6,20 @@ builds its kernel with `build_ssm`. A new kernel is one file plus its entry here
 
 from .base import SSMKernel
 from .diagonal import DiagonalSSM
+from .dlr import DLRKernel
 from .dss import DSSKernel
+from .dss_softmax import DSSSoftmaxKernel
 from .ema import DampedEMA
+from .s4 import S4Kernel
 from .s4d import S4DKernel
 
 KERNELS: dict[str, type[SSMKernel]] = {
     "dss": DSSKernel,  # DSS-exp as GSS uses it: modes shared by all channels, Δ = 1
     "s4d": S4DKernel,
     "ema": DampedEMA,  # Mega's multi-dimensional damped EMA (real modes)
+    "dss-softmax": DSSSoftmaxKernel,  # normalised at a fixed length
+    "dlr": DLRKernel,
+    "s4": S4Kernel,  # DPLR with HiPPO (LegS, LegT, FouT)
 }
 
 
@@ -31,5 +37,5 @@ def build_ssm(kind: str, channels: int, state_size: int, options: dict | None = 
     return KERNELS[kind](channels, state_size, **options)
 
 
-__all__ = ["KERNELS", "DampedEMA", "DiagonalSSM", "DSSKernel", "S4DKernel", "SSMKernel", "build_ssm",
-           "check_options"]
+__all__ = ["KERNELS", "DampedEMA", "DiagonalSSM", "DLRKernel", "DSSKernel", "DSSSoftmaxKernel", "S4DKernel", "S4Kernel",
+           "SSMKernel", "build_ssm", "check_options"]

@@ -28,6 +28,8 @@ from torch import nn
 
 class SSMKernel(nn.Module):
     OPTIONS: ClassVar[dict[str, tuple | type]] = {}
+    # An option that train.py sets to the training length (data.seq_len) when the config leaves it out.
+    TRAINING_LENGTH_OPTION: ClassVar[str | None] = None
 
     def __init__(self, channels: int, state_size: int):
         super().__init__()
@@ -45,6 +47,8 @@ class SSMKernel(nn.Module):
                 raise ValueError(f"{field}.{key}: {cls.__name__} has no such option; it takes "
                                  f"{', '.join(cls.OPTIONS) or 'none'}")
             expected = cls.OPTIONS[key]
+            if value is None:  # an option without a default: check_options says what it needs
+                continue
             if isinstance(expected, tuple):
                 if value not in expected:
                     raise ValueError(f"{field}.{key} must be one of {', '.join(map(repr, expected))}, got {value!r}")

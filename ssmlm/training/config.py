@@ -25,6 +25,7 @@ import yaml
 from accelerate.utils import LoggerType
 
 from ..configuration import SSMLMConfig
+from ..kernels import KERNELS
 from ..data.tokenizer import SPECIAL_TOKENS
 
 
@@ -190,13 +191,24 @@ class TrainConfig:
             if key not in allowed:
                 raise ConfigError(f"model.{key}: unknown key; SSMLMConfig has no field {key!r}")
         try:
-            SSMLMConfig(**self.model)
+            SSMLMConfig(**self.model_arguments())
         except Exception as error:  # strict dataclass validation: its last line names the field and the problem
             raise ConfigError(f"model: {str(error).strip().splitlines()[-1].strip()}") from None
 
+    def model_arguments(self) -> dict:
+        """The `model` section, with the kernel's training-length option (DSS-softmax's normalisation length) set
+        to data.seq_len where the config leaves it out."""
+        arguments = dict(self.model)
+        kernel = KERNELS.get(arguments.get("ssm_kernel", SSMLMConfig.ssm_kernel))
+        option = getattr(kernel, "TRAINING_LENGTH_OPTION", None)
+        options = arguments.get("ssm_kernel_options") or {}
+        if option and isinstance(options, dict) and options.get(option) is None:
+            arguments["ssm_kernel_options"] = {**options, option: self.data.seq_len}
+        return arguments
+
     def model_config(self, tokenizer) -> SSMLMConfig:
         """The model's config, with the vocabulary and special tokens of `tokenizer`."""
-        return SSMLMConfig(**self.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        return SSMLMConfig(**self.model_arguments(), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
     def to_dict(self) -> dict:

@@ -1,0 +1,86 @@
+"""DSS-softmax (Gupta, Gu, Berant 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+Sec. 3.2 and Prop. 1; the ag1988/dss reference's `DSSKernel` with version "softmax"), normalised at a fixed length.
+
+Per channel h, with Λ: N complex modes shared by all channels, and two step sizes Δ_re, Δ_im per channel:
+
+    x_n = Δ_re Re Λ_n + i Δ_im Im Λ_n
+    K_k = Re Σ_n W_n · (1/Λ_n) · exp(k x_n) · (exp(x_n) - 1) / (exp(L x_n) - 1)
+
+The last factor is 1 / Σ_{j<L} exp(j x_n): a softmax of the mode's powers over positions 0 .. L-1. The reference
+normalises at each call's length L, so a position's kernel depends on how long the sequence is: its first outputs
+change when the sequence grows, which no causal model, and no recurrence, can do. Here L is fixed
+(`normalization_length`; train.py sets it to the training length, data.seq_len), so the kernel is that of the
+diagonal SSM
+
+    x_t = exp(x) ⊙ x_{t-1} + u_t,    y_t = Re(W̃ · x_t),    W̃ = W (exp(x) - 1) / (Λ (exp(Lx) - 1))
+
+exact in every mode at any length (past L it keeps decaying; it is a softmax over the first L positions only).
+The reference lets Re Λ grow positive and rescales to avoid overflow; a recurrent state would then grow without
+bound, so here Re Λ = -exp(·) < 0 as in DSS-exp. The output is Re(·), not 2·Re(·): C̃ = W̃/2 in the diagonal
+machinery. Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
+skew-symmetric part of the 2N×2N HiPPO-LegS matrix; W complex normal; Δ log-uniform in [dt_min, dt_max].
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from transformers import initialization as init
+
+from .diagonal import DiagonalSSM, check_dt_range
+
+
+def hippo_skew_frequencies(modes: int) -> torch.Tensor:
+    """The N positive ω of the eigenvalues ±iω of the skew part of the 2N×2N LegS matrix, largest first."""
+    n = torch.arange(2 * modes, dtype=torch.float64)
+    m = torch.sqrt(2 * n + 1)
+    lower = torch.tril(m[:, None] * m[None, :], diagonal=-1)
+    omega = torch.linalg.eigvals((lower - lower.T) / 2).imag
+    return omega.sort(descending=True).values[:modes]
+
+
+class DSSSoftmaxKernel(DiagonalSSM):
+    OPTIONS = {"normalization_length": int, "dt_min": float, "dt_max": float}
+    TRAINING_LENGTH_OPTION = "normalization_length"
+
+    def __init__(self, channels: int, modes: int, normalization_length: int | None = None, dt_min: float = 1e-3,
+                 dt_max: float = 1e-1):
+        super().__init__(channels, modes)
+        self.validate_options(dict(normalization_length=normalization_length, dt_min=dt_min, dt_max=dt_max))
+        self.normalization_length, self.dt_min, self.dt_max = normalization_length, dt_min, dt_max
+        self.log_neg_lambda_re = nn.Parameter(torch.empty(modes))
+        self.lambda_im = nn.Parameter(torch.empty(modes))
+        self.log_dt = nn.Parameter(torch.empty(channels, 2))  # log Δ_re, log Δ_im
+        self.W_re = nn.Parameter(torch.empty(channels, modes))
+        self.W_im = nn.Parameter(torch.empty(channels, modes))
+        self.reset_parameters()
+
+    @classmethod
+    def check_options(cls, options):
+        length = options.get("normalization_length")
+        if length is None:
+            raise ValueError("normalization_length is required: the length the softmax normalises over, which "
+                             "train.py sets to data.seq_len")
+        if length < 1:
+            raise ValueError(f"normalization_length must be at least 1, got {length}")
+        check_dt_range(options, 1e-3, 1e-1)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        init.copy_(self.log_neg_lambda_re, torch.full((self.modes,), math.log(0.5)))
+        init.copy_(self.lambda_im, hippo_skew_frequencies(self.modes))
+        log_dt = torch.empty(self.channels, 1).uniform_(math.log(self.dt_min), math.log(self.dt_max))
+        init.copy_(self.log_dt, log_dt.expand(-1, 2))
+        init.normal_(self.W_re, std=1.0)
+        init.normal_(self.W_im, std=1.0)
+        init.normal_(self.D, std=1.0)
+
+    def discretize(self):
+        dtype = self.compute_dtype()
+        lam = torch.complex(-torch.exp(self.log_neg_lambda_re.to(dtype)), self.lambda_im.to(dtype))  # (N,)
+        dt = torch.exp(self.log_dt.to(dtype))  # (H, 2)
+        x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
+        w = torch.complex(self.W_re.to(dtype), self.W_im.to(dtype))
+        w_tilde = w * torch.expm1(x) / (lam * torch.expm1(self.normalization_length * x))
+        return x, w_tilde / 2

@@ -109,6 +109,27 @@ def build_gss() -> PreTrainedModel:
     return SSMLMForCausalLM(ssmlm_config())
 
 
+# GSS with each of the other kernels, at each paper's own state size (S4: N = 64 real, 32 complex modes; DSS: 64
+# modes; DLR: 1024). DSS-softmax normalises at the 1k tokens of the shortest training length.
+KERNEL_CONTENDERS = {
+    "gss-s4": dict(ssm_kernel="s4", ssm_state_size=32),
+    "gss-dss-softmax": dict(ssm_kernel="dss-softmax", ssm_state_size=64,
+                            ssm_kernel_options={"normalization_length": 1024}),
+    "gss-dlr": dict(ssm_kernel="dlr", ssm_state_size=1024),
+}
+
+
+def gss_with_kernel(name: str) -> Callable[[], PreTrainedModel]:
+    return lambda: SSMLMForCausalLM(ssmlm_config(**KERNEL_CONTENDERS[name]))
+
+
+def s4_lm_with(intermediate_size: int) -> PreTrainedModel:
+    """The S4 paper's language model: plain SSM blocks (an S4 layer over the full width, GLU, a feed-forward)."""
+    require_block_type("ssm")
+    return SSMLMForCausalLM(ssmlm_config(block_types=["ssm"] * NUM_LAYERS, ssm_kernel="s4", ssm_state_size=32,
+                                         intermediate_size=intermediate_size))
+
+
 def mega_chunk_with(intermediate_size: int) -> PreTrainedModel:
     require_block_type("mega")
     return SSMLMForCausalLM(ssmlm_config(block_types=["mega"] * NUM_LAYERS, mega_chunk_size=MEGA_CHUNK_SIZE,
@@ -167,8 +188,14 @@ def build_llama() -> PreTrainedModel:
     return llama_with(matched_intermediate_size(llama_with))
 
 
+def build_s4_lm() -> PreTrainedModel:
+    return s4_lm_with(matched_intermediate_size(s4_lm_with))
+
+
 MODEL_BUILDERS: dict[str, Callable[[], PreTrainedModel]] = {
     "gss": build_gss,
+    **{name: gss_with_kernel(name) for name in KERNEL_CONTENDERS},
+    "s4-lm": build_s4_lm,
     "mega-chunk": build_mega_chunk,
     "hybrid": build_hybrid,
     BASELINE: build_llama,
@@ -363,7 +390,8 @@ PUBLIC_BUILDERS: dict[str, Callable[[Path, torch.device, int], nn.Module | Worke
     LEGACY_MEGA: start_legacy_mega,
 }
 WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness's
-MODEL_NAMES = ["gss", GSS_PORT, "mega-chunk", LEGACY_MEGA, "hybrid", BASELINE]  # the order of the tables
+MODEL_NAMES = ["gss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "mega-chunk", LEGACY_MEGA, "hybrid",
+               BASELINE]  # the order of the tables
 assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | set(PUBLIC_BUILDERS)
 
 

@@ -246,6 +246,23 @@ def test_gss_flops_add_the_ssm_kernel_and_ffts_to_the_matmuls():
     assert 0 < ssm_share < 0.2  # the SSM runs in the narrow H: a small share of the FLOPs
 
 
+@pytest.mark.parametrize("name", [*benchmarking.KERNEL_CONTENDERS, "s4-lm"])
+def test_every_kernel_contender_is_counted_and_runs(name):
+    """GSS with each new kernel, and the S4 LM: FLOPs from each kernel's own formula, nothing left uncounted, a
+    parameter count close to GSS's, and a training step and a decoding step that run."""
+    model = benchmarking.MODEL_BUILDERS[name]()
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    flops, uncounted = training_flops_per_token(model, 256)
+    assert uncounted == [] and flops > 6 * matmul_weights
+    # DLR at its N = 1024 has 0.5M more kernel weights (W per channel and state) than DSS at N = 128.
+    assert benchmarking.count_parameters(model) == pytest.approx(benchmarking.gss_parameter_count(), rel=0.15)
+    ids = torch.randint(0, benchmarking.VOCAB_SIZE, (1, 64))
+    model(ids, labels=ids).loss.backward()
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).past_key_values
+        assert torch.isfinite(model(ids[:, :1], past_key_values=cache, use_cache=True).logits).all()
+
+
 def test_the_saved_baseline_still_loads_compares_and_renders():
     baseline_path = Path(__file__).resolve().parent.parent / "docs" / "bench-session1.json"
     baseline = json.loads(baseline_path.read_text())

@@ -1,7 +1,8 @@
-"""Mega and Mega-chunk: the damped EMA as a real diagonal SSM, the block against the paper's equations written out
-token by token, and the core invariant one pass == chunks with the state carried == token by token for the EMA,
-the block and whole models (chunk boundaries inside a call, lengths not divisible by c); generate() with the
-cache == re-running the prefix; left padding; a Mega-chunk cache that stays flat however long it runs."""
+"""Mega and Mega-chunk: the block against the paper's equations written out token by token, and the core invariant
+one pass == chunks with the state carried == token by token for the block and whole models (chunk boundaries
+inside a call, lengths not divisible by c); generate() with the cache == re-running the prefix; left padding; a
+Mega-chunk cache that stays flat however long it runs. The damped EMA is tested with every other kernel
+(test_ssm_kernels.py)."""
 
 import math
 
@@ -15,7 +16,6 @@ from torch.nn import functional as F
 from ssmlm import SSMLMConfig, SSMLMForCausalLM
 from ssmlm.blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toeplitz
-from ssmlm.kernels import DampedEMA
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
@@ -54,66 +54,6 @@ def mega_block(dtype, chunk_size=5, attention="softmax", position_bias="simple",
 def mega_model(dtype=torch.float64, chunk_size=5, seed=0, **overrides):
     torch.manual_seed(seed)
     return sharpen(SSMLMForCausalLM(mega_config(chunk_size, **overrides)), seed).to(dtype).eval()
-
-
-# ---- the damped EMA ----
-
-def test_ema_is_the_papers_damped_recurrence():
-    """u = β x, h_t = α ⊙ u_t + (1 - α ⊙ δ) ⊙ h_{t-1}, y_t = η·h_t / √n + ω x_t, run literally."""
-    torch.manual_seed(0)
-    ema = DampedEMA(5, 3).double()
-    x = torch.randn(2, 40, 5, dtype=torch.float64)
-    alpha, delta = torch.sigmoid(ema.alpha_logit), torch.sigmoid(ema.delta_logit)
-    h = torch.zeros(2, 5, 3, dtype=torch.float64)
-    expected = []
-    for t in range(40):
-        h = alpha * ema.beta * x[:, t, :, None] + (1 - alpha * delta) * h
-        expected.append((ema.eta * h).sum(-1) / math.sqrt(3) + ema.D * x[:, t])
-    y, _ = ema(x)
-    torch.testing.assert_close(y, torch.stack(expected, 1), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=8, deadline=None)
-@given(data=st.data())
-def test_ema_one_pass_equals_chunks_equals_steps(dtype, data):
-    length = data.draw(st.one_of(st.integers(2, 300), st.integers(1000, 3000)), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=6), label="boundaries"))
-    torch.manual_seed(0)
-    ema = DampedEMA(6, 4).to(dtype)
-    x = torch.randn(2, length, 6, dtype=dtype)
-    one_pass, _ = ema(x)
-    chunked, state = run_in_pieces(ema, x, boundaries)
-    assert_close(chunked, one_pass, dtype)
-    if length <= 300:
-        stepped, stepped_state = run_in_pieces(ema, x, list(range(1, length)))
-        assert_close(stepped, one_pass, dtype)
-        assert_close(stepped_state, state, dtype)
-
-
-def test_ema_decay_stays_in_the_unit_interval_and_the_state_bounded():
-    ema = DampedEMA(4, 8)
-    with torch.no_grad():
-        ema.alpha_logit[0].fill_(30.0)  # α, δ -> 1 and -> 0: the extremes of the sigmoids
-        ema.delta_logit[0].fill_(30.0)
-        ema.alpha_logit[1].fill_(-8.0)
-        log_a, _ = ema.discretize()
-        decay = torch.exp(log_a)
-        assert (decay >= 0).all() and (decay < 1).all()
-        bound = 1.0 / (1.0 - decay.max().item()) * 1.001  # |z| <= max|x| / (1 - max Ā)
-        generator = torch.Generator().manual_seed(0)
-        state = ema.initial_state(1)
-        for _ in range(50):  # 100k tokens, in chunks: the same recurrence the steps take
-            y, state = ema(torch.rand(1, 2000, 4, generator=generator) * 2 - 1, state)
-        assert torch.isfinite(y).all() and state.abs().max() <= bound
-
-
-def test_ema_gradients_reach_every_parameter():
-    ema = DampedEMA(3, 4).double()
-    y, _ = ema(torch.randn(2, 30, 3, dtype=torch.float64))
-    y.square().sum().backward()
-    for name, parameter in ema.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
 # ---- the attention's pieces ----

@@ -127,7 +127,7 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 
     config = load_config(path)
     with torch.device("meta"):
-        model = SSMLMForCausalLM(SSMLMConfig(**config.model, vocab_size=config.tokenizer.vocab_size))
+        model = SSMLMForCausalLM(SSMLMConfig(**config.model_arguments(), vocab_size=config.tokenizer.vocab_size))
     assert len(model.model.layers) == model.config.num_hidden_layers
 
 
@@ -193,3 +193,12 @@ def test_a_tilde_means_the_home_directory(monkeypatch, tmp_path):
     config = build(["output.dir=~/runs/x", "data.cache_dir=~/cache", "tokenizer.path=~/tok"])
     assert (config.output.dir, config.data.cache_dir, config.tokenizer.path) == (
         f"{tmp_path}/runs/x", f"{tmp_path}/cache", f"{tmp_path}/tok")
+
+
+def test_dss_softmax_normalises_over_the_training_length_unless_told_otherwise():
+    values = {**MINIMAL, "model": {"ssm_kernel": "dss-softmax"}}
+    assert build(values=values).model_arguments()["ssm_kernel_options"] == {"normalization_length": 64}
+    told = build(["model.ssm_kernel_options={normalization_length: 2048}"], values=values)
+    assert told.model_arguments()["ssm_kernel_options"] == {"normalization_length": 2048}
+    assert "normalization_length must be at least 1, got 0" in error_of(
+        ["model.ssm_kernel_options={normalization_length: 0}"], values=values)

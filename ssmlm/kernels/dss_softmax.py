@@ -32,8 +32,9 @@ from .diagonal import DiagonalSSM, check_dt_range
 
 
 def hippo_skew_frequencies(modes: int) -> torch.Tensor:
-    """The N positive ω of the eigenvalues ±iω of the skew part of the 2N×2N LegS matrix, largest first."""
-    n = torch.arange(2 * modes, dtype=torch.float64)
+    """The N positive ω of the eigenvalues ±iω of the skew part of the 2N×2N LegS matrix, largest first (on the
+    CPU, whatever the default device)."""
+    n = torch.arange(2 * modes, dtype=torch.float64, device="cpu")
     m = torch.sqrt(2 * n + 1)
     lower = torch.tril(m[:, None] * m[None, :], diagonal=-1)
     omega = torch.linalg.eigvals((lower - lower.T) / 2).imag

@@ -80,6 +80,11 @@ def nplr(measure: str, modes: int, rank: int) -> tuple[torch.Tensor, torch.Tenso
     """(Λ (N,), P̃ (rank, N), B̃ (N,), V (2N, N)), complex128: the HiPPO system of a real state of size 2N written
     as A = Vf (diag(Λ, Λ̄) − P̃f P̃fᴴ) Vfᴴ with Vf = [V, V̄] unitary and P̃f = [P̃, P̃̄], one mode of each conjugate
     pair kept (positive frequency). Unlike the reference, B̃ is not clipped: the system is exactly HiPPO's."""
+    with torch.device("cpu"):  # whatever the default device (meta, when a model is only being sized)
+        return nplr_on_cpu(measure, modes, rank)
+
+
+def nplr_on_cpu(measure: str, modes: int, rank: int):
     a, b, p = hippo(measure, 2 * modes, rank)
     normal = a + p.T @ p  # w·I + S with S skew-symmetric
     w_re = normal.diagonal().mean()

@@ -110,7 +110,8 @@ def build_gss() -> PreTrainedModel:
 
 
 # GSS with each of the other kernels, at each paper's own state size (S4: N = 64 real, 32 complex modes; DSS: 64
-# modes; DLR: 1024). DSS-softmax normalises at the 1k tokens of the shortest training length.
+# modes; DLR: 1024), unless --gss-shape sets one for all. DSS-softmax normalises at the 1k tokens of the shortest
+# training length.
 KERNEL_CONTENDERS = {
     "gss-s4": dict(ssm_kernel="s4", ssm_state_size=32),
     "gss-dss-softmax": dict(ssm_kernel="dss-softmax", ssm_state_size=64,
@@ -120,7 +121,7 @@ KERNEL_CONTENDERS = {
 
 
 def gss_with_kernel(name: str) -> Callable[[], PreTrainedModel]:
-    return lambda: SSMLMForCausalLM(ssmlm_config(**KERNEL_CONTENDERS[name]))
+    return lambda: SSMLMForCausalLM(ssmlm_config(**(KERNEL_CONTENDERS[name] | GSS_SHAPE)))
 
 
 def s4_lm_with(intermediate_size: int) -> PreTrainedModel:

@@ -202,3 +202,23 @@ def test_cache_cannot_be_cropped_and_rejects_foreign_caches():
         out.past_key_values.crop(2)
     with pytest.raises(TypeError, match="SSMLMCache"):
         model(torch.randint(3, 61, (1, 5)), past_key_values=DynamicCache())
+
+
+def test_beam_reordering_keeps_a_named_tuple_state_one():
+    """A block whose state is a NamedTuple gets it back as that NamedTuple after the cache reorders, expands or
+    selects its batch (beam search)."""
+    from typing import NamedTuple
+
+    class WindowAndState(NamedTuple):
+        window: torch.Tensor
+        state: torch.Tensor
+
+    cache = SSMLMCache(1)
+    cache.layers[0].advance(WindowAndState(torch.arange(3.0)[:, None], torch.arange(3.0)[:, None] * 10), 1)
+    cache.layers[0].reorder_cache(torch.tensor([2, 0, 1]))
+    cache.layers[0].batch_repeat_interleave(2)
+    state = cache.layers[0].state
+    assert isinstance(state, WindowAndState)
+    assert state.window[:, 0].tolist() == [2, 2, 0, 0, 1, 1] and state.state[:, 0].tolist() == [20, 20, 0, 0, 10, 10]
+    cache.layers[0].batch_select_indices(torch.tensor([1, 4]))
+    assert isinstance(cache.layers[0].state, WindowAndState) and cache.layers[0].state.window[:, 0].tolist() == [2, 1]

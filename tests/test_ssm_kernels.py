@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ssmlm.kernels import KERNELS, build_ssm
 from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
 from ssmlm.kernels.dss_softmax import hippo_skew_frequencies
-from ssmlm.kernels.s4 import conjugate_pairs, hippo, nplr
+from ssmlm.kernels.s4 import hippo, nplr
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
 from invariants import assert_close, run_in_pieces
@@ -37,6 +37,11 @@ BOUNDARY_LENGTHS = {"dss-softmax": [NORMALIZATION_LENGTH - 1, NORMALIZATION_LENG
 FLOAT32_TOLERANCE = {"dlr": 5e-4}
 CASES = [pytest.param(kind, options, id=f"{kind}{'-' if options else ''}{'-'.join(map(str, options.values()))}")
          for kind, variants in VARIANTS.items() for options in variants]
+
+
+def conjugate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """A DPLR system's full state representation [x, x̄] along the last axis (the kept modes and their conjugates)."""
+    return torch.cat([x, x.conj()], dim=-1)
 
 
 def make_kernel(kind, options, dtype, channels=5, state_size=6, seed=0):

@@ -101,11 +101,6 @@ def nplr_on_cpu(measure: str, modes: int, rank: int):
     return lam, (v_h @ p.T.to(torch.complex128)).T, v_h @ b.to(torch.complex128), vectors
 
 
-def conjugate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """The full state representation [x, x̄] along the last axis."""
-    return torch.cat([x, x.conj()], dim=-1)
-
-
 def to_real(x: torch.Tensor) -> torch.Tensor:
     """The kept modes x (..., N) of a full state [x, x̄] as its real coordinates √2 [Re x, Im x] (..., 2N)."""
     return math.sqrt(2) * torch.cat([x.real, x.imag], dim=-1)
@@ -117,23 +112,32 @@ def from_real(r: torch.Tensor) -> torch.Tensor:
     return torch.complex(r[..., :half], r[..., half:]) / math.sqrt(2)
 
 
-def doubling(a: torch.Tensor, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([a^0 x, a^1 x, ..., a^(count−1) x] as the last axis, a^count) for a (H, n, n), x (..., H, n) and count a
-    power of two: log2(count) doublings, each one product with the columns so far and one squaring."""
-    columns, power = x.unsqueeze(-1), a
-    while columns.shape[-1] < count:
+def squarings(a: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """[a, a², a⁴, ..., a^(2^(count−1))] for a (H, n, n)."""
+    powers = [a]
+    while len(powers) < count:
+        powers.append(powers[-1] @ powers[-1])
+    return powers
+
+
+def doubling(powers: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """[a^0 x, a^1 x, ..., a^(2^k − 1) x] along a new last axis, for x (..., H, n) and powers = [a, a², ..., a^(2^(k−1))]:
+    each step doubles the columns with one product."""
+    columns = x.unsqueeze(-1)
+    for power in powers:
         columns = torch.cat([columns, power @ columns], dim=-1)
-        power = power @ power
-    return columns, power
+    return columns
 
 
-def combine_blocks(blocks: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
-    """Σ_q power^q blocks[..., q] for blocks (..., H, n, Q), pairing neighbours: log2 Q levels."""
-    while blocks.shape[-1] > 1:
+def combine_blocks(blocks: torch.Tensor, powers: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_q b^q blocks[..., q] for blocks (..., H, n, Q) and powers = [b, b², b⁴, ...] (at least log2 Q of them),
+    pairing neighbours: log2 Q levels."""
+    for power in powers:
+        if blocks.shape[-1] == 1:
+            break
         if blocks.shape[-1] % 2:
             blocks = F.pad(blocks, (0, 1))
         blocks = blocks[..., 0::2] + power @ blocks[..., 1::2]
-        power = power @ power
     return blocks[..., 0]
 
 
@@ -195,36 +199,46 @@ class S4Kernel(SSMKernel):
                 complex_of(self.C_re, self.C_im), d0)
 
     def discrete_real(self):
-        """(Ā (H, 2N, 2N), B̄ (H, 2N), C (H, 2N)) in the real coordinates."""
+        """(Ā (H, 2N, 2N), B̄ (H, 2N), C (H, 2N)) in the real coordinates. With E = D0 − Λ (diagonal) and
+        (D0 − A)⁻¹ = E⁻¹ − E⁻¹P S⁻¹ PᴴE⁻¹, S = I + PᴴE⁻¹P (Woodbury), Ā = 2 D0 (D0 − A)⁻¹ − I and
+        B̄ = (D0 − A)⁻¹ 2B are formed in O((2N)² r) a channel: no dense solve."""
         lam, p, b, c, d0 = self.system()
-        p_real = to_real(p)  # (r, 2N): the columns of the full P, in real coordinates
-        # A = U (diag(Λ, Λ̄) − P Pᴴ) Uᴴ: the diagonal part acts on (Re, Im) pairs as [[Re Λ, −Im Λ], [Im Λ, Re Λ]].
-        a = torch.cat([torch.cat([torch.diag(lam.real), -torch.diag(lam.imag)], 1),
-                       torch.cat([torch.diag(lam.imag), torch.diag(lam.real)], 1)], 0) - p_real.T @ p_real
-        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-        d0 = d0[:, None, None]
-        factor = torch.linalg.lu_factor(d0 * eye - a)
-        a_bar = torch.linalg.lu_solve(*factor, d0 * eye + a)
-        b_bar = torch.linalg.lu_solve(*factor, 2 * to_real(b).expand(self.channels, -1).unsqueeze(-1))[..., 0]
+        g = 1 / (d0[:, None] - lam)  # E⁻¹ on the kept modes: (H, N)
+        p_real = to_real(p)  # (r, 2N)
+        e_inv_p = to_real(g[:, None, :] * p)  # (H, r, 2N): E⁻¹ P, a row per rank
+        p_e_inv = to_real(g.conj()[:, None, :] * p)  # (H, r, 2N): Pᴴ E⁻¹ (E⁻¹ acts on (Re, Im) pairs)
+        eye_r = torch.eye(self.rank, dtype=g.real.dtype, device=g.device)
+        s_inv = torch.linalg.inv(eye_r + p_real @ e_inv_p.transpose(-1, -2))  # (H, r, r)
+        e_inv = torch.cat([torch.cat([torch.diag_embed(g.real), -torch.diag_embed(g.imag)], -1),
+                           torch.cat([torch.diag_embed(g.imag), torch.diag_embed(g.real)], -1)], -2)
+        inverse = e_inv - e_inv_p.transpose(-1, -2) @ s_inv @ p_e_inv  # (D0 − A)⁻¹: (H, 2N, 2N)
+        eye = torch.eye(inverse.shape[-1], dtype=inverse.dtype, device=inverse.device)
+        a_bar = 2 * d0[:, None, None] * inverse - eye
+        e_inv_b = to_real(g * b)  # (H, 2N)
+        b_bar = 2 * (e_inv_b - torch.einsum("hri,hrs,hs->hi", e_inv_p, s_inv, e_inv_b @ p_real.T))
         c_real = math.sqrt(2) * torch.cat([c.real, -c.imag], dim=-1)
         return a_bar, b_bar, c_real
 
     @staticmethod
     def block_size(length: int) -> int:
         """m: the smallest power of two at least √length."""
-        return 1 << (math.isqrt(length - 1) + 1 - 1).bit_length() if length > 1 else 1
+        ceil_sqrt = math.isqrt(length - 1) + 1
+        return 1 << (ceil_sqrt - 1).bit_length()
 
     def kernel(self, length: int) -> torch.Tensor:
         """K_j = C Ā^j B̄ for j < length: (H, length)."""
-        a_bar, b_bar, c = self.discrete_real()
-        return self.kernel_from(a_bar, b_bar, c, length)[0]
+        return self.kernel_from(*self.discrete_real(), length)[0]
 
     def kernel_from(self, a_bar, b_bar, c, length):
-        """(the kernel, the rows C Ā^{qm} (H, Q, 2N), the columns Ā^r B̄ (H, 2N, m), Ā^m)."""
+        """(the kernel, the rows C Ā^{qm} (H, Q', 2N), the columns Ā^r B̄ (H, 2N, m), the powers Ā, Ā², ... up to
+        Ā^m and beyond). The rows come by doubling with the squarings past Ā^m, so log2 L squarings serve both."""
         m = self.block_size(length)
-        columns, a_m = doubling(a_bar, b_bar, m)
-        rows = doubling(a_m.transpose(-1, -2), c, -(-length // m))[0].transpose(-1, -2)
-        return (rows @ columns).flatten(-2)[..., :length], rows, columns, a_m
+        doublings, row_doublings = m.bit_length() - 1, (-(-length // m) - 1).bit_length()
+        powers = squarings(a_bar, doublings + max(row_doublings, 1))  # Ā^m is powers[doublings]
+        columns = doubling(powers[:doublings], b_bar)
+        rows = doubling([power.transpose(-1, -2) for power in powers[doublings:doublings + row_doublings]], c)
+        rows = rows.transpose(-1, -2)
+        return (rows @ columns).flatten(-2)[..., :length], rows, columns, powers
 
     # ---- the modes ----
 
@@ -238,16 +252,18 @@ class S4Kernel(SSMKernel):
     def chunk(self, u, state):
         a_bar, b_bar, c = self.discrete_real()
         length = u.shape[-1]
-        kernel, rows, columns, a_m = self.kernel_from(a_bar, b_bar, c, length)
-        m, blocks = columns.shape[-1], rows.shape[-2]
+        kernel, rows, columns, powers = self.kernel_from(a_bar, b_bar, c, length)
+        m = columns.shape[-1]
+        a_m = powers[m.bit_length() - 1]
         y = causal_fft_conv(u.contiguous(), kernel)
-        # The state's own output, C Ā^{qm} Ā^{r+1} x0 for t = qm + r < T.
+        # The state's own output, C Ā^{qm} Ā^{r+1} x0 for t = qm + r < T, with the rows C Ā^{qm} of the kernel.
         start = to_real(state)  # (B, H, 2N)
-        from_start = doubling(a_bar, torch.einsum("hij,bhj->bhi", a_bar, start), m)[0]  # (B, H, 2N, m)
+        from_start = doubling(powers[:m.bit_length() - 1], torch.einsum("hij,bhj->bhi", a_bar, start))  # (..., m)
         y = y + (rows @ from_start).flatten(-2)[..., :length]
         # The state handed on: Ā^T x0 + Σ_q Ā^{qm} Σ_r Ā^r B̄ v_{qm+r}, v the input reversed in time.
+        blocks = -(-length // m)
         reversed_blocks = F.pad(u.flip(-1), (0, m * blocks - length)).unflatten(-1, (blocks, m))  # (B, H, Q, m)
-        folded = combine_blocks(columns @ reversed_blocks.transpose(-1, -2), a_m)  # (B, H, 2N)
+        folded = combine_blocks(columns @ reversed_blocks.transpose(-1, -2), powers[m.bit_length() - 1:])
         whole, rest = divmod(length, m)
         partial = start if rest == 0 else from_start[..., rest - 1]  # Ā^rest x0
         carried = torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(a_m, whole), partial)

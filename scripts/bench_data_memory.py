@@ -9,8 +9,8 @@ For each size a `.txt` file of that many megabytes is written from the real text
 `--tokenizer-chars` characters), tokenizing and packing the whole file in `--num-proc` processes, and
 `--steps` training steps of a small GSS model. Measured per run: the peak memory of train.py and all its
 descendants together (their summed proportional set sizes, sampled every 0.1 s from /proc: tokenizing a piece takes
-longer than that), and the wall time. The ratio of the largest size's peaks to the smallest's is the figure that matters: close to 1
-means memory does not grow with the document.
+longer than that), and the wall time. The ratio of the largest size's peak to the smallest's is the figure that
+matters: close to 1 means memory does not grow with the document.
 """
 
 import argparse
@@ -108,7 +108,8 @@ def main(argv=None):
     baseline = runs[0]
     for result in runs:
         result["peak_memory_vs_first"] = result["peak_memory_mb"] / baseline["peak_memory_mb"]
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    results = {"machine": machine,
                "settings": vars(args) | {"out": str(args.out)}, "runs": runs}
     print("| text | peak memory (PSS), train.py and its processes | vs the first | wall |")
     print("|---:|---:|---:|---:|")

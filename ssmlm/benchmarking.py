@@ -1156,8 +1156,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                               "DIR/gss-port (unless gated-state-spaces-pytorch is installed in this environment) "
                               f"and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
         run.add_argument("--gss-shape", type=int, nargs=2, metavar=("H", "N"),
-                         help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's); the other contenders "
-                              "are matched to the count that results. 256 512 is the GSS port's default shape")
+                         help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's), also for GSS with the "
+                              "other kernels (default: each paper's own modes); the other contenders are matched to "
+                              "the count that results. 256 512 is the GSS port's default shape")
         run.add_argument("--device", choices=["cpu", "cuda"],
                          default="cuda" if torch.cuda.is_available() else "cpu")
         run.add_argument("--matmul-size", type=int, help="side of the matmul timed for the peak (default 2048 on "

@@ -207,7 +207,8 @@ def test_allow_change_without_resume_is_refused(config_file, capsys):
 def test_a_run_directory_has_one_writer_and_a_killed_one_frees_it(finished_run, config_file, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from ssmlm.training.run_dir import RunLock;"
-         "lock = RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(600)", str(finished_run)],
+         "lock = RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(600)",
+         str(finished_run)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

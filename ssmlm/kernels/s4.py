@@ -121,8 +121,8 @@ def squarings(a: torch.Tensor, count: int) -> list[torch.Tensor]:
 
 
 def doubling(powers: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """[a^0 x, a^1 x, ..., a^(2^k − 1) x] along a new last axis, for x (..., H, n) and powers = [a, a², ..., a^(2^(k−1))]:
-    each step doubles the columns with one product."""
+    """[a^0 x, a^1 x, ..., a^(2^k − 1) x] along a new last axis, for x (..., H, n) and the powers
+    [a, a², ..., a^(2^(k−1))]: each step doubles the columns with one product."""
     columns = x.unsqueeze(-1)
     for power in powers:
         columns = torch.cat([columns, power @ columns], dim=-1)

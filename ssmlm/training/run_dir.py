@@ -65,7 +65,8 @@ def free_path(path: Path) -> Path:
 
 def is_legacy_run(path: Path) -> bool:
     """A run written by ssmlm 0.1.0, before runs had markers: its config and a checkpoint with a trainer state."""
-    return (path / "train_config.yaml").is_file() and any((path / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    checkpoints = (path / "checkpoints").glob("checkpoint-*/trainer_state.json")
+    return (path / "train_config.yaml").is_file() and any(checkpoints)
 
 
 def check_writable(path: Path) -> None:

@@ -8,8 +8,18 @@ from .blocks import BLOCKS
 from .kernels import KERNELS, check_options
 
 # Configs saved before kernels took their options in one field: S4D's were flat fields.
-LEGACY_KERNEL_FIELDS = {"s4d_init": ("s4d", "init"), "s4d_discretization": ("s4d", "discretization"),
-                        "s4d_dt_min": ("s4d", "dt_min"), "s4d_dt_max": ("s4d", "dt_max")}
+LEGACY_KERNEL_FIELDS = {"s4d_init": "init", "s4d_discretization": "discretization", "s4d_dt_min": "dt_min",
+                        "s4d_dt_max": "dt_max"}
+
+
+def upgrade_legacy_fields(values: dict) -> dict:
+    """`values` (config keyword arguments) with the former flat `s4d_*` fields moved into `ssm_kernel_options`
+    where the kernel is S4D, and dropped elsewhere (they configured nothing else)."""
+    values = dict(values)
+    legacy = {LEGACY_KERNEL_FIELDS[key]: values.pop(key) for key in list(values) if key in LEGACY_KERNEL_FIELDS}
+    if legacy and values.get("ssm_kernel") == "s4d":
+        values["ssm_kernel_options"] = {**legacy, **(values.get("ssm_kernel_options") or {})}
+    return values
 MEGA_ATTENTION_FUNCTIONS = ("softmax", "laplace")
 MEGA_POSITION_BIASES = ("simple", "rotary")
 ATTENTION_SPANS = ("full", "sliding", "chunked")
@@ -30,7 +40,8 @@ class SSMLMConfig(PreTrainedConfig):
     intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch and of the normalised
         feed-forward network of the Mega and Transformer blocks (default 4E).
     ssm_size (`int`, *optional*): H, the narrow width the SSM runs in (default E/4).
-    ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H); the real state is 2N.
+    ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H, or the kernel's own: 32
+        for S4); the real state is 2N.
     ssm_kernel (`str`): the SSM of the GSS and plain SSM blocks, a name in `ssmlm.kernels.KERNELS`: "dss"
         (DSS-exp with Δ = 1 and modes shared across channels, as in GSS), "s4d", ... (docs/kernels.md).
     ssm_kernel_options (`dict`, *optional*): that kernel's options, e.g. {"init": "lin"} for S4D; each kernel
@@ -96,13 +107,13 @@ class SSMLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         legacy = {key: kwargs.pop(key) for key in LEGACY_KERNEL_FIELDS if key in kwargs}
-        if self.ssm_kernel == "s4d" and legacy:
-            self.ssm_kernel_options = {**{LEGACY_KERNEL_FIELDS[key][1]: value for key, value in legacy.items()},
-                                       **(self.ssm_kernel_options or {})}
-        self.ssm_kernel_options = dict(self.ssm_kernel_options or {})
+        upgraded = upgrade_legacy_fields({**legacy, "ssm_kernel": self.ssm_kernel,
+                                          "ssm_kernel_options": self.ssm_kernel_options})
+        self.ssm_kernel_options = dict(upgraded.get("ssm_kernel_options") or {})
         self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
         self.ssm_size = self.ssm_size or max(1, self.hidden_size // 4)
-        self.ssm_state_size = self.ssm_state_size or 2 * self.ssm_size
+        kernel_default = getattr(KERNELS.get(self.ssm_kernel), "DEFAULT_STATE_SIZE", None)
+        self.ssm_state_size = self.ssm_state_size or kernel_default or 2 * self.ssm_size
         self.block_types = list(self.block_types or ["gss"] * self.num_hidden_layers)
         self.mega_z_dim = self.mega_z_dim or max(1, self.hidden_size // 4)
         self.mega_v_dim = self.mega_v_dim or 2 * self.hidden_size

@@ -42,9 +42,9 @@ def test_every_kernel_is_in_a_model_here():
     assert {kernel for kernel in KERNELS if kernel != "ema"} <= {m["ssm_kernel"] for m in MODELS.values()}
 
 
-@pytest.mark.parametrize("name", ["gss-dss", "gss-s4d", "gss-s4", "ssm-s4", "ssm-dss"])
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     length = data.draw(st.one_of(st.integers(2, 200), st.integers(1000, 2500)), label="length")
@@ -59,13 +59,14 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     for start, end in zip(edges[:-1], edges[1:]):
         y, state = block(x[:, start:end], state)
         pieces.append(y)
-    assert_close(torch.cat(pieces, 1), one_pass, dtype)
+    tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
+    assert_close(torch.cat(pieces, 1), one_pass, dtype, tolerance)
     if length <= 200:
         state, pieces = block.initial_state(2), []
         for t in range(length):
             y, state = block(x[:, t:t + 1], state)
             pieces.append(y)
-        assert_close(torch.cat(pieces, 1), one_pass, dtype)
+        assert_close(torch.cat(pieces, 1), one_pass, dtype, tolerance)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from ssmlm.kernels import KERNELS, build_ssm
 from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
-from ssmlm.kernels.dss_softmax import hippo_skew_frequencies
 from ssmlm.kernels.s4 import hippo, nplr
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
@@ -152,6 +151,19 @@ def test_one_pass_equals_chunks_equals_steps(kind, options, dtype, data):
 
 
 @pytest.mark.parametrize("kind, options", CASES)
+def test_two_thousand_steps_equal_one_chunk(kind, options):
+    """The recurrent step, run for 2,000 tokens (past any block or normalisation length), lands on the output and
+    the state of one chunk, in float64."""
+    ssm = perturbed(make_kernel(kind, options, torch.float64, channels=3))
+    x = torch.randn(1, 2000, 3, dtype=torch.float64)
+    with torch.no_grad():
+        chunk, chunk_state = ssm(x, ssm.initial_state(1))
+        stepped, step_state = run_in_pieces(ssm, x, list(range(1, 2000)))
+    assert_close(stepped, chunk, torch.float64)
+    assert_close(step_state, chunk_state, torch.float64)
+
+
+@pytest.mark.parametrize("kind, options", CASES)
 def test_chunks_at_the_kernels_own_boundaries(kind, options):
     """Pieces that end exactly at, and one past, each boundary length, in float64."""
     ssm = make_kernel(kind, options, torch.float64)
@@ -282,9 +294,19 @@ NAIVE = {"dss": naive_dss, "s4d": naive_s4d, "ema": naive_ema, "dss-softmax": na
          "s4": naive_s4}
 
 
+def perturbed(ssm, seed=0):
+    """The kernel with every parameter moved off its initialisation (Δ_re ≠ Δ_im, LegS's Re Λ not all -1/2, a
+    second row of P that is not zero), so that a formula checked here is checked in general."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in ssm.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return ssm
+
+
 @pytest.mark.parametrize("kind, options", CASES)
 def test_each_kernel_is_its_papers_formula(kind, options):
-    ssm = make_kernel(kind, options, torch.float64)
+    ssm = perturbed(make_kernel(kind, options, torch.float64))
     u = torch.randn(2, 40 if kind != "dss-softmax" else NORMALIZATION_LENGTH + 12, ssm.channels, dtype=torch.float64)
     with torch.no_grad():
         expected = NAIVE[kind](ssm, u)
@@ -295,7 +317,7 @@ def test_the_s4_kernel_is_algorithm_1():
     """S4's Algorithm 1: the generating function C̃ [(1-z)D0 - (1+z)A]⁻¹ 2B at the roots of unity, by Cauchy sums
     over the modes and their conjugates and Woodbury for the low-rank term, with C̃ = C(I - Ā^L), inverted by an
     FFT, is the kernel the library builds from powers of Ā."""
-    ssm = make_kernel("s4", {"measure": "legt", "rank": 2}, torch.float64, channels=3, state_size=5)
+    ssm = perturbed(make_kernel("s4", {"measure": "legt", "rank": 2}, torch.float64, channels=3, state_size=5))
     length = 40
     lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
     p = torch.complex(ssm.P_re, ssm.P_im)
@@ -329,11 +351,32 @@ def test_the_s4_kernel_is_algorithm_1():
         torch.testing.assert_close(ssm.kernel(length), expected, rtol=1e-10, atol=1e-10)
 
 
+def hippo_by_hand(measure, size):
+    """HiPPO's (A, B), entry by entry from the papers' definitions (S4 eq. 2 for LegS; "How to Train Your HiPPO"
+    for LegT, halved as the reference does, and FouT), independently of ssmlm.kernels.s4.hippo."""
+    a = [[0.0] * size for _ in range(size)]
+    b = [0.0] * size
+    for n in range(size):
+        for k in range(size):
+            if measure == "legs":
+                a[n][k] = -math.sqrt((2 * n + 1) * (2 * k + 1)) if n > k else -(n + 1) if n == k else 0.0
+            elif measure == "legt":
+                a[n][k] = -0.5 * math.sqrt((2 * n + 1) * (2 * k + 1)) * (1 if n >= k else (-1) ** (n - k))
+        b[n] = math.sqrt(2 * n + 1) if measure == "legs" else 0.5 * math.sqrt(2 * n + 1)
+    if measure == "fout":
+        b = [1.0 if n == 0 else math.sqrt(2) if n % 2 == 0 else 0.0 for n in range(size)]
+        for j in range(size // 2):
+            a[2 * j][2 * j + 1], a[2 * j + 1][2 * j] = -math.pi * j, math.pi * j
+        a = [[a[n][k] - b[n] * b[k] for k in range(size)] for n in range(size)]
+    return torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("measure, rank", [("legs", 1), ("legt", 2), ("fout", 1)])
 def test_s4_init_is_the_hippo_system_in_a_unitary_basis(measure, rank):
     """NPLR: A_hippo = V (diag(Λ, Λ̄) - P̃P̃ᴴ) Vᴴ and B_hippo = V B̃ with V unitary, so the initialised S4 is exactly
     the HiPPO system (the reference clips Im B̃ to [-2, 2]; this does not)."""
-    a, b, _ = hippo(measure, 10, rank)
+    a, b = hippo_by_hand(measure, 10)
+    torch.testing.assert_close(hippo(measure, 10, rank)[:2], (a, b))
     lam, p, b_tilde, v = nplr(measure, 5, rank)
     full_v = torch.cat([v, v.conj()], -1)
     torch.testing.assert_close(full_v.conj().T @ full_v, torch.eye(10, dtype=torch.complex128), atol=1e-12,
@@ -346,11 +389,28 @@ def test_s4_init_is_the_hippo_system_in_a_unitary_basis(measure, rank):
         torch.testing.assert_close(lam.real, torch.full((5,), -0.5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("rank, length, cached", [(1, 1024, False), (1, 4096, True), (2, 300, True)])
+def test_s4_flops_formula_counts_the_products_it_runs(rank, length, cached):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssmlm.ops.fftconv import convolution_flops
+
+    ssm = make_kernel("s4", {"measure": "legt" if rank == 2 else "legs", "rank": rank}, torch.float32, channels=16,
+                      state_size=8)
+    u = torch.randn(2, length, 16)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ssm(u, ssm.initial_state(2) if cached else None)
+    formula = ssm.flops(length, cached, 2) - convolution_flops(16, length, 2)  # FFTs are not counted by torch
+    assert formula == pytest.approx(counter.get_total_flops(), rel=0.05)
+
+
 def test_dss_softmax_init_is_the_skew_hippo_spectrum():
     ssm = make_kernel("dss-softmax", {"normalization_length": 8}, torch.float64, state_size=4)
     torch.testing.assert_close(-ssm.log_neg_lambda_re.exp(), torch.full((4,), -0.5, dtype=torch.float64))
-    torch.testing.assert_close(ssm.lambda_im, hippo_skew_frequencies(4))
-    assert (ssm.lambda_im > 0).all() and (ssm.lambda_im.diff() < 0).all()
+    lower = torch.tensor([[math.sqrt((2 * i + 1) * (2 * j + 1)) if i > j else 0.0 for j in range(8)]
+                          for i in range(8)], dtype=torch.float64)
+    frequencies = torch.linalg.eigvals((lower - lower.T) / 2).imag  # the skew part: eigenvalues ±iω
+    torch.testing.assert_close(ssm.lambda_im, frequencies[frequencies > 0].sort(descending=True).values)
 
 
 def test_dss_softmax_kernel_sums_to_the_softmax_over_the_normalisation_length():
@@ -361,6 +421,24 @@ def test_dss_softmax_kernel_sums_to_the_softmax_over_the_normalisation_length():
         ssm.W_re.copy_(lam.real.expand(2, -1))
         ssm.W_im.copy_(lam.imag.expand(2, -1))
         torch.testing.assert_close(ssm.kernel(30).sum(-1), torch.full((2,), 3.0, dtype=torch.float64))
+
+
+def test_s4_state_defaults_to_its_papers_not_2h():
+    from ssmlm import SSMLMConfig
+
+    assert SSMLMConfig(hidden_size=256, ssm_kernel="s4").ssm_state_size == 32
+    assert SSMLMConfig(hidden_size=256, ssm_kernel="s4", ssm_state_size=64).ssm_state_size == 64
+    assert SSMLMConfig(hidden_size=256).ssm_state_size == 128  # 2H for the others
+
+
+def test_dss_softmax_stays_finite_where_its_normaliser_vanishes():
+    """Σ_{j<L} exp(jx) = 0 when Lx = 2πi with no decay: the clamped reciprocal keeps the kernel finite."""
+    ssm = make_kernel("dss-softmax", {"normalization_length": 16}, torch.float64, channels=1, state_size=2)
+    with torch.no_grad():
+        ssm.log_dt.zero_()  # Δ_re = Δ_im = 1
+        ssm.lambda_im[0] = 2 * math.pi / 16
+        ssm.log_neg_lambda_re[0] = -40.0
+        assert torch.isfinite(ssm.kernel(64)).all()
 
 
 def test_s4d_initialisations():
@@ -401,6 +479,9 @@ def test_dss_kernel_matches_the_gss_pseudocode():
     ("dss-softmax", {"normalization_length": 0}, "normalization_length must be at least 1, got 0"),
     ("dss-softmax", {"normalization_length": 2.5}, "options.normalization_length expected int, got float 2.5"),
     ("dlr", {"rank": 1}, "options.rank: DLRKernel has no such option"),
+    ("s4", {"measure": None}, "options.measure must be one of 'legs', 'legt', 'fout', got None"),
+    ("s4d", {"init": None}, "options.init must be one of 'lin', 'inv', got None"),
+    ("s4", {"rank": None}, "options.rank expected int, got NoneType None"),
 ])
 def test_bad_options_name_the_option_and_the_choices(kind, options, message):
     with pytest.raises(ValueError) as error:

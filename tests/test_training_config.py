@@ -195,9 +195,15 @@ def test_a_tilde_means_the_home_directory(monkeypatch, tmp_path):
         f"{tmp_path}/runs/x", f"{tmp_path}/cache", f"{tmp_path}/tok")
 
 
+def test_a_training_config_with_the_former_flat_s4d_fields_still_loads():
+    config = build(["model.ssm_kernel=s4d", "model.s4d_init=lin", "model.s4d_dt_max=0.05"])
+    assert config.model == {"ssm_kernel": "s4d", "ssm_kernel_options": {"init": "lin", "dt_max": 0.05}}
+
+
 def test_dss_softmax_normalises_over_the_training_length_unless_told_otherwise():
     values = {**MINIMAL, "model": {"ssm_kernel": "dss-softmax"}}
     assert build(values=values).model_arguments()["ssm_kernel_options"] == {"normalization_length": 64}
+    assert build(values=values).to_dict()["model"]["ssm_kernel_options"] == {"normalization_length": 64}  # saved
     told = build(["model.ssm_kernel_options={normalization_length: 2048}"], values=values)
     assert told.model_arguments()["ssm_kernel_options"] == {"normalization_length": 2048}
     assert "normalization_length must be at least 1, got 0" in error_of(

@@ -30,6 +30,8 @@ class SSMKernel(nn.Module):
     OPTIONS: ClassVar[dict[str, tuple | type]] = {}
     # An option that train.py sets to the training length (data.seq_len) when the config leaves it out.
     TRAINING_LENGTH_OPTION: ClassVar[str | None] = None
+    # The state size when the config gives none (None: SSMLMConfig's default, 2H).
+    DEFAULT_STATE_SIZE: ClassVar[int | None] = None
 
     def __init__(self, channels: int, state_size: int):
         super().__init__()
@@ -47,7 +49,7 @@ class SSMKernel(nn.Module):
                 raise ValueError(f"{field}.{key}: {cls.__name__} has no such option; it takes "
                                  f"{', '.join(cls.OPTIONS) or 'none'}")
             expected = cls.OPTIONS[key]
-            if value is None:  # an option without a default: check_options says what it needs
+            if value is None and key == cls.TRAINING_LENGTH_OPTION:  # left for train.py; check_options says so
                 continue
             if isinstance(expected, tuple):
                 if value not in expected:

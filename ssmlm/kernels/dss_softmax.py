@@ -17,7 +17,8 @@ diagonal SSM
 exact in every mode at any length (past L it keeps decaying; it is a softmax over the first L positions only).
 The reference lets Re Λ grow positive and rescales to avoid overflow; a recurrent state would then grow without
 bound, so here Re Λ = -exp(·) < 0 as in DSS-exp. The output is Re(·), not 2·Re(·): C̃ = W̃/2 in the diagonal
-machinery. Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
+machinery. As in the reference, 1/(Λ (exp(Lx) - 1)) is taken as z̄ / max(|z|², 1e-7): exact unless the normaliser
+Σ_{j<L} exp(jx) nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up. Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
 skew-symmetric part of the 2N×2N HiPPO-LegS matrix; W complex normal; Δ log-uniform in [dt_min, dt_max].
 """
 
@@ -83,5 +84,7 @@ class DSSSoftmaxKernel(DiagonalSSM):
         dt = torch.exp(self.log_dt.to(dtype))  # (H, 2)
         x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
         w = torch.complex(self.W_re.to(dtype), self.W_im.to(dtype))
-        w_tilde = w * torch.expm1(x) / (lam * torch.expm1(self.normalization_length * x))
-        return x, w_tilde / 2
+        denominator = lam * torch.expm1(self.normalization_length * x)
+        # 1/denominator, clamped as the reference does: Σ_{j<L} exp(jx) vanishes when Lx nears 2πik with no decay.
+        inverse = denominator.conj() / denominator.abs().square().clamp(min=1e-7)
+        return x, w * torch.expm1(x) * inverse / 2

@@ -63,7 +63,7 @@ def hippo(measure: str, size: int, rank: int) -> tuple[torch.Tensor, torch.Tenso
         b = 0.5 * root
         p[0] = torch.where(n % 2 == 1, root / math.sqrt(2), 0.0)
         p[1] = torch.where(n % 2 == 0, root / math.sqrt(2), 0.0)
-    else:  # HiPPO-FouT: B_0 = 1, B_2k = √2, frequencies πk; P = B
+    elif measure == "fout":  # HiPPO-FouT: B_0 = 1, B_2k = √2, frequencies πk; P = B
         b = torch.zeros(size, dtype=torch.float64)
         b[0::2] = math.sqrt(2)
         b[0] = 1.0
@@ -73,6 +73,8 @@ def hippo(measure: str, size: int, rank: int) -> tuple[torch.Tensor, torch.Tenso
         rotation[2 * k.long() + 1, 2 * k.long()] = k
         a = math.pi * rotation - b[:, None] * b[None, :]
         p[0] = b
+    else:
+        raise ValueError(f"unknown HiPPO measure {measure!r}; expected one of {MEASURES}")
     return a, b, p
 
 
@@ -143,6 +145,8 @@ def combine_blocks(blocks: torch.Tensor, powers: list[torch.Tensor]) -> torch.Te
 
 class S4Kernel(SSMKernel):
     OPTIONS = {"measure": MEASURES, "rank": int, "dt_min": float, "dt_max": float}
+    # S4's N = 64 real: the dense setup is cubic in the state, so not SSMLMConfig's 2H (docs/kernels.md).
+    DEFAULT_STATE_SIZE = 32
 
     def __init__(self, channels: int, state_size: int, measure: str = "legs", rank: int = 1, dt_min: float = 1e-3,
                  dt_max: float = 1e-1):
@@ -294,15 +298,26 @@ class S4Kernel(SSMKernel):
         return 2 * (c * new_state).sum(-1).real, new_state
 
     def flops(self, tokens: int, cached: bool, batch: int) -> float:
+        """The products this file runs: forming Ā and B̄ by Woodbury, the squarings, the doubled columns and
+        rows, the kernel's product; and for a chunk from a state, its own doubling, output and folding."""
         channels, modes, rank, size = self.channels, self.state_size, self.rank, 2 * self.state_size
         if cached and tokens == 1:  # the step: O(N·r) complex products per channel
             return batch * 8 * channels * modes * (4 + 3 * rank)
+
+        def product(rows, inner, columns):  # one (rows × inner)·(inner × columns) product per channel
+            return 2 * channels * rows * inner * columns
+
         m = self.block_size(tokens)
-        blocks = -(-tokens // m)
-        doublings = math.log2(m) + math.log2(max(blocks, 1))
-        dense = 2 * channels * size ** 3 * (2 + 2 * doublings)  # the solves, the squarings
-        columns = 2 * channels * size ** 2 * (m + blocks)  # the columns Ā^r B̄ and the rows C Ā^{qm}
-        flops = dense + columns + 2 * channels * size * tokens + convolution_flops(channels, tokens, batch)
-        if cached:  # the state's own output, and the state handed on
-            flops += batch * 2 * channels * size * (2 * tokens + size * (m + blocks))
+        doublings, row_doublings = m.bit_length() - 1, (-(-tokens // m) - 1).bit_length()
+        rows = 1 << row_doublings
+        flops = product(size, rank, size) + product(size, size, 1)  # Ā and B̄ by Woodbury
+        flops += (doublings + max(row_doublings, 1) - 1) * product(size, size, size)  # the squarings
+        flops += product(size, size, m) + product(size, size, rows)  # the doubled columns and rows
+        flops += product(rows, size, m) + convolution_flops(channels, tokens, batch)  # the kernel, the convolution
+        if cached:  # from the state: Ā x0 and its doubling, its output; the input folded into blocks and combined
+            whole = tokens // m
+            flops += batch * (product(size, size, 1 + m) + product(rows, size, m) + product(size, m, -(-tokens // m))
+                              + product(size, size, rows))
+            power_products = whole.bit_length() + bin(whole).count("1") - 2 if whole else 0  # matrix_power(Ā^m, T//m)
+            flops += power_products * product(size, size, size) + batch * product(size, size, 1)
         return flops

@@ -23,6 +23,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
+from ..configuration import upgrade_legacy_fields
 from ..data.corpus import sha256_file
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .run_dir import free_path, readable_by_all
@@ -139,6 +140,7 @@ def load(accelerator: Accelerator, checkpoint: Path) -> None:
 def config_changes(saved: dict, config: TrainConfig, allowed: Iterable[str]) -> list[str]:
     """The settings in which `config` differs from a checkpoint's, as "key (old -> new)", except those free to
     change and those in `allowed` (a key, or a section such as "model")."""
+    saved = {**saved, "model": upgrade_legacy_fields(saved.get("model") or {})}  # as written by ssmlm 0.1.0
     before, after = flat_values(saved), flat_values(config.to_dict())
     permitted = (*FREE_TO_CHANGE, *allowed)
     changes = []

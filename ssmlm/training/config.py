@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from accelerate.utils import LoggerType
 
-from ..configuration import SSMLMConfig
+from ..configuration import SSMLMConfig, upgrade_legacy_fields
 from ..kernels import KERNELS
 from ..data.tokenizer import SPECIAL_TOKENS
 
@@ -184,6 +184,7 @@ class TrainConfig:
                               f"{', '.join(TRACKERS)}, or null")
 
     def _check_model_section(self):
+        self.model = upgrade_legacy_fields(self.model)
         allowed = {f.name for f in dataclasses.fields(SSMLMConfig)} - set(MODEL_KEYS_INTERNAL)
         for key in self.model:
             if key in MODEL_KEYS_FROM_TOKENIZER:
@@ -194,6 +195,7 @@ class TrainConfig:
             SSMLMConfig(**self.model_arguments())
         except Exception as error:  # strict dataclass validation: its last line names the field and the problem
             raise ConfigError(f"model: {str(error).strip().splitlines()[-1].strip()}") from None
+        self.model = self.model_arguments()  # saved with the run (train_config.yaml) as it was trained
 
     def model_arguments(self) -> dict:
         """The `model` section, with the kernel's training-length option (DSS-softmax's normalisation length) set

@@ -110,18 +110,34 @@ def build_gss() -> PreTrainedModel:
 
 
 # GSS with each of the other kernels, at each paper's own state size (S4: N = 64 real, 32 complex modes; DSS: 64
-# modes; DLR: 1024), unless --gss-shape sets one for all. DSS-softmax normalises at the 1k tokens of the shortest
-# training length.
+# modes; DLR: 1024; S5: P = 256, 128 pairs), unless --gss-shape sets one for all. DSS-softmax normalises at the 1k
+# tokens of the shortest training length; SGConv's kernel spans the longest, 16k (it is zero beyond its length).
 KERNEL_CONTENDERS = {
     "gss-s4": dict(ssm_kernel="s4", ssm_state_size=32),
     "gss-dss-softmax": dict(ssm_kernel="dss-softmax", ssm_state_size=64,
                             ssm_kernel_options={"normalization_length": 1024}),
     "gss-dlr": dict(ssm_kernel="dlr", ssm_state_size=1024),
+    "gss-s5": dict(ssm_kernel="s5", ssm_state_size=128, ssm_kernel_options={"blocks": 8}),
+    "gss-liquid-s4": dict(ssm_kernel="liquid-s4", ssm_kernel_options={"order": 2}),
+    "gss-sgconv": dict(ssm_kernel="sgconv", ssm_kernel_options={"kernel_length": 16384, "kernel_dim": 64}),
 }
 
 
 def gss_with_kernel(name: str) -> Callable[[], PreTrainedModel]:
     return lambda: SSMLMForCausalLM(ssmlm_config(**(KERNEL_CONTENDERS[name] | GSS_SHAPE)))
+
+
+def h3_with(intermediate_size: int, attention_layers: tuple[int, ...] = ()) -> PreTrainedModel:
+    """H3 blocks (head dimension 1, shift 64, 32 modes, as the paper's language models), with full attention at
+    `attention_layers` for the hybrid."""
+    require_block_type("h3")
+    blocks = ["attention" if index in attention_layers else "h3" for index in range(NUM_LAYERS)]
+    return SSMLMForCausalLM(ssmlm_config(block_types=blocks, attention_num_heads=NUM_HEADS,
+                                         intermediate_size=intermediate_size))
+
+
+def h3_hybrid_with(intermediate_size: int) -> PreTrainedModel:
+    return h3_with(intermediate_size, attention_layers=(1, NUM_LAYERS - 1))
 
 
 def s4_lm_with(intermediate_size: int) -> PreTrainedModel:
@@ -193,10 +209,20 @@ def build_s4_lm() -> PreTrainedModel:
     return s4_lm_with(matched_intermediate_size(s4_lm_with))
 
 
+def build_h3() -> PreTrainedModel:
+    return h3_with(matched_intermediate_size(h3_with))
+
+
+def build_h3_hybrid() -> PreTrainedModel:
+    return h3_hybrid_with(matched_intermediate_size(h3_hybrid_with))
+
+
 MODEL_BUILDERS: dict[str, Callable[[], PreTrainedModel]] = {
     "gss": build_gss,
     **{name: gss_with_kernel(name) for name in KERNEL_CONTENDERS},
     "s4-lm": build_s4_lm,
+    "h3": build_h3,
+    "h3-hybrid": build_h3_hybrid,
     "mega-chunk": build_mega_chunk,
     "hybrid": build_hybrid,
     BASELINE: build_llama,
@@ -391,8 +417,8 @@ PUBLIC_BUILDERS: dict[str, Callable[[Path, torch.device, int], nn.Module | Worke
     LEGACY_MEGA: start_legacy_mega,
 }
 WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness's
-MODEL_NAMES = ["gss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "mega-chunk", LEGACY_MEGA, "hybrid",
-               BASELINE]  # the order of the tables
+MODEL_NAMES = ["gss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA,
+               "hybrid", BASELINE]  # the order of the tables
 assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | set(PUBLIC_BUILDERS)
 
 

@@ -62,6 +62,10 @@ class SSMLMConfig(PreTrainedConfig):
         "chunked" (block-local: tokens in the same chunk of `attention_window` positions).
     attention_window (`int`, *optional*): w for sliding and chunked spans; their cache keeps w keys.
     rope_theta (`float`): base of the rotary position embedding of the attention blocks.
+    h3_head_dim (`int`): d_h of the H3 blocks: each head's SSM runs over the d_h² products of its keys and values
+        (1, the H3 paper's language models: an elementwise k ⊙ v); hidden_size must divide by it.
+    h3_shift_size (`int`): N, the taps of H3's shift SSM (its state: the last N − 1 keys).
+    h3_state_size (`int`): complex modes of H3's diagonal SSM (S4D-Lin, bilinear; the paper's 64 real).
     attention_dropout (`float`): dropout on attention weights (Mega's and the Transformer blocks').
     mega_hidden_dropout (`float`): dropout on Mega's values and on the hidden layer of its feed-forward network.
     layer_norm_eps (`float`): LayerNorm epsilon.
@@ -94,6 +98,9 @@ class SSMLMConfig(PreTrainedConfig):
     attention_span: str = "full"
     attention_window: int | None = None
     rope_theta: float = 10000.0
+    h3_head_dim: int = 1
+    h3_shift_size: int = 64
+    h3_state_size: int = 32
     attention_dropout: float = 0.0
     mega_hidden_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
@@ -139,7 +146,7 @@ class SSMLMConfig(PreTrainedConfig):
                              f"{', '.join(BLOCKS)}")
         if self.ssm_kernel not in KERNELS:
             raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {', '.join(KERNELS)}, got {self.ssm_kernel!r}")
-        check_options(self.ssm_kernel, self.ssm_kernel_options, "SSMLMConfig.ssm_kernel_options")
+        check_options(self.ssm_kernel, self.ssm_kernel_options, "SSMLMConfig.ssm_kernel_options", self.ssm_state_size)
         if self.mega_chunk_size is not None and self.mega_chunk_size <= 0:
             raise ValueError(
                 "SSMLMConfig.mega_chunk_size must be positive, or None / -1 for full attention, "
@@ -174,6 +181,12 @@ class SSMLMConfig(PreTrainedConfig):
                 "SSMLMConfig.attention_num_heads: the head size hidden_size / attention_num_heads must be even for "
                 f"rotary positions, got {self.hidden_size // self.attention_num_heads}"
             )
+        for name in ("h3_head_dim", "h3_shift_size", "h3_state_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.h3_head_dim:
+            raise ValueError(f"SSMLMConfig.h3_head_dim ({self.h3_head_dim}) must divide hidden_size "
+                             f"({self.hidden_size})")
         for name in ("hidden_dropout", "attention_dropout", "mega_hidden_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"SSMLMConfig.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -246,7 +246,7 @@ def test_gss_flops_add_the_ssm_kernel_and_ffts_to_the_matmuls():
     assert 0 < ssm_share < 0.2  # the SSM runs in the narrow H: a small share of the FLOPs
 
 
-@pytest.mark.parametrize("name", [*benchmarking.KERNEL_CONTENDERS, "s4-lm"])
+@pytest.mark.parametrize("name", [*benchmarking.KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid"])
 def test_every_kernel_contender_is_counted_and_runs(name):
     """GSS with each new kernel, and the S4 LM: FLOPs from each kernel's own formula, nothing left uncounted, a
     parameter count close to GSS's, and a training step and a decoding step that run."""

@@ -9,6 +9,8 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel
+from ssmlm.blocks import BLOCKS
+from ssmlm.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
 PROMPT = "To be, or not to be"
@@ -172,3 +174,20 @@ def test_bad_config_file_is_rejected_on_load(tmp_path):
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "ssm_kernel": "fft"}))
     with pytest.raises(StrictDataclassError, match="ssm_kernel"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+KERNEL_OPTIONS = {"dss-softmax": {"normalization_length": 32}, "sgconv": {"kernel_length": 32, "kernel_dim": 8},
+                  "s5": {"blocks": 2}}
+SAVED_MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, ssm_kernel_options=KERNEL_OPTIONS.get(kernel, {}))
+                for kernel in KERNELS} | {f"{block}-block": dict(block_types=[block, block]) for block in BLOCKS}
+
+
+@pytest.mark.parametrize("name", SAVED_MODELS)
+def test_save_then_load_gives_identical_logits_for_every_kernel_and_block(name, tmp_path):
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(tiny_config(**SAVED_MODELS[name], h3_shift_size=4, h3_state_size=4)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

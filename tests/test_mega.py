@@ -18,7 +18,8 @@ from ssmlm.blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toeplitz
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, logits_in_pieces, run_in_pieces
+from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, logits_in_pieces
+from invariants import run_in_pieces
 
 PAD, EOS, BOS = 0, 1, 2
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")

@@ -29,17 +29,23 @@ def tiny_model(dtype=torch.float64, seed=0, **overrides):
 
 
 # Models of GSS blocks with each registered kernel but Mega's EMA (test_mega.py), and of plain SSM blocks.
-KERNEL_SETTINGS = {"s4": dict(ssm_state_size=8), "dss-softmax": dict(ssm_kernel_options={"normalization_length": 40})}
+KERNEL_SETTINGS = {"s4": dict(ssm_state_size=8), "dss-softmax": dict(ssm_kernel_options={"normalization_length": 40}),
+                   "s5": dict(ssm_kernel_options={"blocks": 4}),
+                   "sgconv": dict(ssm_kernel_options={"kernel_length": 48, "kernel_dim": 8}),
+                   "shift": dict(ssm_state_size=12), "liquid-s4": dict(ssm_kernel_options={"order": 3})}
 MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {})) for kernel in KERNELS
           if kernel != "ema"}
 MODELS |= {f"ssm-{kernel}": dict(block_types=["ssm", "ssm"], ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {}))
-           for kernel in ("s4", "dss")}
+           for kernel in ("s4", "dss", "s5")}
+H3 = dict(h3_shift_size=6, h3_state_size=4)
+MODELS |= {"h3": dict(block_types=["h3", "h3"], **H3), "h3-heads": dict(block_types=["h3", "h3"], h3_head_dim=4, **H3),
+           "h3-hybrid": dict(block_types=["h3", "attention"], **H3)}
 # As in test_ssm_kernels.py: DLR's barely damped modes make float32's FFT and recurrence differ more.
 FLOAT32_TOLERANCE = {"gss-dlr": 5e-4}
 
 
 def test_every_kernel_is_in_a_model_here():
-    assert {kernel for kernel in KERNELS if kernel != "ema"} <= {m["ssm_kernel"] for m in MODELS.values()}
+    assert {kernel for kernel in KERNELS if kernel != "ema"} <= {m.get("ssm_kernel") for m in MODELS.values()}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -155,7 +161,7 @@ def test_sampling_with_a_seed_equals_sampling_without_cache():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("name", ["gss-dss", "ssm-s4"])
+@pytest.mark.parametrize("name", ["gss-dss", "ssm-s4", "h3-heads", "gss-liquid-s4"])
 def test_beam_search_equals_beam_search_without_cache(name):
     model = tiny_model(**MODELS[name])
     prompt = torch.randint(3, 61, (2, 9))
@@ -165,7 +171,7 @@ def test_beam_search_equals_beam_search_without_cache(name):
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("name", ["gss-dss", "ssm-s4"])
+@pytest.mark.parametrize("name", ["gss-dss", "ssm-s4", "h3-heads", "gss-sgconv", "gss-liquid-s4", "gss-s5"])
 def test_left_padded_batch_equals_each_prompt_alone(name):
     model = tiny_model(**MODELS[name])
     prompts = [torch.randint(3, 61, (n,)) for n in (5, 17, 11)]

@@ -27,9 +27,15 @@ VARIANTS = {
     "dss-softmax": [{"normalization_length": NORMALIZATION_LENGTH}],
     "dlr": [{}],
     "s4": [{"measure": "legs"}, {"measure": "legt", "rank": 2}, {"measure": "fout"}, {"measure": "legs", "rank": 2}],
+    "s5": [{"blocks": 3}, {"blocks": 1, "clip_eigs": False}],
+    "liquid-s4": [{"order": 2}, {"order": 3, "discretization": "bilinear"}],
+    "sgconv": [{"kernel_length": 40, "kernel_dim": 8}, {"kernel_length": 33, "kernel_dim": 4, "init": "cos",
+                                                       "decay_min": 1.5, "decay_max": 3.0}],
+    "shift": [{}],
 }
 BOUNDARY_LENGTHS = {"dss-softmax": [NORMALIZATION_LENGTH - 1, NORMALIZATION_LENGTH, NORMALIZATION_LENGTH + 1],
-                    "s4": [63, 64, 65, 257]}
+                    "s4": [63, 64, 65, 257], "sgconv": [32, 33, 34, 39, 40, 41], "shift": [5, 6, 7],
+                    "liquid-s4": [2, 3, 4]}
 # DLR's modes decay by as little as 5e-5 a step (Re Λ = -dt/2, dt from 1e-4), so an output sums thousands of
 # barely damped terms: in float32 the FFT's rounding and the recurrence's differ by up to ~2e-4 of the largest
 # output at 3k tokens (measured), against ~4e-5 for DSS. Float64 holds every kernel to 1e-10.
@@ -170,7 +176,7 @@ def test_chunks_at_the_kernels_own_boundaries(kind, options):
     for length in BOUNDARY_LENGTHS.get(kind, [33]):
         x = torch.randn(2, length + 3, ssm.channels, dtype=torch.float64)
         one_pass, _ = ssm(x)
-        chunked, _ = run_in_pieces(ssm, x, [1, length - 1, length, length + 1])
+        chunked, _ = run_in_pieces(ssm, x, sorted({1, length - 1, length, length + 1} - {0}))
         assert_close(chunked, one_pass, torch.float64)
 
 
@@ -191,7 +197,7 @@ def test_outputs_depend_only_on_earlier_inputs(kind, options):
 @pytest.mark.parametrize("kind, options", CASES)
 def test_gradients_flow_to_every_kernel_parameter(kind, options):
     ssm = make_kernel(kind, options, torch.float64)
-    y, _ = ssm(torch.randn(1, 30, ssm.channels, dtype=torch.float64))
+    y, _ = ssm(torch.randn(1, 60, ssm.channels, dtype=torch.float64))  # longer than any window kernel's taps here
     y.square().sum().backward()
     for name, parameter in ssm.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{kind}.{name} got no gradient"
@@ -290,8 +296,71 @@ def naive_convolution(kernel, d, u):
                         for t in range(u.shape[1])], 1)
 
 
+def naive_s5(ssm, u):
+    """S5 eq. (4)-(6), sequentially: x_k = Λ̄ x_{k-1} + B̄ u_k with ZOH per state, y_k = 2Re(C̃ x_k) + D u_k."""
+    re = ssm.lambda_re.clamp(max=-1e-4) if ssm.clip_eigs else ssm.lambda_re
+    lam = torch.complex(re, ssm.lambda_im)
+    dt = ssm.log_dt.exp()
+    lam_bar = torch.exp(lam * dt)
+    b_bar = ((lam_bar - 1) / lam)[:, None] * torch.complex(ssm.B_re, ssm.B_im)
+    c = torch.complex(ssm.C_re, ssm.C_im)
+    x = torch.zeros(u.shape[0], ssm.state_size, dtype=torch.complex128)
+    outputs = []
+    for t in range(u.shape[1]):
+        x = lam_bar * x + u[:, t].to(torch.complex128) @ b_bar.T
+        outputs.append(2 * (x @ c.T).real + ssm.D * u[:, t])
+    return torch.stack(outputs, 1)
+
+
+def naive_liquid_s4(ssm, u):
+    """S4D's recurrence plus, for p = 2..order, 2Re(Σ_n C_n B̄_n^p) · u_t u_{t-1} ⋯ u_{t-p+1} (inputs before the
+    start count as 0)."""
+    y = naive_s4d(ssm, u)
+    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
+    dt = ssm.log_dt.exp().unsqueeze(-1)
+    b_bar = (torch.exp(dt * lam) - 1) / lam if ssm.discretization == "zoh" else dt / (1 - dt * lam / 2)
+    c = torch.complex(ssm.C_re, ssm.C_im)
+    for t in range(u.shape[1]):
+        for p in range(2, ssm.order + 1):
+            product = torch.ones_like(u[:, t])
+            for lag in range(p):
+                product = product * (u[:, t - lag] if t - lag >= 0 else 0)
+            y[:, t] += 2 * (c * b_bar ** p).sum(-1).real * product
+    return y
+
+
+def linear_upsample(taps, factor):
+    """Linear interpolation with align_corners=False, written out: output i samples the input at
+    (i + 1/2) / factor - 1/2, clamped to the ends."""
+    d = taps.shape[-1]
+    out = []
+    for i in range(d * factor):
+        position = min(max((i + 0.5) / factor - 0.5, 0.0), d - 1)
+        left = int(math.floor(position))
+        right = min(left + 1, d - 1)
+        out.append(taps[:, left] * (1 - (position - left)) + taps[:, right] * (position - left))
+    return torch.stack(out, -1)
+
+
+def naive_sgconv(ssm, u):
+    """SGConv Sec. 3: sub-kernel i upsampled by 2^max(0, i-1) and weighted by decay^(S-1-i), laid end to end,
+    divided by the norm fixed at initialisation, cut to K taps; then the causal convolution, zero past K."""
+    scales = len(ssm.sub_kernels)
+    pieces = [linear_upsample(k, 2 ** max(0, i - 1)) * ssm.decay ** (scales - 1 - i)
+              for i, k in enumerate(ssm.sub_kernels)]
+    kernel = torch.cat(pieces, -1)[:, :ssm.kernel_length] / ssm.kernel_norm
+    padded = torch.cat([kernel, kernel.new_zeros(kernel.shape[0], max(0, u.shape[1] - kernel.shape[1]))], -1)
+    return naive_convolution(padded, ssm.D, u)
+
+
+def naive_shift(ssm, u):
+    """H3's shift SSM: the state is the last N inputs (A shifts, B = e₁), so y_t = Σ_{j<N} C_j u_{t-j} + D u_t."""
+    kernel = torch.cat([ssm.C, ssm.C.new_zeros(ssm.C.shape[0], max(0, u.shape[1] - ssm.C.shape[1]))], -1)
+    return naive_convolution(kernel, ssm.D, u)
+
+
 NAIVE = {"dss": naive_dss, "s4d": naive_s4d, "ema": naive_ema, "dss-softmax": naive_dss_softmax, "dlr": naive_dlr,
-         "s4": naive_s4}
+         "s4": naive_s4, "s5": naive_s5, "liquid-s4": naive_liquid_s4, "sgconv": naive_sgconv, "shift": naive_shift}
 
 
 def perturbed(ssm, seed=0):
@@ -423,6 +492,13 @@ def test_dss_softmax_kernel_sums_to_the_softmax_over_the_normalisation_length():
         torch.testing.assert_close(ssm.kernel(30).sum(-1), torch.full((2,), 3.0, dtype=torch.float64))
 
 
+def test_an_s5_state_that_does_not_divide_into_its_blocks_is_named():
+    from ssmlm import SSMLMConfig
+
+    with pytest.raises(Exception, match=r"ssm_kernel_options.blocks: S5's 12 states .* must divide into 4 blocks"):
+        SSMLMConfig(hidden_size=32, ssm_kernel="s5", ssm_state_size=6, ssm_kernel_options={"blocks": 4})
+
+
 def test_s4_state_defaults_to_its_papers_not_2h():
     from ssmlm import SSMLMConfig
 
@@ -479,6 +555,11 @@ def test_dss_kernel_matches_the_gss_pseudocode():
     ("dss-softmax", {"normalization_length": 0}, "normalization_length must be at least 1, got 0"),
     ("dss-softmax", {"normalization_length": 2.5}, "options.normalization_length expected int, got float 2.5"),
     ("dlr", {"rank": 1}, "options.rank: DLRKernel has no such option"),
+    ("liquid-s4", {"order": 1}, "order must be at least 2 (order 1 is S4D itself), got 1"),
+    ("sgconv", {"kernel_length": 8, "kernel_dim": 16}, "kernel_length (8) must be at least kernel_dim (16)"),
+    ("sgconv", {}, "kernel_length is required"),
+    ("sgconv", {"kernel_length": 64, "init": "zeros"}, "options.init must be one of 'randn', 'cos'"),
+    ("s5", {"blocks": 0}, "blocks must be at least 1, got 0"),
     ("s4", {"measure": None}, "options.measure must be one of 'legs', 'legt', 'fout', got None"),
     ("s4d", {"init": None}, "options.init must be one of 'lin', 'inv', got None"),
     ("s4", {"rank": None}, "options.rank expected int, got NoneType None"),

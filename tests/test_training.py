@@ -76,7 +76,9 @@ def test_the_default_tracker_writes_tensorboard_logs(corpus, cache_dir, tmp_path
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("name", ["gss-s4-small", "gss-dss-softmax-small", "gss-dlr-small", "s4-lm-small"])
+@pytest.mark.parametrize("name", ["gss-s4-small", "gss-dss-softmax-small", "gss-dlr-small", "s4-lm-small",
+                                  "gss-s5-small", "gss-liquid-s4-small", "gss-sgconv-small", "h3-small",
+                                  "h3-hybrid-small"])
 def test_the_kernel_configs_build_and_train(name, corpus, cache_dir, tmp_path):
     """Each shipped config of a kernel or block added after GSS's trains a few steps on the tiny corpus, with its
     model section as shipped, and saves a model that loads and generates."""
@@ -89,9 +91,11 @@ def test_the_kernel_configs_build_and_train(name, corpus, cache_dir, tmp_path):
     losses = train_losses(tmp_path / "run")
     assert sorted(losses) == [1, 2, 3] and all(math.isfinite(loss) for loss in losses.values())
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
-    assert model.config.ssm_kernel == values["model"]["ssm_kernel"]
+    assert model.config.block_types == values["model"].get("block_types", ["gss"] * 4)
     if name == "gss-dss-softmax-small":  # normalised over the training length, which train.py filled in
         assert model.config.ssm_kernel_options["normalization_length"] == tiny["data"]["seq_len"]
+    if name == "gss-sgconv-small":  # a kernel as long as the training length, which train.py filled in
+        assert model.config.ssm_kernel_options["kernel_length"] == tiny["data"]["seq_len"]
     generated = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 7)
 

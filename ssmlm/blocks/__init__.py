@@ -6,6 +6,7 @@ BLOCKS is the one registry: the config's allowed `block_types`, the model's laye
 
 from .attention import AttentionBlock
 from .gss import GSSBlock
+from .h3 import H3Block
 from .mega import MegaBlock
 from .ssm import SSMBlock
 
@@ -14,6 +15,7 @@ BLOCKS = {
     "mega": MegaBlock,  # Mega / Mega-chunk (Ma et al. 2022)
     "attention": AttentionBlock,  # the Transformer block of the GSS-Transformer hybrid and the baseline
     "ssm": SSMBlock,  # the plain S4 / DSS language-model layer
+    "h3": H3Block,  # Hungry Hungry Hippos: shift and diagonal SSMs, multiplicative interactions
 }
 
-__all__ = ["BLOCKS", "AttentionBlock", "GSSBlock", "MegaBlock", "SSMBlock"]
+__all__ = ["BLOCKS", "AttentionBlock", "GSSBlock", "H3Block", "MegaBlock", "SSMBlock"]

@@ -10,8 +10,12 @@ from .dlr import DLRKernel
 from .dss import DSSKernel
 from .dss_softmax import DSSSoftmaxKernel
 from .ema import DampedEMA
+from .liquid_s4 import LiquidS4Kernel
 from .s4 import S4Kernel
 from .s4d import S4DKernel
+from .s5 import S5Kernel
+from .sgconv import SGConvKernel
+from .shift import ShiftSSM
 
 KERNELS: dict[str, type[SSMKernel]] = {
     "dss": DSSKernel,  # DSS-exp as GSS uses it: modes shared by all channels, Δ = 1
@@ -20,14 +24,24 @@ KERNELS: dict[str, type[SSMKernel]] = {
     "dss-softmax": DSSSoftmaxKernel,  # normalised at a fixed length
     "dlr": DLRKernel,
     "s4": S4Kernel,  # DPLR with HiPPO (LegS, LegT, FouT)
+    "s5": S5Kernel,  # one MIMO diagonal SSM over all channels
+    "liquid-s4": LiquidS4Kernel,  # S4D plus causal input-correlation terms
+    "sgconv": SGConvKernel,  # a multi-scale finite kernel: no recurrence, a window state
+    "shift": ShiftSSM,  # H3's shift SSM: a short learned causal filter
 }
 
 
-def check_options(kind: str, options: dict, field: str = "ssm_kernel_options") -> None:
-    """Raise ValueError for an unknown kernel, or options it does not take (naming `field.key`)."""
+def check_options(kind: str, options: dict, field: str = "ssm_kernel_options", state_size: int | None = None) -> None:
+    """Raise ValueError for an unknown kernel, options it does not take (naming `field.key`), or a state size they
+    cannot serve."""
     if kind not in KERNELS:
         raise ValueError(f"unknown SSM kernel {kind!r}; expected one of {', '.join(KERNELS)}")
     KERNELS[kind].validate_options(options, field)
+    if state_size is not None:
+        try:
+            KERNELS[kind].check_state_size(state_size, options)
+        except ValueError as error:
+            raise ValueError(f"{field}.{error}") from None
 
 
 def build_ssm(kind: str, channels: int, state_size: int, options: dict | None = None) -> SSMKernel:
@@ -37,5 +51,5 @@ def build_ssm(kind: str, channels: int, state_size: int, options: dict | None = 
     return KERNELS[kind](channels, state_size, **options)
 
 
-__all__ = ["KERNELS", "DampedEMA", "DiagonalSSM", "DLRKernel", "DSSKernel", "DSSSoftmaxKernel", "S4DKernel", "S4Kernel",
-           "SSMKernel", "build_ssm", "check_options"]
+__all__ = ["KERNELS", "DampedEMA", "DiagonalSSM", "DLRKernel", "DSSKernel", "DSSSoftmaxKernel", "LiquidS4Kernel",
+           "S4DKernel", "S4Kernel", "S5Kernel", "SGConvKernel", "ShiftSSM", "SSMKernel", "build_ssm", "check_options"]

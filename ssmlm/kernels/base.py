@@ -68,6 +68,10 @@ class SSMKernel(nn.Module):
     def check_options(cls, options: dict) -> None:
         """Raise ValueError for option values that are of the right type but cannot work together."""
 
+    @classmethod
+    def check_state_size(cls, state_size: int, options: dict) -> None:
+        """Raise ValueError, naming the option, for a state size the options cannot serve."""
+
     def reset_parameters(self) -> None:
         raise NotImplementedError
 

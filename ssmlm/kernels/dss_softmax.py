@@ -18,7 +18,8 @@ exact in every mode at any length (past L it keeps decaying; it is a softmax ove
 The reference lets Re Λ grow positive and rescales to avoid overflow; a recurrent state would then grow without
 bound, so here Re Λ = -exp(·) < 0 as in DSS-exp. The output is Re(·), not 2·Re(·): C̃ = W̃/2 in the diagonal
 machinery. As in the reference, 1/(Λ (exp(Lx) - 1)) is taken as z̄ / max(|z|², 1e-7): exact unless the normaliser
-Σ_{j<L} exp(jx) nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up. Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
+Σ_{j<L} exp(jx) nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up.
+Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
 skew-symmetric part of the 2N×2N HiPPO-LegS matrix; W complex normal; Δ log-uniform in [dt_min, dt_max].
 """
 

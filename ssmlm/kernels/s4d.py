@@ -56,13 +56,16 @@ class S4DKernel(DiagonalSSM):
         init.normal_(self.C_im, std=0.5 ** 0.5)
         init.ones_(self.D)
 
-    def discretize(self):
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log Ā, B̄, C), each (H, N), in the compute precision."""
         dtype = self.compute_dtype()
         lam = torch.complex(-torch.exp(self.log_neg_lambda_re.to(dtype)), self.lambda_im.to(dtype))  # (H, N)
-        dt_lam = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1) * lam
+        dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)
         c = torch.complex(self.C_re.to(dtype), self.C_im.to(dtype))
         if self.discretization == "zoh":
-            return dt_lam, c * torch.expm1(dt_lam) / lam
-        a_bar = (1 + dt_lam / 2) / (1 - dt_lam / 2)
-        dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)
-        return torch.log(a_bar), c * dt / (1 - dt_lam / 2)
+            return dt * lam, torch.expm1(dt * lam) / lam, c
+        return torch.log((1 + dt * lam / 2) / (1 - dt * lam / 2)), dt / (1 - dt * lam / 2), c
+
+    def discretize(self):
+        log_a, b_bar, c = self.discrete()
+        return log_a, c * b_bar

@@ -1,0 +1,69 @@
+"""The H3 block (Fu, Dao, Saab, Thomas, Rudra, Ré, ICLR 2023, "Hungry Hungry Hippos", Sec. 3.1 and Alg. 1; the
+HazyResearch/H3 reference's `H3`), pre-norm, followed by a feed-forward as in its language models:
+
+    h = LayerNorm(x)
+    q, k, v = W_q h, W_k h, W_v h
+    k = Shift(k)                                      a learned causal filter of N taps (kernels/shift.py)
+    per head, with head dimension d_h:  kv = k vᵀ     (d_h × d_h channels; d_h = 1: kv = k ⊙ v)
+    y = Diag(kv)                                      S4D-Lin, bilinear, one kernel per head, shared by its d_h²
+    o_j = Σ_i q_i y_{ij}                              per head (d_h = 1: o = q ⊙ y)
+    x = x + dropout(W_o o)
+    x = x + FFN(LayerNorm(x))                         GELU, F wide (blocks/ffn.py)
+
+Its state holds both SSMs: the shift's window of the last N − 1 keys and the diagonal SSM's state, so a chunk
+continues exactly from a cache (the reference's prefill ignores an incoming state). Padded positions have their
+keys and values zeroed, so they enter neither state.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..kernels import build_ssm
+from .base import Block
+from .ffn import NormalizedFeedForward
+
+
+class H3State(NamedTuple):
+    shift: torch.Tensor  # the shift SSM's window (B, E, N − 1)
+    diagonal: torch.Tensor  # the diagonal SSM's state (B, d_h², heads, modes), complex
+
+
+class H3Block(Block):
+    def __init__(self, config):
+        super().__init__()
+        width = config.hidden_size
+        self.head_dim = config.h3_head_dim
+        self.heads = width // self.head_dim
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.to_qkv = nn.Linear(width, 3 * width)
+        self.shift = build_ssm("shift", width, config.h3_shift_size)
+        self.diagonal = build_ssm("s4d", self.heads, config.h3_state_size,
+                                  {"init": "lin", "discretization": "bilinear"})
+        self.to_out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.feed_forward = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
+                                                  config.hidden_dropout, activation="gelu")
+
+    def initial_state(self, batch_size: int) -> H3State:
+        diagonal = self.diagonal.initial_state(batch_size * self.head_dim ** 2)
+        return H3State(self.shift.initial_state(batch_size), diagonal.unflatten(0, (batch_size, self.head_dim ** 2)))
+
+    def forward(self, x: torch.Tensor, state: H3State | None = None, padding_mask: torch.Tensor | None = None):
+        batch, length, width = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        if padding_mask is not None:  # padded positions enter neither state
+            k, v = (t * padding_mask.unsqueeze(-1).to(t.dtype) for t in (k, v))
+        k, shift_state = self.shift(k, None if state is None else state.shift)
+        # Per head the outer product k vᵀ: d_h² sequences of the head's channels, batched for its diagonal SSM.
+        k, v, q = (t.view(batch, length, self.heads, self.head_dim) for t in (k, v, q))
+        kv = torch.einsum("blhi,blhj->bijlh", k, v).reshape(batch * self.head_dim ** 2, length, self.heads)
+        diagonal_state = None if state is None else state.diagonal.flatten(0, 1)
+        y, diagonal_state = self.diagonal(kv, diagonal_state)
+        y = y.view(batch, self.head_dim, self.head_dim, length, self.heads)
+        out = torch.einsum("blhi,bijlh->blhj", q, y).reshape(batch, length, width)
+        x = x + self.dropout(self.to_out(out))
+        new_state = None if state is None else H3State(
+            shift_state, diagonal_state.unflatten(0, (batch, self.head_dim ** 2)))
+        return self.feed_forward(x), new_state

@@ -47,7 +47,7 @@ class DampedEMA(DiagonalSSM):
     def discretize(self):
         dtype = self.compute_dtype()
         alpha_logit, delta_logit = self.alpha_logit.to(dtype), self.delta_logit.to(dtype)
-        alpha, delta = torch.sigmoid(alpha_logit), torch.sigmoid(delta_logit)
+        alpha = torch.sigmoid(alpha_logit)
         # 1 - αδ = σ(-a) + σ(a)·σ(-d) has no cancellation as αδ -> 1; where even that underflows, Ā is the
         # smallest positive number rather than 0, whose log (-inf) would turn Ā^0 into NaN.
         one_minus_alpha_delta = torch.sigmoid(-alpha_logit) + alpha * torch.sigmoid(-delta_logit)

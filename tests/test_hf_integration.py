@@ -149,7 +149,7 @@ def test_text_streamer_streams_the_continuation(tokenizer, model):
         ({"ssm_kernel": "s4d", "ssm_kernel_options": {"step": 1}}, r"ssm_kernel_options\.step: S4DKernel has no"),
         ({"ssm_kernel": "s4d", "s4d_discretization": "x"}, r"ssm_kernel_options\.discretization"),  # a saved config
         ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
-        ({"h3_head_dim": 3}, r"h3_head_dim \(3\) must divide hidden_size \(16\)"),
+        ({"h3_head_dim": 3}, r"h3_head_dim \(3\) must divide hidden_size \(1024\)"),
         ({"h3_shift_size": 0}, "h3_shift_size must be positive"),
     ],
 )

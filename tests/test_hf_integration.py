@@ -193,3 +193,23 @@ def test_save_then_load_gives_identical_logits_for_every_kernel_and_block(name, 
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_a_checkpoint_missing_one_tensor_keeps_the_saved_buffers_of_that_module(tmp_path):
+    """transformers re-initialises a module whose tensor is missing from a checkpoint; SGConv's kernel norm (fixed
+    at init from the sub-kernels) must stay the saved one, not be measured afresh from the trained sub-kernels."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(tiny_config(ssm_kernel="sgconv", ssm_kernel_options=KERNEL_OPTIONS["sgconv"]))
+    ssm = model.model.layers[0].ssm
+    with torch.no_grad():
+        for sub_kernel in ssm.sub_kernels:
+            sub_kernel.mul_(3)  # "trained": the norm measured now would be three times the saved one
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.0.ssm.D"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).model.layers[0].ssm
+    assert torch.equal(loaded.kernel_norm, ssm.kernel_norm)
+    assert torch.equal(loaded.decay, ssm.decay)

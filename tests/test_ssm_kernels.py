@@ -556,7 +556,9 @@ def test_dss_kernel_matches_the_gss_pseudocode():
     ("dss-softmax", {"normalization_length": 2.5}, "options.normalization_length expected int, got float 2.5"),
     ("dlr", {"rank": 1}, "options.rank: DLRKernel has no such option"),
     ("liquid-s4", {"order": 1}, "order must be at least 2 (order 1 is S4D itself), got 1"),
-    ("sgconv", {"kernel_length": 8, "kernel_dim": 16}, "kernel_length (8) must be at least kernel_dim (16)"),
+    ("sgconv", {"kernel_length": 8, "kernel_dim": 16},
+     "kernel_length (8; train.py sets it to data.seq_len when it is not given) must be at least kernel_dim (16)"),
+    ("sgconv", {"kernel_length": 64, "decay_min": 3.0, "decay_max": 2.0}, "decay_max, got 3.0 and 2.0"),
     ("sgconv", {}, "kernel_length is required"),
     ("sgconv", {"kernel_length": 64, "init": "zeros"}, "options.init must be one of 'randn', 'cos'"),
     ("s5", {"blocks": 0}, "blocks must be at least 1, got 0"),
@@ -568,6 +570,21 @@ def test_bad_options_name_the_option_and_the_choices(kind, options, message):
     with pytest.raises(ValueError) as error:
         build_ssm(kind, 3, 4, options)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("kind, options", CASES)
+def test_a_kernel_built_on_the_meta_device_initialises_as_a_fresh_one(kind, options):
+    """Built without memory, then given it (to_empty) and reset_parameters(): every parameter and buffer as a
+    kernel built directly with the same seed (a buffer set only in __init__ would be left uninitialised)."""
+    fresh = make_kernel(kind, options, torch.float32)
+    with torch.device("meta"):
+        materialised = build_ssm(kind, 5, 6, options)
+    materialised.to_empty(device="cpu")
+    torch.manual_seed(0)
+    materialised.reset_parameters()
+    expected = fresh.state_dict()
+    for name, tensor in materialised.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
 
 
 # ---- the step's coefficients while generating ----
@@ -634,3 +651,17 @@ def test_ema_decay_stays_in_the_unit_interval_at_the_extremes_of_its_sigmoids():
         for _ in range(50):  # 100k tokens, in chunks: the same recurrence the steps take
             y, state = ema(torch.rand(1, 2000, 4, generator=generator) * 2 - 1, state)
         assert torch.isfinite(y).all() and state.abs().max() <= bound
+
+
+def test_step_coefficients_kept_during_generation_follow_buffer_changes():
+    """SGConv's taps depend on buffers (the decay and the norm fixed at init) as well as on parameters."""
+    ssm = make_kernel("sgconv", VARIANTS["sgconv"][0], torch.float64)
+    state = ssm.initial_state(2)
+    x = torch.randn(2, 1, ssm.channels, dtype=torch.float64)
+    with torch.no_grad():
+        before = ssm(x, state)[0]
+        ssm.kernel_norm.mul_(2)
+        after = ssm(x, state)[0]
+        with torch.enable_grad():
+            assert torch.equal(after, ssm(x, state)[0])
+        assert not torch.equal(before, after)

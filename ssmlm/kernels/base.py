@@ -102,13 +102,13 @@ class SSMKernel(nn.Module):
         return torch.float64 if self.D.dtype == torch.float64 else torch.float32
 
     def inference_constant(self, compute):
-        """`compute()` (coefficients of the step), kept while no parameter changes when there is no autograd:
-        generation steps once per token with fixed parameters. An optimizer step or load_state_dict bumps a
-        parameter's version, .to() gives it new storage; either makes it recompute."""
-        parameters = list(self.parameters())
-        if torch.is_grad_enabled() or any(p.is_inference() for p in parameters):  # inference tensors: no versions
+        """`compute()` (coefficients of the step), kept while no parameter or buffer changes when there is no
+        autograd: generation steps once per token with fixed weights. An optimizer step or load_state_dict bumps a
+        tensor's version, .to() gives it new storage; either makes it recompute."""
+        tensors = [*self.parameters(), *self.buffers()]
+        if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):  # inference tensors: no versions
             return compute()
-        key = [(p.data_ptr(), p._version, p.dtype, p.device) for p in parameters]
+        key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
         if self._inference_cache is None or self._inference_cache[0] != key:
             self._inference_cache = (key, compute())
         return self._inference_cache[1]

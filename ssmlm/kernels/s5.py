@@ -31,6 +31,18 @@ from .diagonal import check_dt_range
 from .s4 import hippo
 
 
+# The standard deviation of a standard normal cut to [-2, 2]: JAX's lecun_normal divides its scale by it, so that
+# the cut samples still have variance 1 / fan_in.
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def lecun_normal(*shape: int, fan_in: int) -> torch.Tensor:
+    """JAX's lecun_normal, with which S5's reference initialises B and C: a normal of variance 1 / fan_in, cut at
+    two of its (uncut) standard deviations."""
+    scale = fan_in ** -0.5 / TRUNCATED_NORMAL_STD
+    return torch.nn.init.trunc_normal_(torch.empty(*shape, dtype=torch.float64), std=scale, a=-2 * scale, b=2 * scale)
+
+
 def blockwise_legs(modes: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Λ (N,), V (2N, N)): the eigenvalues and eigenvectors of the normal part of HiPPO-LegS in `blocks`
     diagonal blocks of 2N/blocks, one of each conjugate pair kept per block, complex128, on the CPU."""
@@ -75,11 +87,8 @@ class S5Kernel(SSMKernel):
         full = 2 * self.state_size
         init.copy_(self.lambda_re, lam.real)
         init.copy_(self.lambda_im, lam.imag)
-        b = torch.nn.init.trunc_normal_(torch.empty(full, self.channels, dtype=torch.float64), std=full ** -0.5,
-                                        a=-2 * full ** -0.5, b=2 * full ** -0.5)
-        b_tilde = vectors.conj().T @ b.to(torch.complex128)  # V⁻¹ B: V is unitary
-        c = torch.nn.init.trunc_normal_(torch.empty(self.channels, full, 2, dtype=torch.float64), std=full ** -0.5,
-                                        a=-2 * full ** -0.5, b=2 * full ** -0.5)
+        b_tilde = vectors.conj().T @ lecun_normal(full, self.channels, fan_in=full).to(torch.complex128)  # V⁻¹ B
+        c = lecun_normal(self.channels, full, 2, fan_in=full)
         c_tilde = torch.complex(c[..., 0], c[..., 1]) @ vectors
         init.copy_(self.B_re, b_tilde.real)
         init.copy_(self.B_im, b_tilde.imag)

@@ -37,10 +37,11 @@ class SGConvKernel(WindowConv):
         self.validate_options(dict(kernel_length=kernel_length, kernel_dim=kernel_dim, decay_min=decay_min,
                                    decay_max=decay_max, init=init))
         self.kernel_length, self.kernel_dim, self.init = kernel_length, kernel_dim, init
+        self.decay_min, self.decay_max = decay_min, decay_max
         self.scales = 1 + math.ceil(math.log2(kernel_length / kernel_dim))
         self.sub_kernels = nn.ParameterList(nn.Parameter(torch.empty(channels, kernel_dim))
                                             for _ in range(self.scales))
-        self.register_buffer("decay", torch.linspace(decay_min, decay_max, channels).unsqueeze(-1))
+        self.register_buffer("decay", torch.empty(channels, 1))
         self.register_buffer("kernel_norm", torch.ones(channels, 1))
         self.reset_parameters()
 
@@ -50,12 +51,15 @@ class SGConvKernel(WindowConv):
         if length is None:
             raise ValueError("kernel_length is required: the taps of the kernel, which train.py sets to data.seq_len")
         if dim < 1 or length < dim:
-            raise ValueError(f"kernel_length ({length}) must be at least kernel_dim ({dim}), and kernel_dim at least 1")
-        if not 0 < options.get("decay_min", 2.0) <= options.get("decay_max", 2.0):
-            raise ValueError("decay_min and decay_max must satisfy 0 < decay_min <= decay_max")
+            raise ValueError(f"kernel_length ({length}; train.py sets it to data.seq_len when it is not given) must be "
+                             f"at least kernel_dim ({dim}), and kernel_dim at least 1")
+        low, high = options.get("decay_min", 2.0), options.get("decay_max", 2.0)
+        if not 0 < low <= high:
+            raise ValueError(f"decay_min and decay_max must satisfy 0 < decay_min <= decay_max, got {low} and {high}")
 
     @torch.no_grad()
     def reset_parameters(self):
+        init.copy_(self.decay, torch.linspace(self.decay_min, self.decay_max, self.channels).unsqueeze(-1))
         for sub_kernel in self.sub_kernels:
             if self.init == "cos":  # channel h: one cosine of h periods over the d taps, channels shuffled per scale
                 waves = torch.cos(torch.linspace(0, 1, self.kernel_dim)[None, :] * 2 * math.pi
@@ -65,9 +69,9 @@ class SGConvKernel(WindowConv):
                 init.normal_(sub_kernel)
         init.normal_(self.D, std=1.0)
         # The norm of the whole kernel as initialised, fixed from here on (a model built without weights, to be
-        # loaded, has none to measure: its saved norm comes with them).
+        # loaded, has none to measure: its saved norm comes with them, and init.copy_ leaves a loaded norm alone).
         if not self.sub_kernels[0].is_meta:
-            self.kernel_norm.copy_(self.full_kernel().norm(dim=-1, keepdim=True))
+            init.copy_(self.kernel_norm, self.full_kernel().norm(dim=-1, keepdim=True))
 
     def full_kernel(self) -> torch.Tensor:
         """The S scales laid end to end, upsampled and decayed, before the norm and the cut: (H, d·2^(S−1))."""

@@ -1,6 +1,9 @@
-"""scripts/eval_length.py: the window and streaming regimes agree, bucket perplexities recombine to the overall
-one, a model that cannot take a length is reported "not supported" with its reason (never truncated), bits per
-byte count the scored text, and the outputs and one-line errors of the command line.
+"""scripts/eval_length.py: the window and streaming regimes agree, across several chunk boundaries at every length,
+bucket perplexities recombine to the overall one, the truncated-context baseline sees the context it promises
+and the context gain is its loss minus the regime's, a model that cannot take a length is reported "not
+supported" with its reason (never truncated), bits per byte count the scored text, streaming memory stays flat
+over a long stream and a pass's peak does not depend on what ran before it, and the outputs and one-line errors
+of the command line.
 
 Four tiny untrained models (GSS, Mega-chunk, full-attention Mega limited to 64 positions, a GSS + chunked-attention
 hybrid) share the session tokenizer; they are scored on the real fixture text at 32, 64 and 128 tokens, once
@@ -22,13 +25,22 @@ from ssmlm.evaluation.extrapolation import (
     DataSpec,
     Settings,
     TokenizedDocument,
+    Window,
+    WindowSet,
     concatenated_windows,
     evaluate,
+    evaluate_length,
     main,
     render_markdown,
     tokenize,
 )
-from ssmlm.evaluation.perplexity import agreement
+from ssmlm.evaluation.perplexity import (
+    Agreement,
+    PeakMemory,
+    streaming_losses,
+    truncated_context_losses,
+    window_losses,
+)
 from transformers import AutoTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +53,12 @@ MODELS = {
     "mega-full": dict(block_types=["mega", "mega"], mega_max_positions=MEGA_MAX_POSITIONS),
     "hybrid": dict(block_types=["gss", "attention"], attention_span="chunked", attention_window=16),
 }
-# Buckets of 24 positions do not divide the lengths (a short last bucket), and chunks of 20 tokens cut Mega's
-# 8-token attention chunks and the hybrid's 16-token ones mid-way.
+# Buckets of 24 positions do not divide the lengths (a short last bucket), and streaming chunks (at most 20 tokens,
+# and a fifth of the window: 7, 13 and 20 tokens) cut Mega's 8-token attention chunks and the hybrid's 16-token
+# ones mid-way.
 SETTINGS = Settings(lengths=LENGTHS, train_length=TRAIN_LENGTH, bucket_size=24, regimes=["window", "streaming"],
-                    stream_chunk=20, max_window_length=None, max_documents=None, concatenate_documents=False)
+                    stream_chunk=20, max_window_length=None, max_documents=None, concatenate_documents=False,
+                    baseline_context=TRAIN_LENGTH, baseline_stride=8)
 
 
 def save_model(path: Path, tokenizer, seed: int = 0, **config) -> Path:
@@ -171,6 +185,12 @@ def test_concatenated_windows_cross_documents():
         assert window.token_bytes.tolist() == [int(token != 0) for token in stream[4 * index + 1:4 * index + 5]]
 
 
+def agreement(window: torch.Tensor, streaming: torch.Tensor) -> dict:
+    compared = Agreement()
+    compared.add(window, streaming)
+    return compared.summary()
+
+
 def test_one_position_off_is_a_disagreement_even_when_the_sums_match():
     window = torch.full((10_000,), 3.0, dtype=torch.float64)
     streaming = window.clone()
@@ -246,3 +266,171 @@ def test_a_model_whose_weights_do_not_match_its_config_is_refused(model_dirs, ev
     assert code == 2
     assert error.startswith(f"eval_length.py: error: the weights in {directory} do not match its config.json: "
                             f"tensors 13 missing (model.layers.2.")
+
+
+# ---- the agreement check crosses chunk boundaries at every length ----
+
+def test_streaming_reads_every_window_in_several_chunks(results):
+    for model in results["models"]:
+        for result in model["results"]:
+            streaming = result["regimes"]["streaming"]
+            if streaming["status"] == "ok":
+                assert streaming["stream_chunk"] < result["length"] and streaming["chunks_per_window"] >= 5
+
+
+class ForgetfulModel(torch.nn.Module):
+    """A streaming fault: the state is dropped at every chunk boundary."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False):
+        return self.model(input_ids, use_cache=use_cache)
+
+
+def test_a_state_lost_at_chunk_boundaries_disagrees_even_where_the_stream_chunk_exceeds_the_window(
+        model_dirs, tokenizer_dir, fixture_texts):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(fixture_texts[0]).input_ids[:64]
+    window_set = WindowSet(64, [Window(torch.tensor([tokenizer.eos_token_id, *ids]), torch.ones(64))], 1, [0])
+    settings = Settings(lengths=[64], train_length=None, bucket_size=16, regimes=["window", "streaming"],
+                        stream_chunk=1000, max_window_length=None, max_documents=None, concatenate_documents=False)
+    model = SSMLMForCausalLM.from_pretrained(model_dirs["gss"]).eval()
+    with tqdm_stub() as progress:
+        assert evaluate_length(model, window_set, settings, torch.device("cpu"), progress, "")["agreement"][
+            "verdict"] == "agree"
+        faulty = evaluate_length(ForgetfulModel(model), window_set, settings, torch.device("cpu"), progress, "")
+    assert faulty["agreement"]["verdict"] == "DISAGREE"
+    assert faulty["regimes"]["streaming"]["chunks_per_window"] == 5
+
+
+def tqdm_stub():
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=True)
+
+
+# ---- the truncated-context baseline and the context gain ----
+
+def test_each_position_sees_the_truncated_context_it_is_promised():
+    """Positions before C as in one forward; every later one predicted from between C − S and C − 1 tokens, found
+    here by scoring it from each such context in turn (float64: the right one matches to rounding)."""
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(SSMLMConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2)).double().eval()
+    context, stride, length = 12, 5, 47
+    ids = torch.randint(0, 50, (length + 1,))
+    losses = truncated_context_losses(model, ids, context, stride, batch_tokens=30)
+    torch.testing.assert_close(losses[:context], window_losses(model, ids[:context + 1]), rtol=0, atol=1e-12)
+    seen = set()
+    for position in range(context, length):
+        found = [before for before in range(context - stride, context)
+                 if abs(window_losses(model, ids[position - before:position + 2])[-1] - losses[position]) < 1e-12]
+        assert len(found) == 1, position
+        seen.update(found)
+    assert seen == set(range(context - stride, context))  # every context length in the range occurs
+
+
+def test_the_context_gain_is_the_truncated_loss_minus_the_full_one(results):
+    checked = 0
+    for model in results["models"]:
+        for result in model["results"]:
+            baseline = result["baseline"]
+            assert baseline["status"] == "ok" and (baseline["context"], baseline["stride"]) == (TRAIN_LENGTH, 8)
+            for regime in result["regimes"].values():
+                if regime["status"] != "ok":
+                    assert "context_gain" not in regime
+                    continue
+                gain = regime["context_gain"]
+                for full, cut, bucket in zip(regime["buckets"], baseline["buckets"], gain["buckets"]):
+                    assert math.isclose(bucket["nats"], (cut["nll_sum"] - full["nll_sum"]) / full["tokens"],
+                                        rel_tol=1e-9, abs_tol=1e-12)
+                    if full["end"] <= TRAIN_LENGTH:  # the same context both ways: nothing but rounding
+                        assert abs(bucket["nats"]) < 1e-5
+                if result["length"] == TRAIN_LENGTH:
+                    assert gain["nats"] is None and gain["per_window"] == []
+                    continue
+                per_window = gain["per_window"]
+                assert len(per_window) == result["evaluated"]
+                assert math.isclose(gain["nats"], float(np.mean(per_window)), rel_tol=1e-9)
+                assert math.isclose(gain["standard_error"], float(np.std(per_window, ddof=1)) /
+                                    math.sqrt(len(per_window)), rel_tol=1e-9)
+                assert math.isclose(gain["perplexity_ratio"], math.exp(gain["nats"]))
+                checked += 1
+    assert checked == 2 * (len(MODELS) * (len(LENGTHS) - 1) - 1)  # not full-attention Mega past 64 tokens
+    markdown = render_markdown(results)
+    assert "**Context gain by evaluation length**" in markdown and "**Context gain by position**" in markdown
+
+
+def test_a_model_that_sees_only_recent_tokens_gains_nothing_from_context(model_dirs, eval_file, tokenizer_dir,
+                                                                         tmp_path, results):
+    """GSS with SGConv kernels of 4 taps sees 6 tokens back through two layers: fewer than any truncated context
+    here (at least C − S = 24), so its context gain is zero to rounding; plain GSS sees everything, and gains."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    near_sighted = save_model(tmp_path / "gss-4-taps", tokenizer, ssm_kernel="sgconv",
+                              ssm_kernel_options={"kernel_length": 4, "kernel_dim": 2})
+    settings = Settings(lengths=[128], train_length=TRAIN_LENGTH, bucket_size=32, regimes=["streaming"],
+                        stream_chunk=20, max_window_length=None, max_documents=3, concatenate_documents=False,
+                        baseline_context=TRAIN_LENGTH, baseline_stride=8)
+    (result,) = evaluate([near_sighted], [DataSpec("mixed", str(eval_file))], settings, torch.device("cpu"),
+                         "text", str(tmp_path / "cache"))["models"][0]["results"]
+    gain = result["regimes"]["streaming"]["context_gain"]
+    assert abs(gain["nats"]) < 1e-6 and all(abs(bucket["nats"]) < 1e-6 for bucket in gain["buckets"])
+    # Untrained, GSS's distant tokens move its losses little, but far above rounding.
+    assert abs(results_of(results, "gss")[128]["regimes"]["streaming"]["context_gain"]["nats"]) > 1e-5
+
+
+# ---- memory ----
+
+def streaming_peak(model, length: int) -> int:
+    ids = torch.randint(0, model.config.vocab_size, (length + 1,), generator=torch.Generator().manual_seed(0))
+    with PeakMemory(torch.device("cpu")) as peak:
+        streaming_losses(model, ids, chunk_size=256)
+    if peak.bytes is None:
+        pytest.skip("this system does not let a process reset its resident high-water mark")
+    return peak.bytes
+
+
+def test_streaming_memory_stays_flat_over_a_long_stream():
+    """A 16× longer stream may add its losses (8 bytes a token) and little else: before, each chunk left memory
+    behind (its losses, and freed blocks the allocator kept between the cache's small tensors)."""
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(SSMLMConfig(vocab_size=4096, hidden_size=32, num_hidden_layers=2)).eval()
+    short, long = 8192, 16 * 8192
+    streaming_peak(model, short)  # first-use allocations (thread pools, FFT plans) out of the way
+    growth = streaming_peak(model, long) - streaming_peak(model, short)
+    assert growth < 16 * (long - short) + 2 * 2**20, f"{growth / 2**20:.1f} MiB more for {long - short} tokens"
+
+
+def test_a_passes_peak_memory_does_not_depend_on_what_ran_before_it():
+    """Measured right after a long window pass (which frees far more than streaming needs) or after another
+    streaming pass, streaming's peak is the same: freed memory the process holds lends it no pages."""
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(SSMLMConfig(vocab_size=4096, hidden_size=32, num_hidden_layers=2)).eval()
+    streaming_peak(model, 4096)
+    after_streaming = streaming_peak(model, 4096)
+    window_losses(model, torch.randint(0, 4096, (16385,)))
+    after_window = streaming_peak(model, 4096)
+    assert abs(after_window - after_streaming) < 0.1 * after_streaming + 2**20, (after_window, after_streaming)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lengths", "32", "--baseline-context", "0"], "--baseline-context must be positive, got 0"),
+    (["--lengths", "32", "--baseline-context", "-5"], "--baseline-context must be positive, got -5"),
+    (["--lengths", "32", "64", "--baseline-context", "48"],
+     "--baseline-context 48 is longer than the evaluation length 32"),
+    (["--train-length", "64", "--lengths", "32", "64"],
+     "--baseline-context (by default --train-length) 64 is longer than the evaluation length 32"),
+    (["--train-length", "32", "--baseline-stride", "0"], "--baseline-stride must be positive, got 0"),
+    (["--train-length", "32", "--baseline-stride", "33"],
+     "--baseline-stride 33 is longer than the truncated context 32"),
+    (["--lengths", "32", "--baseline-stride", "8"], "--baseline-stride needs --baseline-context or --train-length"),
+    (["--train-length", "32", "--bucket-size", "0"], "--bucket-size must be positive, got 0"),
+])
+def test_bad_numbers_give_one_line_errors_naming_the_option(options, message, model_dirs, eval_file, tmp_path,
+                                                            capsys):
+    code = main(["--model", str(model_dirs["gss"]), "--data", f"text={eval_file}", *options, "--out",
+                 str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith(f"eval_length.py: error: {message}")
+    assert "\n" not in error and not (tmp_path / "out").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -36,16 +37,19 @@ from ..generation_cli import LOAD_ERRORS, UsageError, check_model_dir, load, one
 from ..training.config import SourceConfig
 from .perplexity import (
     AGREEMENT_RULE,
-    LossTotals,
+    Agreement,
+    PassTotals,
     PeakMemory,
-    agreement,
-    bucket_totals,
+    context_gain,
     streaming_losses,
+    truncated_context_losses,
     window_losses,
 )
 
 PROG = "eval_length.py"
 REGIMES = ("window", "streaming")
+BASELINE = "truncated"  # the pass that scores the same tokens with a training-length context
+MIN_STREAM_CHUNKS = 5
 HUB_PREFIX = "hub:"
 DEFAULT_HUB_SPLIT = "test"
 SAMPLE_SEED = 0  # which documents --max-documents keeps: the same for every model that shares a tokenizer
@@ -174,6 +178,8 @@ class Settings:
     max_window_length: int | None
     max_documents: int | None
     concatenate_documents: bool
+    baseline_context: int | None = None  # None: no context gain
+    baseline_stride: int | None = None
 
 
 def windows_by_length(documents: list[TokenizedDocument], start_token: int, settings: Settings) -> dict[int, WindowSet]:
@@ -185,70 +191,80 @@ def windows_by_length(documents: list[TokenizedDocument], start_token: int, sett
 # Running the models.
 
 
-def run_regime(model, window_set: WindowSet, regime: str, settings: Settings, device: torch.device,
-               progress: tqdm) -> tuple[dict, torch.Tensor | None]:
-    """One regime over all windows of one length: its summary, and the losses of every position (None when the
-    model could not run it)."""
-    buckets = [LossTotals() for _ in range(0, window_set.length, settings.bucket_size)]
-    all_losses, cache_bytes = [], 0
-    try:
-        with PeakMemory(device) as peak:
-            for window in window_set.windows:
-                ids = window.ids.to(device)
-                if regime == "window":
-                    losses = window_losses(model, ids)
-                else:
-                    losses, window_cache_bytes = streaming_losses(model, ids, settings.stream_chunk)
-                    cache_bytes = max(cache_bytes, window_cache_bytes)
-                for total, bucket in zip(buckets, bucket_totals(losses, window.token_bytes, settings.bucket_size)):
-                    total.add(bucket)
-                all_losses.append(losses)
-                progress.update()
-    except (ValueError, NotImplementedError) as error:  # how a block says it cannot take this length
-        progress.update(len(window_set.windows) - len(all_losses))
-        return {"status": f"not supported: {one_line(error)}"}, None
-    except (RuntimeError, MemoryError) as error:
-        if not is_out_of_memory(error):
-            raise
-        progress.update(len(window_set.windows) - len(all_losses))
+def stream_chunk_for(length: int, max_chunk: int) -> int:
+    """Tokens per streaming forward at one length: at most --stream-chunk, and short enough that a window is read
+    in at least MIN_STREAM_CHUNKS chunks, so that the agreement check always carries a state across boundaries."""
+    return max(1, min(max_chunk, math.ceil(length / MIN_STREAM_CHUNKS)))
+
+
+def run_pass(model, ids: torch.Tensor, name: str, settings: Settings, stream_chunk: int) -> tuple[torch.Tensor, int]:
+    """One window's losses in one pass, and the largest the cache grew (streaming only)."""
+    if name == "window":
+        return window_losses(model, ids), 0
+    if name == "streaming":
+        return streaming_losses(model, ids, stream_chunk)
+    return truncated_context_losses(model, ids, settings.baseline_context, settings.baseline_stride,
+                                    settings.stream_chunk), 0
+
+
+def failure_status(error: BaseException, device: torch.device) -> str:
+    """What stopped a pass, for the outputs; other errors propagate."""
+    if isinstance(error, (ValueError, NotImplementedError)):  # how a block says it cannot take this length
+        return f"not supported: {one_line(error)}"
+    if isinstance(error, (RuntimeError, MemoryError)) and is_out_of_memory(error):
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return {"status": f"out of memory: {one_line(error)}"}, None
-
-    overall = LossTotals()
-    for bucket in buckets:
-        overall.add(bucket)
-    summary = {
-        "status": "ok",
-        **overall.summary(),
-        "seconds": peak.seconds,
-        "tokens_per_second": overall.tokens / peak.seconds,
-        "peak_memory_bytes": peak.bytes,
-        **({"cache_bytes": cache_bytes} if regime == "streaming" else {}),
-        "buckets": [
-            {"start": start, "end": min(start + settings.bucket_size, window_set.length), **bucket.summary()}
-            for start, bucket in zip(range(0, window_set.length, settings.bucket_size), buckets)
-        ],
-    }
-    return summary, torch.cat(all_losses)
+        return f"out of memory: {one_line(error)}"
+    raise error
 
 
 def evaluate_length(model, window_set: WindowSet, settings: Settings, device: torch.device, progress: tqdm,
                     label: str) -> dict:
-    """Each regime at one length of one domain, and whether they agree."""
-    regimes, losses = {}, {}
-    for regime in settings.regimes:
-        progress.set_description(f"{label} {regime}")
+    """Each regime, and the truncated-context baseline, at one length of one domain; whether the regimes agree
+    and what the whole window gains over the truncated context. Window by window, every pass in turn: what is
+    kept of a window is its bucket sums, so memory does not grow with the number of windows."""
+    length, statuses, passes = window_set.length, {}, {}
+    for name in [*settings.regimes, *([BASELINE] if settings.baseline_context else [])]:
         if not window_set.windows:
-            regimes[regime] = {"status": f"no documents of {window_set.length} tokens"}
-        elif regime == "window" and settings.max_window_length and window_set.length > settings.max_window_length:
-            regimes[regime] = {"status": f"skipped: longer than --max-window-length {settings.max_window_length}"}
-            progress.update(len(window_set.windows))
+            statuses[name] = f"no documents of {length} tokens"
+        elif name == "window" and settings.max_window_length and length > settings.max_window_length:
+            statuses[name] = f"skipped: longer than --max-window-length {settings.max_window_length}"
         else:
-            regimes[regime], losses[regime] = run_regime(model, window_set, regime, settings, device, progress)
-    result = {"regimes": regimes}
-    if losses.get("window") is not None and losses.get("streaming") is not None:
-        result["agreement"] = agreement(losses["window"], losses["streaming"])
+            passes[name] = PassTotals(length, settings.bucket_size, settings.baseline_context)
+    planned = len(statuses) + len(passes)
+    stream_chunk = stream_chunk_for(length, settings.stream_chunk)
+    agreement = Agreement() if {"window", "streaming"} <= passes.keys() else None
+    for window in window_set.windows:
+        ids, losses = window.ids.to(device), {}
+        for name in list(passes):
+            progress.set_description(f"{label} {name}")
+            try:
+                with PeakMemory(device) as peak:
+                    losses[name], cache_bytes = run_pass(model, ids, name, settings, stream_chunk)
+            except (ValueError, NotImplementedError, RuntimeError, MemoryError) as error:
+                statuses[name] = failure_status(error, device)
+                del passes[name]
+                agreement = None if name in ("window", "streaming") else agreement
+                continue
+            passes[name].add(losses[name], window.token_bytes, peak, cache_bytes)
+        if agreement is not None:
+            agreement.add(losses["window"], losses["streaming"])
+        progress.update(planned)
+
+    summaries = {name: totals.summary() for name, totals in passes.items()}
+    if "streaming" in passes:
+        summaries["streaming"].update(cache_bytes=passes["streaming"].cache_bytes, stream_chunk=stream_chunk,
+                                      chunks_per_window=math.ceil(length / stream_chunk))
+    baseline = passes.get(BASELINE)
+    for name in settings.regimes:
+        if baseline and name in passes:
+            summaries[name]["context_gain"] = context_gain(baseline, passes[name])
+    result = {"regimes": {name: summaries.get(name) or {"status": statuses[name]} for name in settings.regimes}}
+    if settings.baseline_context:
+        result["baseline"] = {"context": settings.baseline_context, "stride": settings.baseline_stride,
+                              **(summaries.get(BASELINE) or {"status": statuses[BASELINE]})}
+    if agreement is not None:
+        result["agreement"] = agreement.summary()
         if result["agreement"]["verdict"] != "agree":
             tqdm.write(f"DISAGREE: {label}: the window and streaming losses differ: {result['agreement']}",
                        file=sys.stderr)
@@ -298,7 +314,8 @@ def evaluate(model_dirs: list[Path], specs: list[DataSpec], settings: Settings, 
                 for domain, domain_texts in texts.items()
             }
 
-    total = len(settings.regimes) * sum(
+    passes = len(settings.regimes) + (1 if settings.baseline_context else 0)
+    total = passes * sum(
         len(window_set.windows) for key in tokenizer_ids for by_length in window_sets[key].values()
         for window_set in by_length.values()
     )
@@ -338,6 +355,10 @@ def evaluate(model_dirs: list[Path], specs: list[DataSpec], settings: Settings, 
             "bucket_size": settings.bucket_size,
             "regimes": settings.regimes,
             "stream_chunk": settings.stream_chunk,
+            "stream_chunks": f"at most stream_chunk tokens per forward, and at least {MIN_STREAM_CHUNKS} chunks per "
+                             "window, so that the state is carried across chunk boundaries at every length",
+            "baseline_context": settings.baseline_context,
+            "baseline_stride": settings.baseline_stride,
             "max_window_length": settings.max_window_length,
             "max_documents": settings.max_documents,
             "concatenate_documents": settings.concatenate_documents,
@@ -346,6 +367,7 @@ def evaluate(model_dirs: list[Path], specs: list[DataSpec], settings: Settings, 
             "dtype": "float32",
         },
         "agreement_rule": AGREEMENT_RULE,
+        "context_gain": CONTEXT_GAIN if settings.baseline_context else "not measured: no --baseline-context",
         "metric": {
             "headline": "perplexity" if shared_tokenizer else "bits_per_byte",
             "why": "all models share one tokenizer: perplexity per token compares them" if shared_tokenizer else
@@ -359,6 +381,14 @@ def evaluate(model_dirs: list[Path], specs: list[DataSpec], settings: Settings, 
     }
 
 
+CONTEXT_GAIN = (
+    "the loss (nats per token) of the truncated pass minus that of the regime, at the same positions: the truncated "
+    "pass scores every position from baseline_context (C) on with only the C - baseline_stride to C - 1 tokens "
+    "before it, positions before C as the regime does. Per window, over positions [C, L) and per position bucket; "
+    "the mean over windows and its standard error (windows are independent documents). Positive: the model "
+    "predicts better with the whole window before it than with a training-length context; about zero: it does "
+    "not use the tokens beyond C"
+)
 WINDOWS_PER_DOCUMENT = (
     "the first L tokens of every document with at least L tokens (at most max_documents of them, a seeded sample), "
     "each token scored given the document's earlier tokens and the EOS token before it; shorter documents are "
@@ -454,12 +484,13 @@ def render_markdown(results: dict) -> str:
         lines += domain_section(results, domain, length_columns, notes)
 
     lines += ["## Memory and time", "",
-              "Peak memory each regime added while scoring one length (the largest over domains; on a CPU the "
-              "resident-set high-water mark, on a GPU allocated memory), streaming's cache size, and tokens per "
-              "second.", ""]
-    lines += table(["model", "regime", *length_columns], [
-        [model["name"], regime, *(memory_cell(model, length, regime) for length in settings["lengths"])]
-        for model in results["models"] for regime in settings["regimes"]
+              "Peak memory each pass added while scoring one window (the largest over windows and domains; on a "
+              "CPU the resident-set high-water mark, on a GPU allocated memory), streaming's cache size, and tokens "
+              f"per second. `{BASELINE}` is the truncated-context pass of the context gain.", ""]
+    lines += table(["model", "pass", *length_columns], [
+        [model["name"], name, *(memory_cell(model, length, name) for length in settings["lengths"])]
+        for model in results["models"]
+        for name in [*settings["regimes"], *([BASELINE] if settings["baseline_context"] else [])]
     ])
 
     summary = agreement_summary(results)
@@ -478,20 +509,27 @@ def render_markdown(results: dict) -> str:
 
 
 def domain_section(results: dict, domain: str, length_columns: list[str], notes: StatusNotes) -> list[str]:
-    """One domain's tables: the metric by evaluation length, the windows scored, the metric by position."""
+    """One domain's tables: the metric and the context gain by evaluation length, the windows scored, and the
+    metric and the context gain by position."""
     settings, data = results["settings"], results["data"][domain]
     metric_name = METRIC_NAMES[results["metric"]["headline"]].capitalize()
-    by_length, scored = [], []
+    by_length, gain_by_length, scored = [], [], []
     for model in results["models"]:
         results_at = {result["length"]: result for result in model["results"] if result["domain"] == domain}
         for regime in settings["regimes"]:
-            by_length.append([model["name"], regime, *(notes.cell(results_at[length]["regimes"].get(regime))
-                                                       for length in settings["lengths"])])
+            summaries = [results_at[length]["regimes"].get(regime) for length in settings["lengths"]]
+            by_length.append([model["name"], regime, *map(notes.cell, summaries)])
+            gain_by_length.append([model["name"], regime, *map(gain_cell, summaries)])
         scored.append([model["name"], *(f"{results_at[length]['evaluated']} of {results_at[length]['qualifying']}"
                                         for length in settings["lengths"])])
     lines = [f"## {domain} — `{data['source']}` ({data['documents']} documents)", "",
              f"**{metric_name} by evaluation length**", ""]
     lines += table(["model", "regime", *length_columns], by_length)
+    if settings["baseline_context"]:
+        lines += [f"**Context gain by evaluation length** (nats per token over positions {settings['baseline_context']}"
+                  " to L, ± standard error over windows): the loss with a truncated context minus the loss with the "
+                  "whole window; about zero where the model does not use the tokens beyond the truncated context", ""]
+        lines += table(["model", "regime", *length_columns], gain_by_length)
     lines += ["**Windows scored** of those available (documents with at least L tokens, or windows of the "
               "concatenated stream)", ""]
     lines += table(["model", *length_columns], scored)
@@ -500,17 +538,37 @@ def domain_section(results: dict, domain: str, length_columns: list[str], notes:
     longest = {name: found for name, found in longest.items() if found}
     if not longest:
         return lines
+    columns = [f"{name} (L={result['length']}, {regime})" for name, (result, regime, _) in longest.items()]
     buckets = {name: {bucket["start"]: bucket for bucket in summary["buckets"]}
                for name, (_, _, summary) in longest.items()}
-    rows = []
+    gains = {name: {bucket["start"]: bucket for bucket in summary.get("context_gain", {}).get("buckets", [])}
+             for name, (_, _, summary) in longest.items()}
+    metric_rows, gain_rows = [], []
     for start in sorted({start for by_start in buckets.values() for start in by_start}):
         end = max(by_start[start]["end"] for by_start in buckets.values() if start in by_start)
-        rows.append([f"{format_tokens(start)}–{format_tokens(end)}",
-                     *(notes.cell(buckets[name].get(start)) for name in longest)])
+        positions = f"{format_tokens(start)}–{format_tokens(end)}"
+        metric_rows.append([positions, *(notes.cell(buckets[name].get(start)) for name in longest)])
+        gain_rows.append([positions, *(gain_text(gains[name].get(start)) for name in longest)])
     lines += [f"**{metric_name} by position in the context**, at each model's longest length with numbers", ""]
-    lines += table(["positions", *(f"{name} (L={result['length']}, {regime})"
-                                   for name, (result, regime, _) in longest.items())], rows)
+    lines += table(["positions", *columns], metric_rows)
+    if settings["baseline_context"]:
+        lines += ["**Context gain by position** (nats per token ± standard error), at the same lengths", ""]
+        lines += table(["positions", *columns], gain_rows)
     return lines
+
+
+def gain_text(gain: dict | None) -> str:
+    """"+0.012 ± 0.004" nats; no error from a single window; "–" where there is nothing to compare."""
+    if gain is None or gain["nats"] is None:
+        return "–"
+    error = f" ± {gain['standard_error']:.3f}" if gain["standard_error"] is not None else " (1 window)"
+    return f"{gain['nats']:+.3f}{error}"
+
+
+def gain_cell(summary: dict | None) -> str:
+    if summary is None or summary["status"] != "ok" or "context_gain" not in summary:
+        return "–"
+    return gain_text(summary["context_gain"])
 
 
 def format_bytes(count: int | None) -> str:
@@ -523,16 +581,20 @@ def format_bytes(count: int | None) -> str:
     return f"{count:.1f} GiB"
 
 
-def memory_cell(model: dict, length: int, regime: str) -> str:
-    summaries = [result["regimes"][regime] for result in model["results"]
-                 if result["length"] == length and result["regimes"][regime]["status"] == "ok"]
+def pass_summary(result: dict, name: str) -> dict:
+    return result["baseline"] if name == BASELINE else result["regimes"][name]
+
+
+def memory_cell(model: dict, length: int, name: str) -> str:
+    summaries = [pass_summary(result, name) for result in model["results"]
+                 if result["length"] == length and pass_summary(result, name)["status"] == "ok"]
     if not summaries:
         return "–"
     peak = max((summary["peak_memory_bytes"] for summary in summaries if summary["peak_memory_bytes"] is not None),
                default=None)
     speed = sum(summary["tokens"] for summary in summaries) / sum(summary["seconds"] for summary in summaries)
     cache = f", cache {format_bytes(max(summary['cache_bytes'] for summary in summaries))}" \
-        if regime == "streaming" else ""
+        if name == "streaming" else ""
     return f"{format_bytes(peak)}{cache}, {speed:,.0f} tok/s"
 
 
@@ -558,8 +620,10 @@ def write_plot(results: dict, path: Path) -> None:
     metric_name = METRIC_NAMES[metric]
     train_length = results["settings"]["train_length"]
     domains = list(results["data"])
-    figure, axes = plt.subplots(len(domains), 2, figsize=(13, 4.5 * len(domains)), squeeze=False)
-    for (by_position, by_length), domain in zip(axes, domains):
+    with_gain = bool(results["settings"]["baseline_context"])
+    panels = 3 if with_gain else 2
+    figure, axes = plt.subplots(len(domains), panels, figsize=(6.5 * panels, 4.5 * len(domains)), squeeze=False)
+    for (by_position, by_length, *gain_axis), domain in zip(axes, domains):
         for model in results["models"]:
             points = [(result["length"], best[1][metric]) for result in model["results"]
                       if result["domain"] == domain and (best := best_regime(result))]
@@ -588,9 +652,38 @@ def write_plot(results: dict, path: Path) -> None:
         lengths = results["settings"]["lengths"]
         by_length.set_xticks(lengths, [format_tokens(length) for length in lengths])
         by_length.minorticks_off()
+        if with_gain:
+            plot_context_gain(gain_axis[0], results, domain)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_context_gain(axis, results: dict, domain: str) -> None:
+    """Context gain by position at each model's longest length with numbers, both regimes, ± standard error."""
+    for model in results["models"]:
+        longest = longest_with_numbers(model, domain)
+        if not longest:
+            continue
+        result = longest[0]
+        for regime, style in (("streaming", "-"), ("window", "--")):
+            summary = result["regimes"].get(regime)
+            if not summary or summary["status"] != "ok" or "context_gain" not in summary:
+                continue
+            buckets = [bucket for bucket in summary["context_gain"]["buckets"] if bucket["nats"] is not None]
+            centres = [(bucket["start"] + bucket["end"]) / 2 for bucket in buckets]
+            gains = np.array([bucket["nats"] for bucket in buckets])
+            errors = np.array([bucket["standard_error"] or 0.0 for bucket in buckets])
+            line, = axis.plot(centres, gains, style, marker=".", label=f"{model['name']} (L={result['length']}, "
+                                                                         f"{regime})")
+            axis.fill_between(centres, gains - errors, gains + errors, color=line.get_color(), alpha=0.15)
+    context = results["settings"]["baseline_context"]
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.axvline(context, color="grey", linestyle="--", linewidth=1, label=f"truncated context ({context})")
+    axis.set(title=f"{domain}: context gain by position (± standard error)", xlabel="position (tokens)",
+             ylabel="nats per token: truncated − whole window")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -621,7 +714,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="window: one convolutional forward of the whole window; streaming: chunks with the "
                              "recurrent state carried (default both)")
     parser.add_argument("--stream-chunk", type=int, default=2048, metavar="N",
-                        help="tokens per forward in the streaming regime (default 2048)")
+                        help="at most N tokens per forward in the streaming regime and the truncated pass (default "
+                             f"2048); streaming reads every window in at least {MIN_STREAM_CHUNKS} chunks")
+    parser.add_argument("--baseline-context", type=int, metavar="C",
+                        help="the context gain's truncated context: the same tokens are scored again with at most C "
+                             "tokens before each (default --train-length; without either, no context gain)")
+    parser.add_argument("--baseline-stride", type=int, metavar="S",
+                        help="positions scored per truncated piece: each position from C on sees C - S to C - 1 "
+                             "tokens; smaller is closer to exactly C and costs C/S forwards of C tokens per C "
+                             "positions (default C/4)")
     parser.add_argument("--max-window-length", type=int, metavar="L",
                         help="run the window regime only up to this length (longer ones are streamed only)")
     parser.add_argument("--max-documents", type=int, metavar="N",
@@ -637,22 +738,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
-    """Check the numbers the way argparse checks types (usage line, exit code 2)."""
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Check the numbers that argparse's types cannot (UsageError: one line, exit code 2)."""
     if args.lengths is None and args.train_length is None:
-        parser.error("give --train-length (with --multipliers) or --lengths")
-    lengths = args.lengths or [args.train_length * multiplier for multiplier in args.multipliers]
-    positive = {"--lengths / --multipliers": min(lengths), "--train-length": args.train_length,
+        raise UsageError("give --train-length (with --multipliers) or --lengths")
+    lengths = sorted(set(args.lengths or [args.train_length * multiplier for multiplier in args.multipliers]))
+    positive = {"--lengths / --multipliers": lengths[0], "--train-length": args.train_length,
                 "--bucket-size": args.bucket_size, "--stream-chunk": args.stream_chunk,
-                "--max-window-length": args.max_window_length, "--max-documents": args.max_documents}
+                "--max-window-length": args.max_window_length, "--max-documents": args.max_documents,
+                "--baseline-context": args.baseline_context, "--baseline-stride": args.baseline_stride}
     for flag, value in positive.items():
         if value is not None and value < 1:
-            parser.error(f"{flag} must be positive, got {value}")
+            raise UsageError(f"{flag} must be positive, got {value}")
     domains = [spec.partition("=")[0] for spec in args.data]
     if len(set(domains)) < len(domains):
-        parser.error(f"--data: each domain once, got {', '.join(domains)}")
+        raise UsageError(f"--data: each domain once, got {', '.join(domains)}")
+    context = args.baseline_context or args.train_length
+    if context and context > lengths[0]:
+        flag = "--baseline-context" if args.baseline_context else "--baseline-context (by default --train-length)"
+        raise UsageError(f"{flag} {context} is longer than the evaluation length {lengths[0]}: the truncated context "
+                         "must fit in every window")
+    if args.baseline_stride and not context:
+        raise UsageError("--baseline-stride needs --baseline-context or --train-length")
+    stride = args.baseline_stride or (max(1, context // 4) if context else None)
+    if context and stride > context:
+        raise UsageError(f"--baseline-stride {stride} is longer than the truncated context {context}")
     return Settings(
-        lengths=sorted(set(lengths)),
+        lengths=lengths,
         train_length=args.train_length,
         bucket_size=args.bucket_size,
         regimes=[regime for regime in REGIMES if regime in args.regimes],
@@ -660,16 +772,18 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         max_window_length=args.max_window_length,
         max_documents=args.max_documents,
         concatenate_documents=args.concatenate_documents,
+        baseline_context=context,
+        baseline_stride=stride,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = settings_from(parser, args)
     datasets.disable_progress_bars()  # one progress bar: ours
     transformers_logging.disable_progress_bar()
     try:
+        settings = settings_from(args)
         if find_spec("matplotlib") is None:  # found out now, not after hours of evaluation
             raise UsageError("the plot needs matplotlib: pip install matplotlib")
         device = pick_device(args.device)

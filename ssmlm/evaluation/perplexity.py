@@ -1,4 +1,5 @@
-"""Next-token loss at every position of a token window, in two regimes, and perplexity by position bucket.
+"""Next-token loss at every position of a token window, in two regimes and with a truncated context, and
+perplexity by position bucket.
 
 A window is L + 1 token ids: the model reads the first L and is scored on the last L, so position t's loss is
 -log p(ids[t + 1] | ids[0..t]) — the loss of the document's t-th token given everything before it.
@@ -8,20 +9,25 @@ A window is L + 1 token ids: the model reads the first L and is scored on the la
     streaming  the same tokens in chunks with the recurrent state carried from chunk to chunk; only the losses
                are kept, so memory is one chunk's activations plus the cache: independent of L for recurrent
                and chunked blocks (full attention still caches every key)
+    truncated  the same tokens, each scored with at most C tokens before it (C: the training length): the
+               baseline of the context gain, what the whole window adds over a training-length context
 
-Both give the same losses up to float32 rounding; that is the invariant the tests and `agreement` check.
-Losses are summed in float64, so bucket sums add up to the total exactly.
+Window and streaming give the same losses up to float32 rounding; that is the invariant the tests and
+`Agreement` check. Losses are summed in float64, so bucket sums add up to the total exactly.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+
+from ..host_memory import release_freed_host_memory
 
 LN2 = math.log(2)
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
@@ -49,17 +55,47 @@ def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def streaming_losses(model, ids: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
     """(L,) float64 losses of a window of L + 1 ids read in chunks of `chunk_size` with the cache carried, and the
-    largest the cache grew (bytes). Only one chunk's logits exist at a time."""
+    largest the cache grew (bytes). Only one chunk's logits exist at a time, and nothing of a chunk but its losses
+    outlives it."""
     inputs, targets = ids[:-1], ids[1:]
-    cache, pieces, cache_bytes = None, [], 0
+    losses = torch.empty(len(inputs), dtype=torch.float64)
+    cache, cache_bytes = None, 0
     for start in range(0, len(inputs), chunk_size):
-        output = model(inputs[None, start:start + chunk_size], past_key_values=cache, use_cache=True)
+        end = start + chunk_size
+        output = model(inputs[None, start:end], past_key_values=cache, use_cache=True)
         cache = output.past_key_values
-        pieces.append(F.cross_entropy(output.logits[0], targets[start:start + chunk_size], reduction="none")
-                      .double().cpu())
+        losses[start:end].copy_(F.cross_entropy(output.logits[0], targets[start:end], reduction="none"))
         del output  # free this chunk's logits before the next chunk's are made
         cache_bytes = max(cache_bytes, cache.num_bytes())
-    return torch.cat(pieces), cache_bytes
+        # The cache's small tensors live on between the chunks' large ones; without handing freed pages back, the
+        # process grows with the stream though it uses no more.
+        release_freed_host_memory()
+    return losses, cache_bytes
+
+
+@torch.no_grad()
+def truncated_context_losses(model, ids: torch.Tensor, context: int, stride: int, batch_tokens: int) -> torch.Tensor:
+    """(L,) float64 losses of a window of L + 1 ids, each position scored with at most `context` (C) tokens before
+    it. Positions [0, C) are scored as in the window regime (one forward of the first C inputs). Then the model
+    reads C-token pieces of the window ending every `stride` (S) positions, without a cache, and scores each
+    piece's last S positions (the last piece: those not scored yet), so every position from C on is predicted
+    from between C − S and C − 1 tokens before it. Pieces are read `batch_tokens // C` at a time (at least one)."""
+    length = len(ids) - 1
+    losses = torch.empty(length, dtype=torch.float64)
+    first = min(context, length)
+    losses[:first].copy_(window_losses(model, ids[:first + 1]))
+    ends = [*range(first + stride, length, stride), length] if length > first else []
+    scored, per_batch = first, max(1, batch_tokens // context)
+    for batch_start in range(0, len(ends), per_batch):
+        batch_ends = ends[batch_start:batch_start + per_batch]
+        pieces = torch.stack([ids[end - context:end + 1] for end in batch_ends])  # (pieces, C + 1)
+        logits = model(pieces[:, :-1], use_cache=False).logits
+        piece_losses = F.cross_entropy(logits.flatten(0, 1), pieces[:, 1:].flatten(), reduction="none")
+        del logits
+        for row, end in zip(piece_losses.view(len(batch_ends), context), batch_ends):
+            losses[scored:end].copy_(row[context - (end - scored):])  # piece position j is window position end-C+j
+            scored = end
+    return losses
 
 
 @dataclass
@@ -97,19 +133,104 @@ def bucket_totals(losses: torch.Tensor, token_bytes: torch.Tensor, bucket_size: 
     ]
 
 
-def agreement(window: torch.Tensor, streaming: torch.Tensor) -> dict:
-    """Compare the two regimes' losses at the same positions (all windows of one length, concatenated)."""
-    max_difference = float((window - streaming).abs().max())
-    relative_sum_difference = float(abs(window.sum() - streaming.sum()) / window.sum().abs().clamp_min(1e-12))
-    agree = (relative_sum_difference <= AGREEMENT_RELATIVE_SUM_TOLERANCE
-             and max_difference <= AGREEMENT_POSITION_TOLERANCE)
-    return {"verdict": "agree" if agree else "DISAGREE", "max_abs_position_difference": max_difference,
-            "relative_sum_difference": relative_sum_difference}
+class PassTotals:
+    """One pass (a regime, or the truncated-context baseline) over the windows of one length: loss totals per
+    position bucket, each window's summed loss per bucket and from position `context` on (the context gain and its
+    uncertainty are computed from those), and the time, peak memory and cache size the windows took."""
+
+    def __init__(self, length: int, bucket_size: int, context: int | None):
+        self.length, self.bucket_size, self.context = length, bucket_size, context
+        self.buckets = [LossTotals() for _ in range(0, length, bucket_size)]
+        self.window_bucket_sums: list[list[float]] = []
+        self.window_tail_sums: list[float] = []  # positions [context, L)
+        self.seconds, self.peak_memory_bytes, self.cache_bytes = 0.0, None, 0
+
+    def add(self, losses: torch.Tensor, token_bytes: torch.Tensor, peak: PeakMemory, cache_bytes: int = 0) -> None:
+        window_buckets = bucket_totals(losses, token_bytes, self.bucket_size)
+        for total, bucket in zip(self.buckets, window_buckets):
+            total.add(bucket)
+        self.window_bucket_sums.append([bucket.nll_sum for bucket in window_buckets])
+        if self.context is not None:
+            self.window_tail_sums.append(float(losses[self.context:].sum()))
+        self.seconds += peak.seconds
+        if peak.bytes is not None:
+            self.peak_memory_bytes = max(self.peak_memory_bytes or 0, peak.bytes)
+        self.cache_bytes = max(self.cache_bytes, cache_bytes)
+
+    def summary(self) -> dict:
+        overall = LossTotals()
+        for bucket in self.buckets:
+            overall.add(bucket)
+        return {
+            "status": "ok",
+            **overall.summary(),
+            "seconds": self.seconds,
+            "tokens_per_second": overall.tokens / self.seconds,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "buckets": [{"start": start, "end": min(start + self.bucket_size, self.length), **bucket.summary()}
+                        for start, bucket in zip(range(0, self.length, self.bucket_size), self.buckets)],
+        }
+
+
+def mean_and_standard_error(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean, and its standard error over the values (None from fewer than two)."""
+    if not values:
+        return None, None
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return statistics.fmean(values), error
+
+
+def context_gain(truncated: PassTotals, full: PassTotals) -> dict:
+    """What the whole window adds over a truncated context, in nats per token: the truncated pass's loss minus the
+    full pass's, per window, averaged over the windows, with the standard error of that mean (windows are
+    independent documents; positions within one are not). Overall over positions [C, L), where the contexts
+    differ, and per position bucket. Positive: the model predicts better from the longer context."""
+    tail_tokens = full.length - truncated.context
+    per_window = [(cut - whole) / tail_tokens
+                  for cut, whole in zip(truncated.window_tail_sums, full.window_tail_sums)] if tail_tokens else []
+    nats, error = mean_and_standard_error(per_window)
+    buckets = []
+    for index, start in enumerate(range(0, full.length, full.bucket_size)):
+        tokens = min(full.bucket_size, full.length - start)
+        bucket_mean, bucket_error = mean_and_standard_error([
+            (cut[index] - whole[index]) / tokens
+            for cut, whole in zip(truncated.window_bucket_sums, full.window_bucket_sums)])
+        buckets.append({"start": start, "end": start + tokens, "nats": bucket_mean, "standard_error": bucket_error})
+    return {
+        "context": truncated.context,
+        "positions": [truncated.context, full.length],
+        "nats": nats,
+        "standard_error": error,
+        "perplexity_ratio": math.exp(nats) if nats is not None else None,
+        "per_window": per_window,
+        "buckets": buckets,
+    }
+
+
+class Agreement:
+    """The two regimes' losses at the same positions, compared window by window."""
+
+    def __init__(self):
+        self.max_difference, self.window_sum, self.streaming_sum = 0.0, 0.0, 0.0
+
+    def add(self, window: torch.Tensor, streaming: torch.Tensor) -> None:
+        self.max_difference = max(self.max_difference, float((window - streaming).abs().max()))
+        self.window_sum += float(window.sum())
+        self.streaming_sum += float(streaming.sum())
+
+    def summary(self) -> dict:
+        relative_sum_difference = abs(self.window_sum - self.streaming_sum) / max(abs(self.window_sum), 1e-12)
+        agree = (relative_sum_difference <= AGREEMENT_RELATIVE_SUM_TOLERANCE
+                 and self.max_difference <= AGREEMENT_POSITION_TOLERANCE)
+        return {"verdict": "agree" if agree else "DISAGREE", "max_abs_position_difference": self.max_difference,
+                "relative_sum_difference": relative_sum_difference}
 
 
 class PeakMemory:
     """The most memory a block of code added over what was in use when it began: bytes allocated on a GPU; on a
     Linux CPU the resident-set high-water mark, reset through /proc/self/clear_refs; None where neither exists.
+    On the CPU, freed memory the process still holds is handed back first, so that what ran before does not lend
+    the measured code pages it would otherwise have to add.
 
         with PeakMemory(device) as peak: ...
         peak.bytes, peak.seconds
@@ -126,6 +247,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._baseline = torch.cuda.memory_allocated(self.device)
         else:
+            release_freed_host_memory()
             self._baseline = resident_bytes("VmRSS") if reset_resident_peak() else None
         self._start = time.perf_counter()
         return self

@@ -471,11 +471,16 @@ def render_markdown(results: dict) -> str:
         "",
         f"Windows: {settings['windows']}.",
         f"Lengths: {', '.join(length_columns)}. Position buckets of {settings['bucket_size']} tokens; streaming in "
-        f"chunks of {settings['stream_chunk']} tokens; {settings['dtype']} on {settings['device']}.",
+        f"chunks of at most {settings['stream_chunk']} tokens and at least {MIN_STREAM_CHUNKS} per window; "
+        f"{settings['dtype']} on {settings['device']}.",
         f"Tables show **{METRIC_NAMES[metric]}**: {results['metric']['why']}. results.json holds both perplexity and "
         "bits per byte, per bucket and per regime, with times and memory.",
         "",
     ]
+    if settings["baseline_context"]:
+        context, stride = settings["baseline_context"], settings["baseline_stride"]
+        lines += [f"**Context gain**: {results['context_gain']} (here C = {context}: positions from {context} on "
+                  f"predicted from {context - stride} to {context - 1} tokens).", ""]
     lines += table(["model", "blocks", "parameters", "tokenizer"], [
         [model["name"], " ".join(model["block_types"]), f"{model['parameters']:,}", model["tokenizer"]]
         for model in results["models"]
@@ -558,11 +563,16 @@ def domain_section(results: dict, domain: str, length_columns: list[str], notes:
 
 
 def gain_text(gain: dict | None) -> str:
-    """"+0.012 ± 0.004" nats; no error from a single window; "–" where there is nothing to compare."""
+    """"+0.012 ± 0.004" nats (small values in exponent form); no error from a single window; "–" where there is
+    nothing to compare."""
     if gain is None or gain["nats"] is None:
         return "–"
-    error = f" ± {gain['standard_error']:.3f}" if gain["standard_error"] is not None else " (1 window)"
-    return f"{gain['nats']:+.3f}{error}"
+    error = gain["standard_error"]
+    return f"{nats_text(gain['nats'], '+')}" + (f" ± {nats_text(error)}" if error is not None else " (1 window)")
+
+
+def nats_text(value: float, sign: str = "") -> str:
+    return f"{value:{sign}.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:{sign}.1e}"
 
 
 def gain_cell(summary: dict | None) -> str:
@@ -661,7 +671,7 @@ def write_plot(results: dict, path: Path) -> None:
 
 def plot_context_gain(axis, results: dict, domain: str) -> None:
     """Context gain by position at each model's longest length with numbers, both regimes, ± standard error."""
-    for model in results["models"]:
+    for index, model in enumerate(results["models"]):  # colour C<index>: the model's colour in the other panels
         longest = longest_with_numbers(model, domain)
         if not longest:
             continue
@@ -674,9 +684,9 @@ def plot_context_gain(axis, results: dict, domain: str) -> None:
             centres = [(bucket["start"] + bucket["end"]) / 2 for bucket in buckets]
             gains = np.array([bucket["nats"] for bucket in buckets])
             errors = np.array([bucket["standard_error"] or 0.0 for bucket in buckets])
-            line, = axis.plot(centres, gains, style, marker=".", label=f"{model['name']} (L={result['length']}, "
-                                                                         f"{regime})")
-            axis.fill_between(centres, gains - errors, gains + errors, color=line.get_color(), alpha=0.15)
+            axis.plot(centres, gains, style, color=f"C{index}", marker=".",
+                      label=f"{model['name']} (L={result['length']}, {regime})")
+            axis.fill_between(centres, gains - errors, gains + errors, color=f"C{index}", alpha=0.12)
     context = results["settings"]["baseline_context"]
     axis.axhline(0, color="black", linewidth=0.8)
     axis.axvline(context, color="grey", linestyle="--", linewidth=1, label=f"truncated context ({context})")

@@ -37,11 +37,10 @@ AGREEMENT_POSITION_TOLERANCE = 0.05
 AGREEMENT_RULE = (
     f"the regimes agree when their summed losses differ by at most {AGREEMENT_RELATIVE_SUM_TOLERANCE:g} of the sum "
     f"and no position's loss differs by more than {AGREEMENT_POSITION_TOLERANCE:g} nats. In float32, FFT "
-    "convolution and the recurrence round differently (about 1e-4 of the largest activation at 16k tokens), which "
-    "moved a position's loss by at most 4e-5 nats in small models at 16k tokens, and a total by far less than the "
-    "sum bound; a real fault (a state "
-    "lost or doubled at a chunk boundary, a position offset) moves the losses after it by tenths of a nat or more, "
-    "which the per-position bound catches even where a long total would hide it."
+    "convolution and the recurrence round differently, which moves a position's loss by far less than that bound "
+    "(each report gives the largest difference it saw); a real fault (a state lost or doubled at a chunk boundary, "
+    "a position offset) moves the losses after it by tenths of a nat or more, which the per-position bound catches "
+    "even where a long total would hide it."
 )
 
 

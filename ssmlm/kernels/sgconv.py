@@ -59,12 +59,14 @@ class SGConvKernel(WindowConv):
 
     @torch.no_grad()
     def reset_parameters(self):
-        init.copy_(self.decay, torch.linspace(self.decay_min, self.decay_max, self.channels).unsqueeze(-1))
+        # Initial values are made on the CPU (also under a meta-device context) and copied where the tensors are.
+        cpu = torch.device("cpu")
+        init.copy_(self.decay, torch.linspace(self.decay_min, self.decay_max, self.channels, device=cpu)[:, None])
         for sub_kernel in self.sub_kernels:
             if self.init == "cos":  # channel h: one cosine of h periods over the d taps, channels shuffled per scale
-                waves = torch.cos(torch.linspace(0, 1, self.kernel_dim)[None, :] * 2 * math.pi
-                                  * torch.arange(self.channels)[:, None])
-                init.copy_(sub_kernel, waves[torch.randperm(self.channels)])
+                waves = torch.cos(torch.linspace(0, 1, self.kernel_dim, device=cpu)[None, :] * 2 * math.pi
+                                  * torch.arange(self.channels, device=cpu)[:, None])
+                init.copy_(sub_kernel, waves[torch.randperm(self.channels, device=cpu)])
             else:
                 init.normal_(sub_kernel)
         init.normal_(self.D, std=1.0)

@@ -2,7 +2,7 @@
 """A capability check: the synthetic associative-recall task of the H3 paper (Fu, Dao et al., ICLR 2023, Sec. 3.1
 and Table 1; HazyResearch/safari `synthetics.py`), one small model of each block kind, trained on the CPU.
 
-    python scripts/associative_recall.py --minutes 2 --out docs/associative-recall.json
+    python scripts/associative_recall.py --minutes 2 --out reports/associative-recall.json
 
 Each sequence pairs keys with values under a map drawn afresh for it: `k1 v1 k2 v2 ... => q ?`, the query q one
 of the keys that occurred, the answer its value. A model answers only by looking back to where q was paired, which

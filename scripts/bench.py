@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark GSS (and Mega-chunk, the hybrid, once they exist) against transformers' Llama: training tokens/s,
+"""Benchmark GSS, Mega-chunk, the hybrids and every SSM kernel against transformers' Llama: training tokens/s,
 peak memory, generation prefill and ms per token, model FLOPs utilisation; JSON and markdown output, and a
 regression check against a saved run. `python scripts/bench.py --help`; docs/benchmarks.md explains the figures."""
 

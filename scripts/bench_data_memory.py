@@ -2,7 +2,7 @@
 """Peak memory of `train.py` preparing and training on one large `.txt` document, against a small one in the same run:
 memory must be bounded by the batch, not the document.
 
-    python scripts/bench_data_memory.py --sizes-mb 2 200 --out docs/bench-data-memory.json
+    python scripts/bench_data_memory.py --sizes-mb 2 200 --out reports/benchmarks/bench-data-memory.json
 
 For each size a `.txt` file of that many megabytes is written from the real text excerpts in tests/fixtures/text
 (repeated, each copy numbered), and `train.py` runs on it in a fresh data cache: tokenizer training (on

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM
-from ssmlm.host_memory import add_host_allocator_option, keep_freed_host_memory
+from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
 
 # Peak bytes of a full-attention training step per L² entry and per layer (scores, their biased and masked copies,
 # softmax weights, gradients, masks): measured 31 B per L² with 2 layers at 8k tokens, rounded up.

@@ -10,7 +10,7 @@ benchmark's size (ssmlm/benchmarking.py).
 Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
 a (channels, modes, length) tensor, a block of queries where one was needed) and optionally writes a Chrome trace
 (chrome://tracing or ui.perfetto.dev). Warm-up steps run first, so one-off costs stay out of the table. Freed
-host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/host_memory.py) unless
+host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/tooling/memory.py) unless
 --host-allocator system, which shows what fresh pages cost: a zero-fill or a log-softmax far slower per element
 at 16k tokens than at 1k.
 """
@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlm.benchmarking import MODEL_BUILDERS, build_model, make_training_step, random_tokens
-from ssmlm.host_memory import add_host_allocator_option, keep_freed_host_memory
+from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
 
 
 def profile_training(model, length: int, device: torch.device, warmup: int):

@@ -46,7 +46,14 @@ from transformers.modeling_outputs import CausalLMOutput
 from .configuration import SSMLMConfig
 from .blocks import BLOCKS
 from .kernels import SSMKernel
-from .host_memory import add_host_allocator_option, keep_freed_host_memory
+from .tooling.markdown import markdown_table
+from .tooling.memory import (
+    add_host_allocator_option,
+    available_memory_mib,
+    is_out_of_memory,
+    keep_freed_host_memory,
+    mentions_out_of_memory,
+)
 from .modeling import SSMLMForCausalLM
 
 # The size every contender is built at: the reference figures of the issue were taken at this size.
@@ -62,8 +69,8 @@ DEFAULT_LENGTHS = {"cpu": [1024, 4096, 16384], "cuda": [1024, 4096, 16384, 65536
 DEFAULT_PROMPT_LENGTHS = [1024, 8192, 32768]
 QUICK = {"lengths": [128, 256], "prompt_lengths": [128, 256], "new_tokens": 16, "repeats": 2, "matmul_size": 512}
 
-# The public implementations the issue's targets are stated against: each of ours, and the one it is measured
-# against ("× public"), which should be at least TARGET_SPEEDUP_VS_PUBLIC times slower at training.
+# The public implementations ours are measured against ("× public"): each of ours, and its public counterpart,
+# which ours should outpace at training by at least TARGET_SPEEDUP_VS_PUBLIC.
 GSS_PORT, LEGACY_MEGA = "gss-port", "mega-chunk-hf4"
 PUBLIC_COUNTERPARTS = {"gss": GSS_PORT, "mega-chunk": LEGACY_MEGA}
 TARGET_SPEEDUP_VS_PUBLIC = 1.5
@@ -600,19 +607,6 @@ def make_generation(model: PreTrainedModel, prompt_length: int, new_tokens: int,
     return generate
 
 
-# How running out of memory reads in an error message or a child's traceback ("can't allocate memory": the CPU
-# allocator's RuntimeError).
-OUT_OF_MEMORY_MARKERS = ("memoryerror", "outofmemoryerror", "out of memory", "can't allocate memory")
-
-
-def mentions_out_of_memory(text: str) -> bool:
-    return any(marker in text.lower() for marker in OUT_OF_MEMORY_MARKERS)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or mentions_out_of_memory(str(error))
-
-
 def failure_status(error: BaseException) -> str:
     if is_out_of_memory(error):
         return "OOM"
@@ -757,15 +751,6 @@ def measure_peak_memory(name: str, length: int, settings: dict) -> dict:
     if name in WORKER_CONTENDERS:
         return measure_worker_peak_memory(name, length, settings)
     return run_measurement_process(peak_memory_command(name, length, settings))
-
-
-def available_memory_mib() -> int:
-    """MemAvailable from /proc/meminfo (0, meaning no limit, where there is none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1036,10 +1021,6 @@ def format_value(value: float | None, status: str = "") -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
@@ -1056,7 +1037,7 @@ def summarise_blocks(blocks: list[str]) -> str:
 
 def public_comparison_table(result: dict) -> list[str]:
     """Each of our models against the public implementation of it, at each length: × public is how many times
-    faster ours trains; the issue's target is TARGET_SPEEDUP_VS_PUBLIC."""
+    faster ours trains; the target is TARGET_SPEEDUP_VS_PUBLIC."""
     train = {(row["model"], row["length"]): row for row in result["train"]}
     rows = []
     for (name, length), row in train.items():
@@ -1074,12 +1055,13 @@ def public_comparison_table(result: dict) -> list[str]:
                      their_figure, format_ratio(ratio), met])
     if not rows:
         return []
-    return (["", "### Against the public implementations", ""]
+    return (["### Against the public implementations", ""]
             + markdown_table(["model", "length", "tokens/s", "public", "its tokens/s", "× public",
                               f"≥ {TARGET_SPEEDUP_VS_PUBLIC}×"], rows)
-            + [f"\n× public: how many times faster than the public implementation of the same model, measured in the "
+            + [f"× public: how many times faster than the public implementation of the same model, measured in the "
                f"same rounds (gss: lucidrains' gated-state-spaces-pytorch; mega-chunk: transformers 4.x "
-               f"MegaForCausalLM, c = {MEGA_CHUNK_SIZE}); the target is {TARGET_SPEEDUP_VS_PUBLIC}× at every length."])
+               f"MegaForCausalLM, c = {MEGA_CHUNK_SIZE}); the target is {TARGET_SPEEDUP_VS_PUBLIC}× at every length.",
+               ""])
 
 
 def to_markdown(result: dict) -> str:
@@ -1115,7 +1097,7 @@ def to_markdown(result: dict) -> str:
     lines += markdown_table(["model", "parameters", "non-embedding", "vs gss", "blocks"], model_rows)
 
     if "train" in result:
-        lines += ["", "## Training: forward + backward + AdamW step", ""]
+        lines += ["## Training: forward + backward + AdamW step", ""]
         rows = []
         for row in result["train"]:
             memory = row["peak_memory"]
@@ -1127,13 +1109,12 @@ def to_markdown(result: dict) -> str:
                          format_ratio(row["speedup_vs_baseline"]), format_percent(row["mfu"]), peak])
         lines += markdown_table(["model", "length", "tokens/s", f"× {BASELINE}", "MFU", "peak MiB"], rows)
         if settings["device"] == "cpu":
-            lines.append("\nPeak MiB: peak resident memory of a process that ran only that model at that length, "
-                         "Python and torch included.")
+            lines += ["Peak MiB: peak resident memory of a process that ran only that model at that length, "
+                      "Python and torch included.", ""]
         lines += public_comparison_table(result)
 
     if "generate" in result:
-        lines += ["", f"## Generation: prefill, then {settings['new_tokens']} new tokens, greedy, with the cache",
-                  ""]
+        lines += [f"## Generation: prefill, then {settings['new_tokens']} new tokens, greedy, with the cache", ""]
         rows = []
         for row in result["generate"]:
             if row["status"] != "ok":
@@ -1149,9 +1130,9 @@ def to_markdown(result: dict) -> str:
     uncounted = sorted({kind for phase in ("train", "generate") for row in result.get(phase, [])
                         for kind in row.get("flops_not_counted_for", [])})
     if uncounted:
-        lines.append(f"\nFLOPs (and MFU) count the linear layers and SSMs of {', '.join(uncounted)} but not their "
+        lines.append(f"FLOPs (and MFU) count the linear layers and SSMs of {', '.join(uncounted)} but not their "
                      "attention: no formula for it here yet.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------

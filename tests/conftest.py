@@ -23,15 +23,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from fixtures.tiny_corpus import write_tiny_corpus  # noqa: E402
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM  # noqa: E402
+from ssmlm.data.tokenizer import SPECIAL_TOKENS  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 TEXT_DIR = Path(__file__).parent / "fixtures" / "text"
-SPECIAL_TOKENS = {
-    "bos_token": "<|startoftext|>",
-    "eos_token": "<|endoftext|>",
-    "pad_token": "<|pad|>",
-    "unk_token": "<|unk|>",
-}
 
 
 def pytest_unconfigure(config):

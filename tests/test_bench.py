@@ -162,11 +162,13 @@ def test_compare_counts_a_new_oom_as_worse(quick_run):
     assert sorted(worse) == [f"train/gss/{LENGTH}/peak_mib", f"train/llama/{LENGTH}/peak_mib"]
 
 
+@pytest.mark.slow
 def test_killed_measurement_process_is_reported_as_oom():
     killed = run_measurement_process([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     assert killed["status"] == "OOM" and "SIGKILL" in killed["reason"]
 
 
+@pytest.mark.slow
 def test_measurement_process_dying_of_an_allocation_failure_is_oom_and_other_failures_are_errors():
     assert run_measurement_process([sys.executable, "-c", "raise MemoryError"])["status"] == "OOM"
     failed = run_measurement_process([sys.executable, "-c", "raise ValueError('bad config')"])
@@ -264,7 +266,7 @@ def test_every_kernel_contender_is_counted_and_runs(name):
 
 
 def test_the_saved_baseline_still_loads_compares_and_renders():
-    baseline_path = Path(__file__).resolve().parent.parent / "docs" / "bench-session1.json"
+    baseline_path = Path(__file__).resolve().parent.parent / "reports" / "benchmarks" / "bench-session1.json"
     baseline = json.loads(baseline_path.read_text())
     lines, worse = compare_results(baseline, baseline, tolerance=0.1)
     assert worse == [] and lines[-1] == "no figure worse by more than 10%"
@@ -487,6 +489,7 @@ def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_proce
     assert benchmarking.build_model("gss", torch.device("cpu")).config.ssm_size == 64
 
 
+@pytest.mark.slow
 def test_the_data_memory_benchmark_runs_and_writes_its_json(tmp_path):
     out = tmp_path / "memory.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_data_memory.py"

@@ -27,8 +27,10 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 def load(cache_dir, train, validation="unused.txt", **settings):
-    return load_split(SourceConfig(train=train, validation=validation, **settings), "train", cache_dir, 0,
-                      "data.sources.books.train")
+    source = SourceConfig(train=train, validation=validation, **settings)
+    return load_split(source.train, "train", cache_dir=cache_dir, seed=0, key="data.sources.books.train",
+                      text_column=source.text_column, max_documents=source.max_documents,
+                      hub_config=source.hub_config, streaming=source.streaming)
 
 
 def load_error(cache_dir, train, **settings) -> str:

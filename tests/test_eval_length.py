@@ -34,13 +34,8 @@ from ssmlm.evaluation.extrapolation import (
     render_markdown,
     tokenize,
 )
-from ssmlm.evaluation.perplexity import (
-    Agreement,
-    PeakMemory,
-    streaming_losses,
-    truncated_context_losses,
-    window_losses,
-)
+from ssmlm.evaluation.perplexity import Agreement, streaming_losses, truncated_context_losses, window_losses
+from ssmlm.tooling.memory import PeakMemory
 from transformers import AutoTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +215,7 @@ def test_models_with_different_tokenizers_are_compared_in_bits_per_byte(model_di
     assert "**bits per byte**" in render_markdown(compared)
 
 
+@pytest.mark.slow
 def test_command_line_end_to_end(model_dirs, eval_file, tmp_path):
     out = tmp_path / "report"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "eval_length.py"),
@@ -391,6 +387,7 @@ def streaming_peak(model, length: int) -> int:
     return peak.bytes
 
 
+@pytest.mark.slow
 def test_streaming_memory_stays_flat_over_a_long_stream():
     """A 16× longer stream may add its losses (8 bytes a token) and little else: before, each chunk left memory
     behind (its losses, and freed blocks the allocator kept between the cache's small tensors)."""

@@ -98,6 +98,7 @@ def test_non_ascii_prompt_round_trips(capsys, tiny_model_dir, reference):
     assert out == expected_text(reference, prompt, do_sample=False)
 
 
+@pytest.mark.slow
 def test_script_runs_as_a_subprocess(capsys, tiny_model_dir):
     """The real entry point, with the prompt piped on stdin, prints what main() prints."""
     result = subprocess.run(

@@ -213,3 +213,20 @@ def test_a_checkpoint_missing_one_tensor_keeps_the_saved_buffers_of_that_module(
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).model.layers[0].ssm
     assert torch.equal(loaded.kernel_norm, ssm.kernel_norm)
     assert torch.equal(loaded.decay, ssm.decay)
+
+
+@pytest.mark.slow
+def test_the_model_library_imports_no_tool():
+    """configuration, modeling, cache, blocks, kernels and ops stand alone: importing the model classes loads
+    none of the tools (data, training, evaluation, the benchmark, the CLIs, their shared tooling)."""
+    import subprocess
+    import sys
+
+    tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmarking",
+             "ssmlm.generation_cli")
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, ssmlm; from ssmlm import SSMLMForCausalLM; "
+                               "print(' '.join(name for name in sys.modules if name.startswith('ssmlm')))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert "ssmlm.modeling" in loaded
+    assert not [name for name in loaded if name.startswith(tools)]

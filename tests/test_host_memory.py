@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from ssmlm.host_memory import ENVIRONMENT
+from ssmlm.tooling.memory import ENVIRONMENT
 
 # Page faults while filling a 256 MB tensor, once the same size has been allocated and freed a few times.
 REFILL_FAULTS = """
 import resource, sys, torch
-from ssmlm.host_memory import keep_freed_host_memory
+from ssmlm.tooling.memory import keep_freed_host_memory
 print(keep_freed_host_memory() if sys.argv[1] == "keep" else False)
 for _ in range(4):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -27,6 +27,7 @@ def refill_faults(mode: str) -> tuple[bool, int]:
     return lines[0] == "True", int(lines[1])
 
 
+@pytest.mark.slow
 def test_kept_memory_is_reused_without_page_faults():
     applied, kept_faults = refill_faults("keep")
     if not applied:

@@ -111,6 +111,7 @@ def test_16k_tokens_in_convolutional_mode_are_finite():
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_model_state_bounded_over_100k_tokens_in_chunks():
     model = tiny_model(torch.float32, num_hidden_layers=1)
     generator = torch.Generator().manual_seed(0)

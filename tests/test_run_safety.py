@@ -204,6 +204,7 @@ def test_allow_change_without_resume_is_refused(config_file, capsys):
 # 2. One writer per run directory; a crashed writer leaves no stale lock.
 
 
+@pytest.mark.slow
 def test_a_run_directory_has_one_writer_and_a_killed_one_frees_it(finished_run, config_file, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from ssmlm.training.run_dir import RunLock;"
@@ -450,6 +451,7 @@ def test_resume_with_nothing_left_to_train_says_so(max_steps, stopped_run, capsy
 # Ctrl-C: stop after the step, with a checkpoint, and resume as if never stopped.
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint(corpus, cache_dir, tmp_path):
     values = tiny_config_values(corpus, cache_dir, tmp_path / "stopped")
     values["model"] = {"hidden_size": 96, "num_hidden_layers": 2}  # steps slow enough to interrupt mid-run
@@ -481,6 +483,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(corpus, cache_dir, tmp_pa
                                                                       rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ctrl_c_under_a_two_rank_launch_stops_every_rank_with_one_checkpoint(corpus, cache_dir, tmp_path):
     """A terminal's Ctrl-C reaches the launcher and both ranks, and the launcher forwards it to them again at once:
     the ranks agree on the step to stop after and write its checkpoint together."""

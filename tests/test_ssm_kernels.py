@@ -620,6 +620,7 @@ def test_kernel_gradcheck():
     assert torch.autograd.gradcheck(lambda inp: ssm(inp)[0], (x,))
 
 
+@pytest.mark.slow
 def test_diagonal_state_stays_within_its_bound_over_100k_steps():
     """|Ā| < 1 by parameterisation, so |z| <= max|u| / (1 - max|Ā|) however long generation runs."""
     ssm = make_kernel("dss", {}, torch.float32, channels=4, state_size=8)

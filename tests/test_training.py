@@ -110,6 +110,7 @@ def one_rank_reference(corpus, cache_dir, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "deepspeed-zero2", "deepspeed-zero3"])
 def test_two_ranks_reproduce_one_rank(backend, one_rank_reference, corpus, cache_dir, tmp_path):
     """The same global batch (4 blocks x 2 ranks) gives the losses of one rank accumulating 2 x 4 blocks."""
@@ -133,6 +134,7 @@ def test_two_ranks_reproduce_one_rank(backend, one_rank_reference, corpus, cache
         assert torch.allclose(weight, reference_weight, rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_same_loss_sequence(corpus, cache_dir, tmp_path):
     values = tiny_config_values(corpus, cache_dir, tmp_path / "killed")
     values["model"] = {"hidden_size": 96, "num_hidden_layers": 2}  # steps slow enough to kill mid-run

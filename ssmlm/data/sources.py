@@ -151,45 +151,48 @@ def stream_hub_documents(name: str, config: str | None, split: str, text_column:
         yield {"text": record[text_column]}
 
 
-def load_hub(spec: str, split: str, source, cache_dir: str, key: str) -> datasets.Dataset:
+def load_hub(spec: str, split: str, text_column: str, hub_config: str | None, streaming: bool, limit: int | None,
+             cache_dir: str, key: str) -> datasets.Dataset:
     name, _, explicit_split = spec.partition(":")
     split = explicit_split or split
     try:
-        if source.streaming:
+        if streaming:
             return datasets.Dataset.from_generator(
                 stream_hub_documents, cache_dir=cache_dir,
-                gen_kwargs=dict(name=name, config=source.hub_config, split=split, text_column=source.text_column,
-                                limit=source.max_documents),
+                gen_kwargs=dict(name=name, config=hub_config, split=split, text_column=text_column, limit=limit),
             )
-        documents = datasets.load_dataset(name, source.hub_config, split=split, cache_dir=cache_dir)
+        documents = datasets.load_dataset(name, hub_config, split=split, cache_dir=cache_dir)
     except (ConnectionError, FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
         reason = " ".join(str(error.__cause__ or error).split())  # a streamed source's error comes wrapped
         raise DataError(f"{key}: {spec!r} is not a local .txt/.jsonl file, and loading it as a Hugging Face Hub "
                         f"dataset failed ({reason}). Without the Hub, {CORPUS_HINT}") from None
-    if source.text_column not in documents.column_names:
-        raise DataError(f"{key}: {spec!r} has no {source.text_column!r} column (it has "
+    if text_column not in documents.column_names:
+        raise DataError(f"{key}: {spec!r} has no {text_column!r} column (it has "
                         f"{', '.join(documents.column_names)}); set text_column")
-    return only_text(documents, source.text_column)
+    return only_text(documents, text_column)
 
 
-def load_split(source, split: str, cache_dir: str, seed: int, key: str) -> datasets.Dataset:
-    """One split of one domain's documents, as a Dataset with a "text" column and no empty documents."""
-    specs = getattr(source, split)
+def load_split(specs: str | list[str], split: str, *, cache_dir: str, seed: int, key: str, text_column: str = "text",
+               max_documents: int | None = None, hub_config: str | None = None,
+               streaming: bool = False) -> datasets.Dataset:
+    """One split of one domain's documents, as a Dataset with a "text" column and no empty documents: local
+    files or globs (`specs`), or one Hub dataset (`split` unless the name says NAME:split). At most
+    `max_documents`, a sample drawn with `seed`; errors name `key`."""
     specs = [specs] if isinstance(specs, str) else specs
     if not specs:
         raise DataError(f"{key}: no files given")
     if all(is_local(spec) for spec in specs):
-        documents = load_local(specs, source.text_column, cache_dir, key)
+        documents = load_local(specs, text_column, cache_dir, key)
     elif len(specs) == 1:
-        documents = load_hub(specs[0], split, source, cache_dir, key)
+        documents = load_hub(specs[0], split, text_column, hub_config, streaming, max_documents, cache_dir, key)
     else:
         raise DataError(f"{key}: {specs} mixes Hub names and local files (or names files that do not exist)")
     # isspace, not strip: no copy of a long document
     documents = documents.filter(lambda text: bool(text) and not text.isspace(), input_columns="text")
     if len(documents) == 0:
         raise DataError(f"{key}: no non-empty documents in {', '.join(specs)}")
-    if source.max_documents is not None and len(documents) > source.max_documents:
-        documents = documents.shuffle(seed=seed).select(range(source.max_documents))
+    if max_documents is not None and len(documents) > max_documents:
+        documents = documents.shuffle(seed=seed).select(range(max_documents))
     return documents
 
 
@@ -210,7 +213,10 @@ def load_documents(data_config) -> dict[str, dict[str, datasets.Dataset]]:
     cache_dir = str(Path(data_config.cache_dir).expanduser() / "datasets")
     return {
         domain: {
-            split: load_split(source, split, cache_dir, data_config.seed, f"data.sources.{domain}.{split}")
+            split: load_split(getattr(source, split), split, cache_dir=cache_dir, seed=data_config.seed,
+                              key=f"data.sources.{domain}.{split}", text_column=source.text_column,
+                              max_documents=source.max_documents, hub_config=source.hub_config,
+                              streaming=source.streaming)
             for split in SPLITS
         }
         for domain, source in data_config.sources.items()

@@ -31,15 +31,14 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from ..benchmarking import is_out_of_memory
 from ..data.sources import DataError, is_local, load_split
-from ..generation_cli import LOAD_ERRORS, UsageError, check_model_dir, load, one_line, pick_device
-from ..training.config import SourceConfig
+from ..tooling.markdown import markdown_table
+from ..tooling.memory import PeakMemory, is_out_of_memory
+from ..tooling.saved_models import LOAD_ERRORS, UsageError, check_model_dir, load, one_line, pick_device
 from .perplexity import (
     AGREEMENT_RULE,
     Agreement,
     PassTotals,
-    PeakMemory,
     context_gain,
     streaming_losses,
     truncated_context_losses,
@@ -84,9 +83,8 @@ def load_texts(spec: DataSpec, text_column: str, cache_dir: str) -> list[str]:
         source = spec.source
         if not is_local(source):  # the loader would take it for a Hub name; the user meant a file
             raise DataError(f"{key}: data file not found: {source} (Hub datasets are written hub:NAME[:split])")
-    # load_split reads the split named by its second argument from the SourceConfig.
-    documents = load_split(SourceConfig(train=[], validation=source, text_column=text_column), "validation",
-                           str(Path(cache_dir).expanduser() / "datasets"), SAMPLE_SEED, key)
+    documents = load_split(source, DEFAULT_HUB_SPLIT, cache_dir=str(Path(cache_dir).expanduser() / "datasets"),
+                           seed=SAMPLE_SEED, key=key, text_column=text_column)
     return list(documents["text"])
 
 
@@ -435,11 +433,6 @@ def length_label(length: int, train_length: int | None) -> str:
     return f"{length} ({length / train_length:g}×)" if train_length else str(length)
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
 class StatusNotes:
     """Table cells: a number, or a short status that points to the full message, each message numbered once."""
 
@@ -481,7 +474,7 @@ def render_markdown(results: dict) -> str:
         context, stride = settings["baseline_context"], settings["baseline_stride"]
         lines += [f"**Context gain**: {results['context_gain']} (here C = {context}: positions from {context} on "
                   f"predicted from {context - stride} to {context - 1} tokens).", ""]
-    lines += table(["model", "blocks", "parameters", "tokenizer"], [
+    lines += markdown_table(["model", "blocks", "parameters", "tokenizer"], [
         [model["name"], " ".join(model["block_types"]), f"{model['parameters']:,}", model["tokenizer"]]
         for model in results["models"]
     ])
@@ -492,7 +485,7 @@ def render_markdown(results: dict) -> str:
               "Peak memory each pass added while scoring one window (the largest over windows and domains; on a "
               "CPU the resident-set high-water mark, on a GPU allocated memory), streaming's cache size, and tokens "
               f"per second. `{BASELINE}` is the truncated-context pass of the context gain.", ""]
-    lines += table(["model", "pass", *length_columns], [
+    lines += markdown_table(["model", "pass", *length_columns], [
         [model["name"], name, *(memory_cell(model, length, name) for length in settings["lengths"])]
         for model in results["models"]
         for name in [*settings["regimes"], *([BASELINE] if settings["baseline_context"] else [])]
@@ -508,7 +501,7 @@ def render_markdown(results: dict) -> str:
         for model in results["models"] for result in model["results"] if "agreement" in result
     ]
     if agreements:
-        lines += table(["model", "domain", "length", "largest loss difference at a position (nats)",
+        lines += markdown_table(["model", "domain", "length", "largest loss difference at a position (nats)",
                         "relative difference of the summed loss", "verdict"], agreements)
     return "\n".join(lines + notes.lines())
 
@@ -529,15 +522,15 @@ def domain_section(results: dict, domain: str, length_columns: list[str], notes:
                                         for length in settings["lengths"])])
     lines = [f"## {domain} — `{data['source']}` ({data['documents']} documents)", "",
              f"**{metric_name} by evaluation length**", ""]
-    lines += table(["model", "regime", *length_columns], by_length)
+    lines += markdown_table(["model", "regime", *length_columns], by_length)
     if settings["baseline_context"]:
         lines += [f"**Context gain by evaluation length** (nats per token over positions {settings['baseline_context']}"
                   " to L, ± standard error over windows): the loss with a truncated context minus the loss with the "
                   "whole window; about zero where the model does not use the tokens beyond the truncated context", ""]
-        lines += table(["model", "regime", *length_columns], gain_by_length)
+        lines += markdown_table(["model", "regime", *length_columns], gain_by_length)
     lines += ["**Windows scored** of those available (documents with at least L tokens, or windows of the "
               "concatenated stream)", ""]
-    lines += table(["model", *length_columns], scored)
+    lines += markdown_table(["model", *length_columns], scored)
 
     longest = {model["name"]: longest_with_numbers(model, domain) for model in results["models"]}
     longest = {name: found for name, found in longest.items() if found}
@@ -555,10 +548,10 @@ def domain_section(results: dict, domain: str, length_columns: list[str], notes:
         metric_rows.append([positions, *(notes.cell(buckets[name].get(start)) for name in longest)])
         gain_rows.append([positions, *(gain_text(gains[name].get(start)) for name in longest)])
     lines += [f"**{metric_name} by position in the context**, at each model's longest length with numbers", ""]
-    lines += table(["positions", *columns], metric_rows)
+    lines += markdown_table(["positions", *columns], metric_rows)
     if settings["baseline_context"]:
         lines += ["**Context gain by position** (nats per token ± standard error), at the same lengths", ""]
-        lines += table(["positions", *columns], gain_rows)
+        lines += markdown_table(["positions", *columns], gain_rows)
     return lines
 
 

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from ..host_memory import release_freed_host_memory
+from ..tooling.memory import PeakMemory, release_freed_host_memory
 
 LN2 = math.log(2)
-PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 AGREEMENT_RELATIVE_SUM_TOLERANCE = 1e-3
 AGREEMENT_POSITION_TOLERANCE = 0.05
@@ -223,55 +220,3 @@ class Agreement:
                  and self.max_difference <= AGREEMENT_POSITION_TOLERANCE)
         return {"verdict": "agree" if agree else "DISAGREE", "max_abs_position_difference": self.max_difference,
                 "relative_sum_difference": relative_sum_difference}
-
-
-class PeakMemory:
-    """The most memory a block of code added over what was in use when it began: bytes allocated on a GPU; on a
-    Linux CPU the resident-set high-water mark, reset through /proc/self/clear_refs; None where neither exists.
-    On the CPU, freed memory the process still holds is handed back first, so that what ran before does not lend
-    the measured code pages it would otherwise have to add.
-
-        with PeakMemory(device) as peak: ...
-        peak.bytes, peak.seconds
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.bytes: int | None = None
-        self.seconds = 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._baseline = torch.cuda.memory_allocated(self.device)
-        else:
-            release_freed_host_memory()
-            self._baseline = resident_bytes("VmRSS") if reset_resident_peak() else None
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._baseline
-        elif self._baseline is not None:
-            self.bytes = resident_bytes("VmHWM") - self._baseline
-        self.seconds = time.perf_counter() - self._start
-
-
-def reset_resident_peak() -> bool:
-    """Set this process's resident high-water mark (VmHWM) to its current size; False where Linux does not allow it."""
-    try:
-        PROC_CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def resident_bytes(field: str) -> int:
-    """A size from /proc/self/status ("VmRSS" now, "VmHWM" the peak), in bytes."""
-    for line in PROC_STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024  # reported in kB
-    raise OSError(f"{PROC_STATUS} has no {field}")

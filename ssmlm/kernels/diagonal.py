@@ -5,8 +5,8 @@ A diagonal SSM over H channels with N modes per channel, with B̄ folded into th
     z_t = Ā ⊙ z_{t-1} + u_t                     (state z: (batch, H, N))
     y_t = P(Σ_n C̃_n z_{t,n}) + D ⊙ u_t
 
-where Ā = exp(log Ā). For complex modes the conjugate pairs are implicit and P(w) = 2·Re(w) (DESIGN.md,
-S4D eq. (5)); for real modes (Mega's EMA) P is the identity. Everything below follows from the powers
+where Ā = exp(log Ā). For complex modes the conjugate pairs are implicit and P(w) = 2·Re(w) (S4D,
+eq. (5)); for real modes (Mega's EMA) P is the identity. Everything below follows from the powers
 Ā^t (a Vandermonde matrix, kept factored: `Powers`), computed once per call and shared by the whole batch:
 
     kernel      K_t = P(Σ_n C̃_n Ā_n^t)                                  (the convolution mode)

@@ -17,8 +17,8 @@ The kernel. S4's Algorithm 1 evaluates the generating function Σ_{j<L} K_j z^j 
 at the L-th roots of unity by Cauchy sums and Woodbury, with C̃ = C (I − Ā^L), and inverts an FFT. The reference
 stores C̃ as its parameter, rewrites it in place when a longer L comes, and must invert (I − Ā^L) to step, which
 is ill-conditioned when Ā^L ≈ I (s4 issues #52, #115). With a Δ per channel, the Cauchy sums are H·(L/2)·N complex
-reciprocals that on a CPU run memory-bound: implemented that way, a GSS step took 3× DSS-GSS's at 4k tokens
-(docs/kernels.md). This file computes the same kernel exactly from the powers of the dense real Ā instead, factored
+reciprocals that on a CPU run memory-bound, far slower than DSS-GSS's step (measured in docs/kernels.md). This
+file computes the same kernel exactly from the powers of the dense real Ā instead, factored
 as in the diagonal kernels, K_{qm+r} = (C Ā^{qm}) (Ā^r B̄) with m a power of two >= √L: the columns Ā^r B̄ and the
 rows C Ā^{qm} come by doubling (log m products of 2N×2N matrices each), and the kernel is one (L/m × 2N) by
 (2N × m) product per channel. C stays the parameter; nothing is truncated or inverted. The tests check the

@@ -63,7 +63,7 @@ class CausalFFTConv(torch.autograd.Function):
 def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """y[..., t] = sum_{s <= t} kernel[..., s] * u[..., t - s], over the last (time) axis.
 
-    u: (..., H, L) with time last and contiguous (rfft along the last axis is ~4x faster than along dim -2);
+    u: (..., H, L) with time last and contiguous (rfft along the last, contiguous axis is far faster than along dim -2);
     kernel: (H, Lk) broadcast over the leading axes. Runs in float32 (or float64) even under autocast:
     torch.fft has no bfloat16, and half-precision FFTs lose the long tail of the kernel.
     """

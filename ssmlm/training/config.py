@@ -91,8 +91,8 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping threshold; null switches clipping off
     # bf16 on CPUs and GPUs that support it, fp16 (with loss scaling) on GPUs only; FFTs stay in float32 either way
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # On the CPU: reuse freed memory instead of faulting in fresh pages every step. Long sequences train up to 1.6x
-    # faster; the process keeps its peak heap, up to 30% more peak resident memory (ssmlm/host_memory.py).
+    # On the CPU: reuse freed memory instead of faulting in fresh pages every step, which makes long sequences
+    # train faster; the process keeps its peak heap (ssmlm/tooling/memory.py; measured in docs/benchmarks.md).
     keep_freed_host_memory: bool = True
     seed: int = 0
     eval_every: int = 100  # steps between validation passes (also at step 0 and at the end)

@@ -46,7 +46,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.packing import pack_documents
 from ..data.sources import is_local, load_documents, matching_paths
 from ..data.tokenizer import get_tokenizer
-from ..host_memory import keep_freed_host_memory
+from ..tooling.memory import keep_freed_host_memory
 from ..kernels import SSMKernel
 from ..modeling import SSMLMForCausalLM
 from . import checkpoints

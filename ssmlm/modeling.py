@@ -7,6 +7,7 @@ steps one token at a time; it never re-reads the prefix.
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -172,4 +173,11 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SSMLMPreTrainedModel", "SSMLMModel", "SSMLMForCausalLM"]
+def next_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The next-token loss (nats) at every position, in float32: logits (..., T, V) predict targets (..., T). Its mean
+    over the positions is the `labels` loss of SSMLMForCausalLM (transformers' causal-LM loss, which shifts the
+    labels itself); the trainer's validation and the evaluation score with this function."""
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+
+
+__all__ = ["SSMLMPreTrainedModel", "SSMLMModel", "SSMLMForCausalLM", "next_token_losses"]

@@ -1,10 +1,32 @@
-"""Helpers shared by the invariant tests: feed a mixer or a model in pieces with the state carried, decode by
-re-running the full prefix, left-pad a batch, and compare within the stated tolerance."""
+"""Helpers shared by the invariant tests: the tests' small model config, the lengths and split points they draw,
+feeding a mixer or a model in pieces with the state carried, decoding by re-running the full prefix, left-padding
+a batch, and comparing within the stated tolerance."""
 
 import torch
+from hypothesis import strategies as st
+
+from ssmlm import SSMLMConfig
+
+PAD, EOS, BOS = 0, 1, 2
+VOCAB_SIZE = 61
 
 # Relative to the largest output: float64 shows the math is exact; float32 allows rounding in long FFTs.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def tiny_config(**overrides) -> SSMLMConfig:
+    """The tests' small model: 2 layers of width 32 over a 61-token vocabulary (special tokens 0, 1, 2), built by
+    SSMLMConfig with its validation; `overrides` set any other field."""
+    return SSMLMConfig(**{"vocab_size": VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 2, "pad_token_id": PAD,
+                          "eos_token_id": EOS, "bos_token_id": BOS, **overrides})
+
+
+def draw_pieces(data, lengths, max_boundaries: int) -> tuple[int, list[int]]:
+    """A length drawn from the strategy `lengths`, and up to `max_boundaries` sorted points that split it into
+    pieces: what every invariant test feeds a mixer or a model in."""
+    length = data.draw(lengths, label="length")
+    boundaries = data.draw(st.sets(st.integers(1, length - 1), max_size=max_boundaries), label="boundaries")
+    return length, sorted(boundaries)
 
 
 def assert_close(actual, expected, dtype, tolerance=None):

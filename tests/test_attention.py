@@ -2,7 +2,6 @@
 with the masks exact at chunk and window edges; left padding; a bounded cache for local spans."""
 
 import math
-import types
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from hypothesis import strategies as st
 
 from ssmlm.blocks.attention import AttentionBlock, rotary
 
-from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, run_in_pieces
+from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
+from invariants import VOCAB_SIZE, run_in_pieces, tiny_config
 
 SPANS = {
     "full": (None, lambda i, j: j <= i),
@@ -20,15 +20,11 @@ SPANS = {
 }
 
 
-def block_config(span, window):
-    return types.SimpleNamespace(attention_num_heads=2, hidden_size=16, attention_span=span, attention_window=window,
-                                 rope_theta=10000.0, layer_norm_eps=1e-5, hidden_dropout=0.0, attention_dropout=0.0,
-                                 intermediate_size=32)
-
-
 def make_block(span, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    return AttentionBlock(block_config(span, SPANS[span][0])).to(dtype)
+    config = tiny_config(hidden_size=16, attention_num_heads=2, intermediate_size=32, block_types=["attention"] * 2,
+                         attention_span=span, attention_window=SPANS[span][0])
+    return AttentionBlock(config).to(dtype)
 
 
 def dense_reference(block, x, visible):
@@ -60,8 +56,7 @@ def test_one_pass_equals_dense_reference(span, length):
 @settings(max_examples=10, deadline=None)
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_tokens(span, dtype, data):
-    length = data.draw(st.integers(2, 120), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=6), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.integers(2, 120), max_boundaries=6)
     block = make_block(span, dtype)
     x = torch.randn(2, length, 16, dtype=dtype)
     one_pass, _ = block(x)
@@ -136,8 +131,7 @@ HYBRIDS = {
 def hybrid_model(name, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     options = dict(HYBRIDS[name])
-    config = SSMLMConfig(vocab_size=53, hidden_size=32, num_hidden_layers=len(options["block_types"]),
-                         attention_num_heads=4, pad_token_id=0, eos_token_id=1, bos_token_id=2, **options)
+    config = tiny_config(num_hidden_layers=len(options["block_types"]), attention_num_heads=4, **options)
     return SSMLMForCausalLM(config).to(dtype).eval()
 
 
@@ -146,17 +140,16 @@ def hybrid_model(name, dtype=torch.float64, seed=0):
 @settings(max_examples=4, deadline=None)
 @given(data=st.data())
 def test_hybrid_one_pass_equals_chunks_equals_tokens(name, dtype, data):
-    length = data.draw(st.integers(2, 70), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.integers(2, 70), max_boundaries=5)
     model = hybrid_model(name, dtype)
-    ids = torch.randint(3, 53, (2, length))
+    ids = torch.randint(3, VOCAB_SIZE, (2, length))
     assert_model_pieces_agree(model, ids, boundaries, dtype)
 
 
 @pytest.mark.parametrize("name", HYBRIDS)
 def test_hybrid_generation_equals_full_reforward(name):
     model = hybrid_model(name)
-    prompt = torch.randint(3, 53, (2, 13))
+    prompt = torch.randint(3, VOCAB_SIZE, (2, 13))
     greedy = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
     assert torch.equal(greedy, decode_by_full_reforward(model, prompt, 12))
     beams = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=None)
@@ -166,7 +159,7 @@ def test_hybrid_generation_equals_full_reforward(name):
 @pytest.mark.parametrize("name", HYBRIDS)
 def test_hybrid_left_padded_batch_equals_each_prompt_alone(name):
     model = hybrid_model(name)
-    prompts = [torch.randint(3, 53, (n,)) for n in (4, 15, 9)]
+    prompts = [torch.randint(3, VOCAB_SIZE, (n,)) for n in (4, 15, 9)]
     batch, mask = left_padded(prompts, 0)
     width = batch.shape[1]
     together = model.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None)
@@ -202,7 +195,7 @@ def test_local_attention_hybrid_cache_is_flat_over_50k_tokens():
     with torch.no_grad():
         while seen < 50_000:
             for length in (1, 1, 1, 97):  # single steps and a prefill-sized call, crossing chunk edges
-                out = model(torch.randint(3, 53, (1, length), generator=generator), past_key_values=cache,
+                out = model(torch.randint(3, VOCAB_SIZE, (1, length), generator=generator), past_key_values=cache,
                             use_cache=True)
                 cache, seen = out.past_key_values, seen + length
                 sizes.append(cache.num_bytes())

@@ -13,11 +13,9 @@ from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
+from invariants import VOCAB_SIZE, tiny_config
+
 PROMPT = "To be, or not to be"
-
-
-def tiny_config(**overrides) -> SSMLMConfig:
-    return SSMLMConfig(**{"vocab_size": 97, "hidden_size": 16, "num_hidden_layers": 2, **overrides})
 
 
 def padded_batch(vocab_size: int) -> dict:
@@ -190,7 +188,7 @@ def test_save_then_load_gives_identical_logits_for_every_kernel_and_block(name, 
     model = SSMLMForCausalLM(tiny_config(**SAVED_MODELS[name], h3_shift_size=4, h3_state_size=4)).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    ids = torch.randint(0, 97, (2, 40))
+    ids = torch.randint(0, VOCAB_SIZE, (2, 40))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 
@@ -230,3 +228,20 @@ def test_the_model_library_imports_no_tool():
         capture_output=True, text=True, check=True).stdout.split()
     assert "ssmlm.modeling" in loaded
     assert not [name for name in loaded if name.startswith(tools)]
+
+
+def test_next_token_losses_average_to_the_labels_loss():
+    """One next-token loss: the per-position losses the trainer's validation and the evaluation score with have
+    the `labels` loss of training as their mean, in float32 and under bf16 weights alike."""
+    from ssmlm.modeling import next_token_losses
+
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, VOCAB_SIZE, (2, 30))
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        with torch.no_grad():
+            output = model(ids, labels=ids)
+        losses = next_token_losses(output.logits[:, :-1], ids[:, 1:])
+        assert losses.shape == (2, 29) and losses.dtype == torch.float32
+        torch.testing.assert_close(losses.mean(), output.loss.float(), rtol=1e-6, atol=1e-6)

@@ -13,25 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from ssmlm import SSMLMConfig, SSMLMForCausalLM
+from ssmlm import SSMLMForCausalLM
 from ssmlm.blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toeplitz
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded, logits_in_pieces
-from invariants import run_in_pieces
+from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
+from invariants import PAD, logits_in_pieces, run_in_pieces, tiny_config
 
-PAD, EOS, BOS = 0, 1, 2
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")
             for bias in ("simple", "rotary")]
 
 
 def mega_config(chunk_size=5, **overrides):
-    options = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, block_types=["mega", "mega"],
-                   mega_ema_dim=4, mega_z_dim=16, mega_v_dim=48, intermediate_size=64, mega_chunk_size=chunk_size,
-                   pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
-    options.update(overrides)
-    return SSMLMConfig(**options)
+    return tiny_config(**{"block_types": ["mega", "mega"], "mega_ema_dim": 4, "mega_z_dim": 16, "mega_v_dim": 48,
+                          "intermediate_size": 64, "mega_chunk_size": chunk_size, **overrides})
 
 
 @torch.no_grad()
@@ -158,8 +154,7 @@ def test_block_one_pass_equals_chunks_equals_steps(dtype, data):
     chunk_size = data.draw(st.sampled_from([None, 1, 3, 8]), label="chunk_size")
     attention = data.draw(st.sampled_from(["softmax", "laplace"]), label="attention")
     position_bias = data.draw(st.sampled_from(["simple", "rotary"]), label="position_bias")
-    length = data.draw(st.one_of(st.integers(2, 60), st.integers(300, 700)), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=6), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 60), st.integers(300, 700)), max_boundaries=6)
     block = mega_block(dtype, chunk_size, attention, position_bias)
     x = torch.randn(2, length, 32, dtype=dtype)
     with torch.no_grad():
@@ -220,8 +215,7 @@ MODEL_KINDS = {
 @settings(max_examples=6, deadline=None)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(kind, dtype, data):
-    length = data.draw(st.one_of(st.integers(2, 40), st.integers(200, 500)), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 40), st.integers(200, 500)), max_boundaries=5)
     model = mega_model(dtype, **MODEL_KINDS[kind])
     ids = torch.randint(3, 61, (2, length))
     assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 40)

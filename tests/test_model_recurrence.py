@@ -7,21 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssmlm import SSMLMCache, SSMLMConfig, SSMLMForCausalLM
+from ssmlm import SSMLMCache, SSMLMForCausalLM
 from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 
-from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, left_padded
-
-PAD, EOS, BOS = 0, 1, 2
-
-
-def tiny_config(**overrides):
-    options = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, pad_token_id=PAD, eos_token_id=EOS,
-                   bos_token_id=BOS)
-    options.update(overrides)
-    return SSMLMConfig(**options)
-
+from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
+from invariants import left_padded, run_in_pieces, tiny_config
 
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
@@ -53,26 +44,16 @@ def test_every_kernel_is_in_a_model_here():
 @settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
-    length = data.draw(st.one_of(st.integers(2, 200), st.integers(1000, 2500)), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 200), st.integers(1000, 2500)), max_boundaries=5)
     torch.manual_seed(1)
     config = tiny_config(**MODELS[name])
     block = BLOCKS[config.block_types[0]](config).to(dtype)
     x = torch.randn(2, length, 32, dtype=dtype)
     one_pass, _ = block(x)
-    edges = [0, *boundaries, length]
-    state, pieces = block.initial_state(2), []
-    for start, end in zip(edges[:-1], edges[1:]):
-        y, state = block(x[:, start:end], state)
-        pieces.append(y)
     tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
-    assert_close(torch.cat(pieces, 1), one_pass, dtype, tolerance)
+    assert_close(run_in_pieces(block, x, boundaries)[0], one_pass, dtype, tolerance)
     if length <= 200:
-        state, pieces = block.initial_state(2), []
-        for t in range(length):
-            y, state = block(x[:, t:t + 1], state)
-            pieces.append(y)
-        assert_close(torch.cat(pieces, 1), one_pass, dtype, tolerance)
+        assert_close(run_in_pieces(block, x, list(range(1, length)))[0], one_pass, dtype, tolerance)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -80,8 +61,7 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
 @settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(name, dtype, data):
-    length = data.draw(st.one_of(st.integers(2, 150), st.integers(1000, 2000)), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="boundaries"))
+    length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 150), st.integers(1000, 2000)), max_boundaries=5)
     model = tiny_model(dtype, **MODELS[name])
     ids = torch.randint(3, 61, (2, length))
     tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None

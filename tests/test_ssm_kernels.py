@@ -15,7 +15,7 @@ from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
 from ssmlm.kernels.s4 import hippo, nplr
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
-from invariants import assert_close, run_in_pieces
+from invariants import assert_close, draw_pieces, run_in_pieces
 
 NORMALIZATION_LENGTH = 48
 # Each kernel's option variants, and the lengths at its own boundaries (where a block, a power of two or a
@@ -140,9 +140,8 @@ def test_factored_powers_give_the_vandermonde_sums(length, modes):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_steps(kind, options, dtype, data):
-    length = data.draw(st.one_of(st.integers(2, 300), st.integers(1000, 3000),
-                                 st.sampled_from(BOUNDARY_LENGTHS.get(kind, [2]))), label="length")
-    boundaries = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=6), label="boundaries"))
+    lengths = st.one_of(st.integers(2, 300), st.integers(1000, 3000), st.sampled_from(BOUNDARY_LENGTHS.get(kind, [2])))
+    length, boundaries = draw_pieces(data, lengths, max_boundaries=6)
     ssm = make_kernel(kind, options, dtype)
     tolerance = FLOAT32_TOLERANCE.get(kind) if dtype == torch.float32 else None
     x = torch.randn(2, length, ssm.channels, dtype=dtype)

@@ -23,7 +23,7 @@ import statistics
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.nn import functional as F
+from ..modeling import next_token_losses
 
 from ..tooling.memory import PeakMemory, release_freed_host_memory
 
@@ -45,7 +45,7 @@ AGREEMENT_RULE = (
 def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """(L,) float64 losses of a window of L + 1 ids from one convolutional forward over all L inputs."""
     logits = model(ids[None, :-1], use_cache=False).logits[0]
-    return F.cross_entropy(logits, ids[1:], reduction="none").double().cpu()
+    return next_token_losses(logits, ids[1:]).double().cpu()
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def streaming_losses(model, ids: torch.Tensor, chunk_size: int) -> tuple[torch.T
         end = start + chunk_size
         output = model(inputs[None, start:end], past_key_values=cache, use_cache=True)
         cache = output.past_key_values
-        losses[start:end].copy_(F.cross_entropy(output.logits[0], targets[start:end], reduction="none"))
+        losses[start:end].copy_(next_token_losses(output.logits[0], targets[start:end]))
         del output  # free this chunk's logits before the next chunk's are made
         cache_bytes = max(cache_bytes, cache.num_bytes())
         # The cache's small tensors live on between the chunks' large ones; without handing freed pages back, the
@@ -86,9 +86,9 @@ def truncated_context_losses(model, ids: torch.Tensor, context: int, stride: int
         batch_ends = ends[batch_start:batch_start + per_batch]
         pieces = torch.stack([ids[end - context:end + 1] for end in batch_ends])  # (pieces, C + 1)
         logits = model(pieces[:, :-1], use_cache=False).logits
-        piece_losses = F.cross_entropy(logits.flatten(0, 1), pieces[:, 1:].flatten(), reduction="none")
+        piece_losses = next_token_losses(logits, pieces[:, 1:])  # (pieces, C)
         del logits
-        for row, end in zip(piece_losses.view(len(batch_ends), context), batch_ends):
+        for row, end in zip(piece_losses, batch_ends):
             losses[scored:end].copy_(row[context - (end - scored):])  # piece position j is window position end-C+j
             scored = end
     return losses

@@ -7,10 +7,9 @@
 updated state comes back. One pass == chunks with the state carried == token by token, for every kernel.
 
 A kernel supplies `convolve`, `chunk`, `step` and `initial_state` on (batch, channels, length) tensors in its
-compute precision; this class does the rest once: the float32 policy (complex exponentials and long FFTs have no
-half-precision path, so an SSM computes in float32 under autocast or with bf16 weights, in float64 for a float64
-model), the layout (time last, for the FFT), the skip term D ⊙ u, and a cache of the step's coefficients while
-the parameters do not change. Everything outside `kernels/` sees only this type: the optimizer's SSM group, the
+compute precision; this class does the rest once: the precision policy (ops/precision.py: float32 under autocast
+or with bf16 weights, float64 for a float64 model), the layout (time last, for the FFT), the skip term D ⊙ u,
+and a cache of the step's coefficients while the parameters do not change. Everything outside `kernels/` sees only this type: the optimizer's SSM group, the
 model's re-initialisation and the benchmark's FLOPs all key on it.
 
 Options a kernel takes (its keyword arguments after `channels` and `state_size`) are declared in `OPTIONS`:
@@ -24,6 +23,8 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
+from ..ops.precision import full_precision, ssm_dtype
 
 
 class SSMKernel(nn.Module):
@@ -99,7 +100,7 @@ class SSMKernel(nn.Module):
     # ---- the shared machinery ----
 
     def compute_dtype(self) -> torch.dtype:
-        return torch.float64 if self.D.dtype == torch.float64 else torch.float32
+        return ssm_dtype(self.D.dtype)
 
     def inference_constant(self, compute):
         """`compute()` (coefficients of the step), kept while no parameter or buffer changes when there is no
@@ -115,7 +116,7 @@ class SSMKernel(nn.Module):
 
     def forward(self, u: torch.Tensor, state=None):
         input_dtype = u.dtype
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with full_precision(u.device):
             u = u.to(self.compute_dtype()).transpose(1, 2)  # (batch, channels, length): time last for the FFT
             if state is None:
                 y = self.convolve(u)

@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from .precision import full_precision, ssm_dtype
+
 
 def next_fast_len(n: int) -> int:
     """Smallest 5-smooth integer (2^a 3^b 5^c) >= n: the sizes pocketfft and cuFFT handle fastest."""
@@ -64,13 +66,13 @@ def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """y[..., t] = sum_{s <= t} kernel[..., s] * u[..., t - s], over the last (time) axis.
 
     u: (..., H, L) with time last and contiguous (rfft along the last, contiguous axis is far faster than along dim -2);
-    kernel: (H, Lk) broadcast over the leading axes. Runs in float32 (or float64) even under autocast:
-    torch.fft has no bfloat16, and half-precision FFTs lose the long tail of the kernel.
+    kernel: (H, Lk) broadcast over the leading axes. Runs in float32 (float64 for float64 inputs) even under
+    autocast (precision.py).
     """
     length = u.shape[-1]
     kernel = kernel[..., :length]
-    compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    compute_dtype = ssm_dtype(u.dtype)
+    with full_precision(u.device):
         y = CausalFFTConv.apply(u.to(compute_dtype), kernel.to(compute_dtype), fft_length(length, kernel.shape[-1]))
     return y.to(u.dtype)
 

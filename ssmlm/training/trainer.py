@@ -38,7 +38,6 @@ from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
 from accelerate.utils import broadcast_object_list, set_seed
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -46,9 +45,9 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.packing import pack_documents
 from ..data.sources import is_local, load_documents, matching_paths
 from ..data.tokenizer import get_tokenizer
-from ..tooling.memory import keep_freed_host_memory
 from ..kernels import SSMKernel
-from ..modeling import SSMLMForCausalLM
+from ..modeling import SSMLMForCausalLM, next_token_losses
+from ..tooling.memory import keep_freed_host_memory
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .run_dir import check_not_busy, check_replaceable, check_writable, finish_run, is_empty, is_legacy_run, is_run
@@ -238,7 +237,7 @@ def evaluate(model, loaders: dict, accelerator: Accelerator) -> dict[str, float]
         for batch in loader:
             ids = batch["input_ids"]
             logits = model(input_ids=ids, use_cache=False).logits
-            per_block = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
+            per_block = next_token_losses(logits[:, :-1], ids[:, 1:]).mean(1)
             losses.append(accelerator.gather_for_metrics(per_block))
         block_losses[domain] = torch.cat(losses)
     model.train()

@@ -31,8 +31,8 @@ import torch
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 # Free memory at the top of the heap is given back above the trim threshold; -1 (as an unsigned size, the largest)
-# means never. A finite one is not enough: 2 GB was crossed by freeing one long step's tensors, and the next
-# allocation spent 0.4 s of system time handing them back, to fault them in again later.
+# means never. A finite one is not enough: freeing one long step's tensors can cross any fixed threshold, and the
+# pages handed back are faulted in again by the next step (docs/benchmarks.md, "The host allocator").
 NEVER_TRIM = -1
 
 # The same settings for processes started after this one (glibc reads them when a process starts).

@@ -3,7 +3,8 @@
     python scripts/build_corpus.py --out data/corpus [--cache-dir DIR] [--domains books code math]
     python scripts/build_corpus.py --out data/corpus --verify
 
-See ssmlm/data/corpus.py for the sources, the document and split rules and the output layout.
+See ssmlm/data/corpus/ for the sources (pins.py), the document and split rules (splits.py) and the output layout
+(__init__.py).
 """
 
 import argparse

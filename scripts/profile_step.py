@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time of one step goes: torch.profiler over a training step (forward + backward + AdamW) or over
 recurrent decoding steps (one token each, the cache carried), for any model of the benchmark's registry at the
-benchmark's size (ssmlm/benchmarking.py).
+benchmark's size (ssmlm/benchmark/contenders.py).
 
     python scripts/profile_step.py --model gss --phase train --length 4096
     python scripts/profile_step.py --model gss --phase decode --length 1024 --steps 32   # after a 1k prompt
@@ -20,7 +20,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlm.benchmarking import MODEL_BUILDERS, build_model, make_training_step, random_tokens
+from ssmlm.benchmark import MODEL_BUILDERS, Contenders, make_training_step, random_tokens
 from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
 
 
@@ -67,7 +67,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    model = build_model(args.model, device)
+    model = Contenders().build(args.model, device)
     if args.phase == "train":
         profiler = profile_training(model, args.length, device, warmup=2)
     else:

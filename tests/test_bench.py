@@ -1,8 +1,9 @@
-"""The benchmark harness (scripts/bench.py, ssmlm/benchmarking.py): one quick run in-process, checked for the
+"""The benchmark harness (scripts/bench.py, ssmlm/benchmark/): one quick run in-process, checked for the
 structure of its JSON and markdown; the regression check against a doctored slower run; OOM reporting of the
 peak-memory processes; the interleaving; the FLOPs formulas against hand counts; and the public implementations
 (gss-port, mega-chunk-hf4): skipped with the reason when absent (as in CI), the worker protocol against a stub
-worker and against an environment without transformers 4.x, and the real ones at a tiny length where installed.
+worker and against an environment without transformers 4.x, and the real ones at a tiny length where installed;
+the Mega-chunk against Mega command at tiny lengths.
 
 The figures of the quick run mean nothing (tiny lengths, one thread, a busy machine): only their shape is tested.
 """
@@ -20,22 +21,25 @@ import pytest
 import torch
 from torch import nn
 
-from ssmlm import benchmarking
-from ssmlm.benchmarking import (
-    attended_pairs,
-    compare_results,
-    forward_flops,
-    main,
+from ssmlm.benchmark import Contenders, Settings, cli, contenders, main, public, runs
+from ssmlm.benchmark.compare import compare_results, regression_figures
+from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
+from ssmlm.benchmark.measure import (
+    make_training_step,
+    measure_peak_memory,
     measure_training_peak_memory,
-    regression_figures,
+    peak_memory_command,
     run_interleaved,
     run_measurement_process,
-    training_flops_per_token,
+    torch_threads,
 )
+from ssmlm.benchmark.report import format_ratio, format_value, public_comparison_table, to_markdown
+from ssmlm.benchmark.size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 LENGTH = 128
-PUBLIC = [benchmarking.GSS_PORT, benchmarking.LEGACY_MEGA]
+PUBLIC = [contenders.GSS_PORT, contenders.LEGACY_MEGA]
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def quick_run(tmp_path_factory):
     json_path, markdown_path = directory / "run.json", directory / "run.md"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(benchmarking, "gss_port_in_environment", lambda: False)
+        patch.setattr(public, "gss_port_in_environment", lambda: False)
         status = main(["all", "--quick", "--models", "gss", *PUBLIC, "llama", "--lengths", str(LENGTH),
                        "--prompt-lengths", str(LENGTH), "--new-tokens", "4", "--threads", "1",
                        "--contenders-dir", str(directory / "no-contenders"), "--out", str(json_path),
@@ -102,7 +106,7 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
     assert figures[f"generate/llama/{LENGTH}/decode_ms_per_token"]["better"] == "lower"
     assert f"train/llama/{LENGTH}/speedup_vs_baseline" not in figures  # the baseline's ratio to itself
     # gss's public counterpart was skipped: no ratio to it, and nothing for the skipped models.
-    assert train["gss"]["public_counterpart"] == benchmarking.GSS_PORT and train["gss"]["speedup_vs_public"] is None
+    assert train["gss"]["public_counterpart"] == contenders.GSS_PORT and train["gss"]["speedup_vs_public"] is None
     assert not any("speedup_vs_public" in key or "gss-port" in key or "hf4" in key for key in figures)
 
 
@@ -129,7 +133,7 @@ def test_quick_run_reports_missing_public_implementations_as_skipped_with_the_re
         assert not any(row["model"] == name for row in result["train"] + result["generate"])
     assert "### Against the public implementations" in markdown
     gss_tokens_per_s = next(row["tokens_per_s"] for row in result["train"] if row["model"] == "gss")
-    gss_figure = benchmarking.format_value(gss_tokens_per_s)
+    gss_figure = format_value(gss_tokens_per_s)
     assert f"| gss | {LENGTH} | {gss_figure} | gss-port | skipped | - | - |" in markdown
 
 
@@ -189,14 +193,14 @@ class OutOfMemoryModel(nn.Module):
 
 
 def test_peak_memory_measurement_reports_an_allocation_failure_as_oom(monkeypatch):
-    monkeypatch.setitem(benchmarking.MODEL_BUILDERS, "gss", OutOfMemoryModel)
-    result = measure_training_peak_memory("gss", 16, torch.device("cpu"), torch.get_num_threads(), 0)
+    monkeypatch.setitem(contenders.MODEL_BUILDERS, "gss", lambda at_shape: OutOfMemoryModel())
+    result = measure_training_peak_memory("gss", 16, Settings(device="cpu", memory_limit_mib=0))
     assert result["status"] == "OOM" and "can't allocate memory" in result["reason"]
 
 
 def test_models_still_being_written_are_skipped(monkeypatch):
-    monkeypatch.setattr(benchmarking, "BLOCKS", {"gss": benchmarking.BLOCKS["gss"]})
-    models, skipped = benchmarking.build_contenders(["mega-chunk", "hybrid"], torch.device("cpu"))
+    monkeypatch.setattr(contenders, "BLOCKS", {"gss": contenders.BLOCKS["gss"]})
+    models, skipped = Contenders().build_all(["mega-chunk", "hybrid"], CPU)
     assert models == {} and skipped == {name: "skipped: not implemented yet" for name in ("mega-chunk", "hybrid")}
 
 
@@ -227,9 +231,9 @@ def test_attended_pairs_full_and_chunked():
 
 
 def test_llama_training_flops_are_six_per_matmul_weight_plus_causal_attention():
-    model = benchmarking.build_llama()
+    model = Contenders().build("llama", CPU)
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    layers, width, length = benchmarking.NUM_LAYERS, benchmarking.HIDDEN_SIZE, 1024
+    layers, width, length = NUM_LAYERS, HIDDEN_SIZE, 1024
     flops, uncounted = training_flops_per_token(model, length)
     # PaLM's 12·layers·d·L for attention, halved for the causal mask: 6·layers·d·(L + 1).
     assert flops == pytest.approx(6 * matmul_weights + 6 * layers * width * (length + 1))
@@ -240,7 +244,7 @@ def test_llama_training_flops_are_six_per_matmul_weight_plus_causal_attention():
 
 
 def test_gss_flops_add_the_ssm_kernel_and_ffts_to_the_matmuls():
-    model = benchmarking.build_gss()
+    model = Contenders().build("gss", CPU)
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     flops, uncounted = training_flops_per_token(model, 1024)
     assert uncounted == []
@@ -248,17 +252,18 @@ def test_gss_flops_add_the_ssm_kernel_and_ffts_to_the_matmuls():
     assert 0 < ssm_share < 0.2  # the SSM runs in the narrow H: a small share of the FLOPs
 
 
-@pytest.mark.parametrize("name", [*benchmarking.KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid"])
+@pytest.mark.parametrize("name", [*contenders.KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid"])
 def test_every_kernel_contender_is_counted_and_runs(name):
     """GSS with each new kernel, and the S4 LM: FLOPs from each kernel's own formula, nothing left uncounted, a
     parameter count close to GSS's, and a training step and a decoding step that run."""
-    model = benchmarking.MODEL_BUILDERS[name]()
+    at_gss_shape = Contenders()
+    model = at_gss_shape.build(name, CPU)
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     flops, uncounted = training_flops_per_token(model, 256)
     assert uncounted == [] and flops > 6 * matmul_weights
     # DLR at its N = 1024 has 0.5M more kernel weights (W per channel and state) than DSS at N = 128.
-    assert benchmarking.count_parameters(model) == pytest.approx(benchmarking.gss_parameter_count(), rel=0.15)
-    ids = torch.randint(0, benchmarking.VOCAB_SIZE, (1, 64))
+    assert count_parameters(model) == pytest.approx(at_gss_shape.gss_parameter_count, rel=0.15)
+    ids = torch.randint(0, VOCAB_SIZE, (1, 64))
     model(ids, labels=ids).loss.backward()
     with torch.no_grad():
         cache = model(ids, use_cache=True).past_key_values
@@ -270,7 +275,7 @@ def test_the_saved_baseline_still_loads_compares_and_renders():
     baseline = json.loads(baseline_path.read_text())
     lines, worse = compare_results(baseline, baseline, tolerance=0.1)
     assert worse == [] and lines[-1] == "no figure worse by more than 10%"
-    markdown = benchmarking.to_markdown(baseline)
+    markdown = to_markdown(baseline)
     assert "| gss | 16384 |" in markdown and "Against the public implementations" not in markdown  # none measured
 
 
@@ -279,8 +284,8 @@ def test_the_saved_baseline_still_loads_compares_and_renders():
 
 
 def test_public_implementations_absent_are_skipped_with_the_install_hint(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmarking, "gss_port_in_environment", lambda: False)
-    models, skipped = benchmarking.build_contenders(PUBLIC, torch.device("cpu"), tmp_path)
+    monkeypatch.setattr(public, "gss_port_in_environment", lambda: False)
+    models, skipped = Contenders(contenders_dir=tmp_path).build_all(PUBLIC, CPU)
     assert models == {}
     assert skipped == {
         "gss-port": f"skipped: gated-state-spaces-pytorch is not installed (nor in {tmp_path / 'gss-port'}); run "
@@ -294,8 +299,8 @@ def test_the_worker_without_transformers_4_says_so_and_the_contender_is_skipped(
     """The real worker, with a transformers4 directory that holds no transformers 4.x: it imports the venv's
     transformers 5, which has no Mega, and answers with the reason."""
     (tmp_path / "transformers4" / "transformers").mkdir(parents=True)  # not a package: the venv's wins
-    with pytest.raises(benchmarking.ContenderUnavailable) as caught:
-        benchmarking.start_legacy_mega(tmp_path, torch.device("cpu"), threads=1)
+    with pytest.raises(public.ContenderUnavailable) as caught:
+        Contenders(contenders_dir=tmp_path).build(contenders.LEGACY_MEGA, CPU, threads=1)
     message = str(caught.value)
     assert "did not build MegaForCausalLM" in message and "has no MegaForCausalLM, removed in transformers 5" in message
 
@@ -338,19 +343,20 @@ def stub_worker(tmp_path, monkeypatch):
     script = tmp_path / "stub_worker.py"
     script.write_text(STUB_WORKER)
     (tmp_path / "transformers4" / "transformers").mkdir(parents=True)
-    monkeypatch.setattr(benchmarking, "LEGACY_MEGA_WORKER", script)
+    monkeypatch.setattr(public, "LEGACY_MEGA_WORKER", script)
     return tmp_path
 
 
 def test_worker_protocol_build_step_and_memory(stub_worker):
-    worker = benchmarking.build_model("mega-chunk-hf4", torch.device("cpu"), stub_worker, threads=1)
+    at_gss_shape = Contenders(contenders_dir=stub_worker)
+    worker = at_gss_shape.build("mega-chunk-hf4", CPU, threads=1)
     try:
         request = worker.describe()["request"]  # what the harness asked the worker to build
-        assert request["threads"] == 1 and request["chunk_size"] == benchmarking.MEGA_CHUNK_SIZE == 128
+        assert request["threads"] == 1 and request["chunk_size"] == MEGA_CHUNK_SIZE == 128
         assert (request["vocab_size"], request["hidden_size"], request["num_layers"]) == (8192, 256, 4)
-        assert request["target_parameters"] == benchmarking.gss_parameter_count() == 4_591_872
-        assert benchmarking.describe_model(worker)["parameters"] == 4_591_872
-        step = benchmarking.make_training_step(worker, 2048, torch.device("cpu"))
+        assert request["target_parameters"] == at_gss_shape.gss_parameter_count == 4_591_872
+        assert contenders.describe_model(worker)["parameters"] == 4_591_872
+        step = make_training_step(worker, 2048, CPU)
         assert step() == step() == {"seconds": 2048 / 1e6}
         assert worker.request("memory") == {"peak_mib": 123.0, "baseline_mib": 100.0}
     finally:
@@ -359,8 +365,8 @@ def test_worker_protocol_build_step_and_memory(stub_worker):
 
 
 def test_worker_peak_memory_runs_in_a_fresh_worker(stub_worker):
-    settings = {"contenders_dir": str(stub_worker), "device": "cpu", "threads": 1, "memory_limit_mib": 0}
-    assert benchmarking.measure_peak_memory("mega-chunk-hf4", 256, settings) == {
+    settings = Settings(contenders_dir=stub_worker, device="cpu", threads=1, memory_limit_mib=0)
+    assert measure_peak_memory("mega-chunk-hf4", 256, settings) == {
         "status": "ok", "peak_mib": 123.0, "baseline_mib": 100.0}
 
 
@@ -372,15 +378,15 @@ def test_worker_peak_memory_runs_in_a_fresh_worker(stub_worker):
 ])
 def test_worker_failures_are_reported_and_the_others_go_on(stub_worker, monkeypatch, behaviour, status):
     monkeypatch.setenv("STUB_STEP", behaviour)
-    worker = benchmarking.start_legacy_mega(stub_worker, torch.device("cpu"), threads=1)
+    worker = Contenders(contenders_dir=stub_worker).build(contenders.LEGACY_MEGA, CPU, threads=1)
     try:
-        runs = {"fine": lambda: {"seconds": 1.0}, "mega-chunk-hf4": worker.training_step(256)}
-        samples, failures = run_interleaved(runs, repeats=2)
+        steps = {"fine": lambda: {"seconds": 1.0}, "mega-chunk-hf4": worker.training_step(256)}
+        samples, failures = run_interleaved(steps, repeats=2)
     finally:
         worker.close()
     assert failures == {"mega-chunk-hf4": status} and len(samples["fine"]) == 2
-    settings = {"contenders_dir": str(stub_worker), "device": "cpu", "threads": 1, "memory_limit_mib": 0}
-    assert benchmarking.measure_peak_memory("mega-chunk-hf4", 256, settings)["status"] == status
+    settings = Settings(contenders_dir=stub_worker, device="cpu", threads=1, memory_limit_mib=0)
+    assert measure_peak_memory("mega-chunk-hf4", 256, settings)["status"] == status
 
 
 class TinyLM(nn.Module):
@@ -388,8 +394,8 @@ class TinyLM(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.embedding = nn.Embedding(benchmarking.VOCAB_SIZE, 8)
-        self.head = nn.Linear(8, benchmarking.VOCAB_SIZE)
+        self.embedding = nn.Embedding(VOCAB_SIZE, 8)
+        self.head = nn.Linear(8, VOCAB_SIZE)
 
     def forward(self, input_ids, labels, **unused) -> CausalLMOutputWithPast:
         logits = self.head(self.embedding(input_ids))
@@ -397,13 +403,13 @@ class TinyLM(nn.Module):
 
 
 def test_ratio_to_the_public_implementation_in_rows_figures_and_markdown(stub_worker, monkeypatch):
-    monkeypatch.setattr(benchmarking, "measure_peak_memory",
+    monkeypatch.setattr(runs, "measure_peak_memory",
                         lambda name, length, settings: {"status": "ok", "peak_mib": 1.0, "baseline_mib": 0.0})
-    worker = benchmarking.start_legacy_mega(stub_worker, torch.device("cpu"), threads=1)
-    settings = {"repeats": 2, "matmul_size": 64, "quick": True, "lengths": [256]}
+    worker = Contenders(contenders_dir=stub_worker).build(contenders.LEGACY_MEGA, CPU, threads=1)
+    settings = Settings(repeats=2, matmul_size=64, quick=True, lengths=[256])
     try:
-        rows = benchmarking.benchmark_training({"mega-chunk": TinyLM(), "mega-chunk-hf4": worker}, settings,
-                                               torch.device("cpu"), [], log=lambda message: None)
+        rows = runs.benchmark_training({"mega-chunk": TinyLM(), "mega-chunk-hf4": worker}, settings, CPU, [],
+                                       log=lambda message: None)
     finally:
         worker.close()
     ours, theirs = rows
@@ -417,15 +423,15 @@ def test_ratio_to_the_public_implementation_in_rows_figures_and_markdown(stub_wo
     figures = regression_figures(result)
     assert figures["train/mega-chunk/256/speedup_vs_public"] == {
         "value": ours["speedup_vs_public"], "better": "higher", "status": "ok"}
-    table = "\n".join(benchmarking.public_comparison_table(result))
+    table = "\n".join(public_comparison_table(result))
     assert "| model | length | tokens/s | public | its tokens/s | × public | ≥ 1.5× |" in table
-    assert f"| mega-chunk | 256 | {benchmarking.format_value(ours['tokens_per_s'])} | mega-chunk-hf4 | 1,000,000 | " \
-           f"{benchmarking.format_ratio(ours['speedup_vs_public'])} | no |" in table
+    assert f"| mega-chunk | 256 | {format_value(ours['tokens_per_s'])} | mega-chunk-hf4 | 1,000,000 | " \
+           f"{format_ratio(ours['speedup_vs_public'])} | no |" in table
 
 
 CONTENDERS_INSTALLED = (
-    (benchmarking.legacy_transformers_dir(benchmarking.CONTENDERS_DIR) / "transformers").is_dir()
-    and (benchmarking.gss_port_in_environment() or (benchmarking.CONTENDERS_DIR / "gss-port").is_dir())
+    (public.legacy_transformers_dir(public.CONTENDERS_DIR) / "transformers").is_dir()
+    and (public.gss_port_in_environment() or (public.CONTENDERS_DIR / "gss-port").is_dir())
 )
 
 
@@ -434,22 +440,23 @@ CONTENDERS_INSTALLED = (
 def test_installed_public_implementations_match_gss_and_train():
     """The real ones, where installed: built at GSS's shape and parameter count, one training step at 128 tokens
     (transformers 4.x Mega-chunk needs a multiple of the chunk), and the reasons they do not generate."""
-    models, skipped = benchmarking.build_contenders(PUBLIC, torch.device("cpu"), threads=1)
+    at_gss_shape = Contenders()
+    models, skipped = at_gss_shape.build_all(PUBLIC, CPU, threads=1)
     try:
         assert skipped == {}
         port, mega = models["gss-port"], models["mega-chunk-hf4"]
-        target = benchmarking.gss_parameter_count()
+        target = at_gss_shape.gss_parameter_count
         for model in (port, mega):
-            assert abs(benchmarking.describe_model(model)["parameters"] / target - 1) < 1e-3
+            assert abs(contenders.describe_model(model)["parameters"] / target - 1) < 1e-3
         # The port at our GSS's shape: F = 4d = 1024, H = d/4 = 64, N = 2H = 128.
         layer = port.lm.layers[0]
         assert layer.to_u[0].weight.shape == (1024, 256) and layer.to_v[0].weight.shape == (64, 256)
         assert layer.dss.C_real.shape == (64, 128)
         assert port.lm.to_logits.weight is port.lm.token_emb.weight
         assert mega.describe()["config"]["chunk_size"] == 128 and mega.describe()["config"]["use_chunking"]
-        with benchmarking.torch_threads(1):
+        with torch_threads(1):
             for model in (port, mega):
-                assert benchmarking.make_training_step(model, 128, torch.device("cpu"))()["seconds"] > 0
+                assert make_training_step(model, 128, CPU)()["seconds"] > 0
         for model in (port, mega):
             assert model.generation_unsupported.startswith("not supported: ")
     finally:
@@ -472,21 +479,39 @@ def test_profile_script_prints_the_operators_of_a_step(phase, capsys):
 
 def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_processes():
     """--gss-shape H N (e.g. the GSS port's default 256 512): GSS is built with it, the others are matched to the
-    count that results, and the peak-memory processes get it too."""
-    try:
-        args = benchmarking.parse_args(["train", "--gss-shape", "32", "64"])
-        benchmarking.use_gss_shape(args.gss_shape)
-        gss = benchmarking.build_model("gss", torch.device("cpu"))
-        assert (gss.config.ssm_size, gss.config.ssm_state_size) == (32, 64)
-        llama = benchmarking.build_model("llama", torch.device("cpu"))
-        assert benchmarking.count_parameters(llama) == pytest.approx(benchmarking.count_parameters(gss), rel=1e-3)
-        settings = benchmarking.settings_from_args(args)
-        command = benchmarking.peak_memory_command("gss", 64, settings)
-        assert command[-3:] == ["--gss-shape", "32", "64"]
-        assert benchmarking.parse_args(command[3:]).gss_shape == [32, 64]
-    finally:
-        benchmarking.use_gss_shape(None)
-    assert benchmarking.build_model("gss", torch.device("cpu")).config.ssm_size == 64
+    count that results, and the peak-memory processes get it too; the default shape stays for everyone else."""
+    args = cli.parse_args(["train", "--gss-shape", "32", "64"])
+    settings = cli.settings_from_args(args)
+    gss = settings.contenders().build("gss", CPU)
+    assert (gss.config.ssm_size, gss.config.ssm_state_size) == (32, 64)
+    llama = settings.contenders().build("llama", CPU)
+    assert count_parameters(llama) == pytest.approx(count_parameters(gss), rel=1e-3)
+    command = peak_memory_command("gss", 64, settings)
+    assert command[-3:] == ["--gss-shape", "32", "64"]
+    assert cli.parse_args(command[3:]).gss_shape == [32, 64]
+    assert Contenders().build("gss", CPU).config.ssm_size == 64
+
+
+def test_mega_chunk_command_times_both_models_at_every_length(tmp_path, capsys):
+    """`mega-chunk` at tiny sizes: a row per (model, length) with every repetition and the medians per token,
+    relative to the first length, in the JSON and the printed table."""
+    out = tmp_path / "mega_chunk.json"
+    assert main(["mega-chunk", "--lengths", "32", "64", "--repeats", "2", "--chunk-size", "16", "--hidden-size", "32",
+                 "--vocab-size", "64", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["lengths"] == [32, 64] and result["settings"]["chunk_size"] == 16
+    assert result["machine"]["torch_threads"] == 1
+    assert [(row["model"], row["length"]) for row in result["results"]] == [
+        ("mega-chunk", 32), ("mega-chunk", 64), ("mega", 32), ("mega", 64)]
+    for row in result["results"]:
+        assert len(row["wall_seconds_per_step"]) == len(row["cpu_seconds_per_step"]) == 2
+        wall_median = statistics.median(row["wall_seconds_per_step"]) / row["tokens_per_step"]
+        assert row["wall_us_per_token"] == pytest.approx(wall_median * 1e6)
+        assert row["cpu_us_per_token"] > 0
+    assert [row["wall_ratio_to_first_length"] for row in result["results"]][::2] == [1.0, 1.0]
+    printed = capsys.readouterr().out
+    assert "| model | length | wall µs/token | vs first | CPU µs/token | vs first |" in printed
+    assert "| mega | 64 |" in printed
 
 
 @pytest.mark.slow

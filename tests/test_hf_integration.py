@@ -220,7 +220,7 @@ def test_the_model_library_imports_no_tool():
     import subprocess
     import sys
 
-    tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmarking",
+    tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmark",
              "ssmlm.generation_cli")
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, ssmlm; from ssmlm import SSMLMForCausalLM; "

@@ -1,0 +1,184 @@
+"""Speed, memory and FLOPs benchmarks of the ssmlm models against transformers' Llama (sdpa attention), and against
+the public implementations of GSS and Mega-chunk where they are installed (scripts/install_bench_contenders.sh).
+
+    training    tokens/s of forward + backward + AdamW step, batch 1, at several sequence lengths, and the
+                peak memory of each (model, length), each in a process of its own
+    generation  prefill time of a prompt (one forward with the cache on) and ms per new token (a greedy loop of
+                one-token forwards reusing the cache), after prompts of several lengths
+    MFU         analytic FLOPs per token / time, over the matmul FLOP/s of this machine measured in the same run
+
+All contenders are measured in one process and interleaved (each repetition runs every model once, after a
+warmup), so machine noise hits them alike; figures are medians, with every repetition kept in the JSON.
+`compare` flags the figures of a run that got worse than a saved one; `mega-chunk` times Mega-chunk against
+full-attention Mega per token at growing lengths. Run it through `scripts/bench.py`; docs/benchmarks.md explains
+each figure and the FLOPs formulas.
+"""
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from ..tooling.memory import add_host_allocator_option, available_memory_mib
+from . import mega_chunk
+from .compare import compare_results
+from .contenders import GSS_PORT, LEGACY_MEGA, MODEL_NAMES, WORKER_CONTENDERS
+from .measure import measure_training_peak_memory
+from .public import CONTENDERS_DIR, display_path
+from .report import to_markdown
+from .runs import run_benchmarks
+from .settings import GPU_DEFAULTS, QUICK, Settings
+
+# The choices of a run that the command line sets, each left to Settings's default (or QUICK's, or the GPU's) when
+# not given.
+CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    phases = {
+        "train": "training tokens/s, peak memory and MFU",
+        "generate": "prefill time, ms per new token and MFU",
+        "all": "train, then generate",
+    }
+    for phase, description in phases.items():
+        run = commands.add_parser(phase, help=description)
+        run.add_argument("--lengths", type=int, nargs="+",
+                         help="training sequence lengths (default 1024 4096 16384; 65536 added on a GPU)")
+        run.add_argument("--prompt-lengths", type=int, nargs="+", help="default 1024 8192 32768")
+        run.add_argument("--new-tokens", type=int, help="tokens decoded after each prompt (default 256)")
+        run.add_argument("--repeats", type=int, help="measured repetitions per figure, after a warmup (default 5)")
+        run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=MODEL_NAMES,
+                         help=f"default: all; {GSS_PORT} and {LEGACY_MEGA}, the public implementations, are "
+                              "skipped with the reason when they are not installed")
+        run.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR,
+                         help="where scripts/install_bench_contenders.sh put the public implementations: "
+                              "DIR/gss-port (unless gated-state-spaces-pytorch is installed in this environment) "
+                              f"and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
+        run.add_argument("--gss-shape", type=int, nargs=2, metavar=("H", "N"),
+                         help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's), also for GSS with the "
+                              "other kernels (default: each paper's own modes); the other contenders are matched to "
+                              "the count that results. 256 512 is the GSS port's default shape")
+        run.add_argument("--device", choices=["cpu", "cuda"],
+                         default="cuda" if torch.cuda.is_available() else "cpu")
+        run.add_argument("--matmul-size", type=int, help="side of the matmul timed for the peak (default 2048 on "
+                                                         "the CPU, 8192 on a GPU)")
+        run.add_argument("--memory-limit-mib", type=int,
+                         help="address-space limit of each peak-memory process on the CPU, so one that needs too "
+                              "much fails alone as OOM (default: MemAvailable at start; 0: none)")
+        run.add_argument("--threads", type=int, help=f"torch threads (default {torch.get_num_threads()}, torch's "
+                                                     "choice); one is far faster on a busy machine, but "
+                                                     "compare runs only at the same count")
+        add_host_allocator_option(run)
+        run.add_argument("--quick", action="store_true",
+                         help="tiny sizes to check the harness: lengths 128 256, 16 new tokens, 2 repeats")
+        add_output_options(run)
+        run.add_argument("--compare", type=Path, metavar="OLD_JSON",
+                         help="compare with a saved run; exit status 1 if a figure got worse")
+        run.add_argument("--tolerance", type=float, default=0.1, help="relative change allowed (default 0.1)")
+
+    compare = commands.add_parser("compare", help="compare two saved runs; exit status 1 if a figure got worse")
+    compare.add_argument("old", type=Path)
+    compare.add_argument("new", type=Path)
+    compare.add_argument("--tolerance", type=float, default=0.1)
+
+    mega = mega_chunk.MegaChunkSettings()
+    chunk = commands.add_parser("mega-chunk", help="training time per token of Mega-chunk against full-attention "
+                                                   "Mega at growing lengths (docs/mega.md)",
+                                description=mega_chunk.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chunk.add_argument("--lengths", type=int, nargs="+", default=mega.lengths)
+    chunk.add_argument("--repeats", type=int, default=mega.repeats)
+    chunk.add_argument("--batch-size", type=int, default=mega.batch_size)
+    chunk.add_argument("--chunk-size", type=int, default=mega.chunk_size)
+    chunk.add_argument("--hidden-size", type=int, default=mega.hidden_size)
+    chunk.add_argument("--layers", type=int, default=mega.layers)
+    chunk.add_argument("--vocab-size", type=int, default=mega.vocab_size)
+    chunk.add_argument("--threads", type=int, default=mega.threads, help="torch threads (default: torch's choice)")
+    add_host_allocator_option(chunk)
+    add_output_options(chunk)
+
+    child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
+                                                    "benchmark runs this in a process per model and length)")
+    child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
+    child.add_argument("--length", type=int, required=True)
+    child.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    child.add_argument("--threads", type=int, default=torch.get_num_threads())
+    child.add_argument("--memory-limit-mib", type=int, default=0)
+    child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
+    child.add_argument("--gss-shape", type=int, nargs=2)
+    return parser.parse_args(argv)
+
+
+def add_output_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the markdown tables here (always printed)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    on_gpu = args.device == "cuda"
+    defaults = (GPU_DEFAULTS if on_gpu else {}) | (QUICK if args.quick else {})
+    chosen = {name: getattr(args, name) for name in CHOSEN if getattr(args, name)}
+    memory_limit = args.memory_limit_mib
+    if memory_limit is None:
+        # RLIMIT_AS counts address space, not resident memory, and CUDA reserves far more of it than it uses.
+        memory_limit = 0 if on_gpu else available_memory_mib()
+    return Settings(
+        phase=args.command,
+        device=args.device,
+        models=args.models,
+        **(defaults | chosen),
+        memory_limit_mib=memory_limit,
+        threads=args.threads or torch.get_num_threads(),
+        contenders_dir=args.contenders_dir,
+        gss_shape=gss_shape(args),
+        host_allocator=args.host_allocator,
+        quick=args.quick,
+    )
+
+
+def gss_shape(args: argparse.Namespace) -> tuple[int, int] | None:
+    return tuple(args.gss_shape) if args.gss_shape else None
+
+
+def print_comparison(old: dict, new: dict, tolerance: float) -> int:
+    lines, worse = compare_results(old, new, tolerance)
+    print("\n".join(lines))
+    return 1 if worse else 0
+
+
+def write_outputs(result: dict, markdown: str, args: argparse.Namespace):
+    print(markdown)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "peak-memory":
+        settings = Settings(device=args.device, threads=args.threads, memory_limit_mib=args.memory_limit_mib,
+                            contenders_dir=args.contenders_dir, gss_shape=gss_shape(args))
+        print(json.dumps(measure_training_peak_memory(args.model, args.length, settings)))
+        return 0
+    if args.command == "compare":
+        return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)
+    if args.command == "mega-chunk":
+        settings = mega_chunk.MegaChunkSettings(
+            **{field.name: getattr(args, field.name) for field in fields(mega_chunk.MegaChunkSettings)})
+        result = mega_chunk.run_mega_chunk(settings)
+        write_outputs(result, mega_chunk.to_markdown(result), args)
+        return 0
+
+    started = time.perf_counter()
+    result = run_benchmarks(settings_from_args(args), log=lambda message: print(
+        f"[bench {time.perf_counter() - started:6.1f} s] {message}", flush=True))
+    write_outputs(result, to_markdown(result), args)
+    if args.compare:
+        return print_comparison(json.loads(args.compare.read_text()), result, args.tolerance)
+    return 0

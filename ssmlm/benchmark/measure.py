@@ -1,0 +1,247 @@
+"""The measurements: a training step and a generation timed as closures, run interleaved with a warmup; the matmul
+peak timed among them; and the peak memory of a training step, in a process of its own per (model, length)."""
+
+import contextlib
+import json
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Hashable
+
+import torch
+from torch import nn
+
+from ..tooling.memory import is_out_of_memory, mentions_out_of_memory
+from .contenders import WORKER_CONTENDERS
+from .public import WorkerContender
+from .settings import Settings
+from .size import BATCH_SIZE, VOCAB_SIZE
+
+MATMUL = "matmul"  # the name of the matmul timing among the contenders of each measurement
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing.
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (the SSM's FFTs stay in float32 by design); plain float32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run with `count` torch threads, then restore the previous count (the harness also runs inside tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def random_tokens(length: int, device: torch.device, vocab_size: int = VOCAB_SIZE,
+                  batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(0, vocab_size, (batch_size, length), generator=generator).to(device)
+
+
+def make_training_step(model: nn.Module | WorkerContender, length: int, device: torch.device) -> Callable[[], dict]:
+    """A closure that runs one forward + backward + AdamW step over `length` tokens and returns its time."""
+    if isinstance(model, WorkerContender):
+        return model.training_step(length)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = random_tokens(length, device)
+
+    def step() -> dict:
+        synchronize(device)
+        start = time.perf_counter()
+        with autocast(device):
+            loss = model(input_ids=tokens, labels=tokens, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        return {"seconds": time.perf_counter() - start}
+
+    return step
+
+
+def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device) -> Callable[[], dict]:
+    """A closure that prefills a prompt in one forward, then decodes `new_tokens` greedily, one forward per
+    token reusing the cache (ssmlm's recurrent state, Llama's DynamicCache), as generate() does."""
+    model.eval()
+    prompt = random_tokens(prompt_length, device)
+
+    def generate() -> dict:
+        with torch.no_grad(), autocast(device):
+            synchronize(device)
+            start = time.perf_counter()
+            output = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+            token = output.logits[:, -1:].argmax(-1)
+            synchronize(device)
+            prefill_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                output = model(input_ids=token, past_key_values=output.past_key_values, use_cache=True)
+                token = output.logits[:, -1:].argmax(-1)
+            synchronize(device)
+            decode_seconds = time.perf_counter() - start
+        return {"prefill_s": prefill_seconds, "decode_ms_per_token": 1000 * decode_seconds / new_tokens}
+
+    return generate
+
+
+def failure_status(error: BaseException) -> str:
+    if is_out_of_memory(error):
+        return "OOM"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"error: {type(error).__name__}: {first_line}"[:200]
+
+
+def run_interleaved(runs: dict[Hashable, Callable[[], dict]],
+                    repeats: int) -> tuple[dict[Hashable, list[dict]], dict[Hashable, str]]:
+    """Run every closure once as a warmup, then `repeats` rounds that run each once, so noise on the machine hits
+    all contenders alike. The order rotates from round to round, so none always runs right after the same one.
+    A closure that raises is reported and dropped; the others go on."""
+    samples = {name: [] for name in runs}
+    failures = {}
+    active = list(runs)
+
+    def attempt(name: Hashable, keep: bool):
+        try:
+            result = runs[name]()
+        except Exception as error:  # a model under development may fail; measure the others regardless
+            failures[name] = failure_status(error)
+            active.remove(name)
+            return
+        if keep:
+            samples[name].append(result)
+
+    for name in list(active):
+        attempt(name, keep=False)
+    for round_index in range(repeats):
+        shift = round_index % len(active) if active else 0
+        for name in active[shift:] + active[:shift]:
+            attempt(name, keep=True)
+    return {name: values for name, values in samples.items() if name not in failures}, failures
+
+
+def matmul_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the models' matmuls run in: float32 on the CPU, bf16 under autocast on a GPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def make_matmul_timing(device: torch.device, size: int) -> Callable[[], dict]:
+    """A closure that times a square matmul and returns its FLOP/s: the peak MFU is measured against. It runs in
+    the rounds of every measurement beside the models, so it sees the same noise they do."""
+    a, b = (torch.randn(size, size, device=device, dtype=matmul_dtype(device)) for _ in range(2))
+    inner = 20 if device.type == "cuda" else 1  # a GPU matmul is too short to time alone
+
+    def timed() -> dict:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        synchronize(device)
+        return {"flops_per_s": inner * 2 * size**3 / (time.perf_counter() - start)}
+
+    return timed
+
+
+def run_interleaved_with_matmul(runs: dict[str, Callable[[], dict]], settings: Settings, device: torch.device,
+                                matmul_rates: list[float]) -> tuple[dict[str, list[dict]], dict[str, str], float]:
+    """`run_interleaved` with the matmul timing as one more contender: also returns the median matmul FLOP/s of
+    these rounds, and adds its samples to `matmul_rates`."""
+    runs = runs | {MATMUL: make_matmul_timing(device, settings.matmul_size)}
+    samples, failures = run_interleaved(runs, settings.repeats)
+    rates = [sample["flops_per_s"] for sample in samples.pop(MATMUL)]
+    matmul_rates += rates
+    return samples, failures, statistics.median(rates)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peak memory, one process per (model, length): a process's peak is a high-water mark, and running out of memory
+# must cost only that one measurement.
+
+
+def measure_training_peak_memory(name: str, length: int, settings: Settings) -> dict:
+    """Two training steps (AdamW allocates its state in the first); peak resident memory of this process on the
+    CPU (it includes Python and torch, `baseline_mib` before the model is built), peak allocated on a GPU. Run by
+    the `peak-memory` command, in a process of its own."""
+    device = torch.device(settings.device)
+    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if device.type == "cpu" else 0.0
+    torch.set_num_threads(settings.threads)
+    if settings.memory_limit_mib:
+        limit = settings.memory_limit_mib * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        step = make_training_step(settings.contenders().build(name, device, settings.threads), length, device)
+        step()
+        step()
+    except Exception as error:
+        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+    if device.type == "cuda":
+        return {"status": "ok", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20, "baseline_mib": 0.0}
+    return {"status": "ok", "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "baseline_mib": baseline_mib}
+
+
+def run_measurement_process(command: list[str]) -> dict:
+    """Run a measuring child process; it prints its result as the last line of its output. A child killed by
+    SIGKILL (the kernel's out-of-memory killer) or dying of an allocation failure is reported as OOM."""
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode == 0:
+        return json.loads(child.stdout.strip().splitlines()[-1])
+    if child.returncode == -signal.SIGKILL:
+        return {"status": "OOM", "reason": "killed by SIGKILL (the out-of-memory killer, or a hard limit)"}
+    if child.returncode < 0:
+        return {"status": f"error: killed by {signal.Signals(-child.returncode).name}"}
+    last_line = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
+    if mentions_out_of_memory(last_line):
+        return {"status": "OOM", "reason": last_line}
+    return {"status": f"error: {last_line}"}
+
+
+def peak_memory_command(name: str, length: int, settings: Settings) -> list[str]:
+    """The `peak-memory` command of cli.py for one (model, length), with the settings it needs."""
+    gss_shape = ["--gss-shape", *map(str, settings.gss_shape)] if settings.gss_shape else []
+    return [sys.executable, "-m", "ssmlm.benchmark", "peak-memory", "--model", name, "--length", str(length),
+            "--device", settings.device, "--threads", str(settings.threads),
+            "--memory-limit-mib", str(settings.memory_limit_mib), "--contenders-dir", str(settings.contenders_dir),
+            *gss_shape]
+
+
+def measure_worker_peak_memory(name: str, length: int, settings: Settings) -> dict:
+    """The peak of a contender that runs in a worker: a fresh worker, under the same address-space limit, that
+    builds the model and runs two training steps, then reports its peak as measure_training_peak_memory does."""
+    worker = None
+    try:
+        worker = settings.contenders().build(name, torch.device(settings.device), settings.threads,
+                                             settings.memory_limit_mib)
+        step = worker.training_step(length)
+        step()
+        step()
+        return {"status": "ok"} | worker.request("memory")
+    except Exception as error:
+        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def measure_peak_memory(name: str, length: int, settings: Settings) -> dict:
+    if name in WORKER_CONTENDERS:
+        return measure_worker_peak_memory(name, length, settings)
+    return run_measurement_process(peak_memory_command(name, length, settings))

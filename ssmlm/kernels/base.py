@@ -9,8 +9,8 @@ updated state comes back. One pass == chunks with the state carried == token by 
 A kernel supplies `convolve`, `chunk`, `step` and `initial_state` on (batch, channels, length) tensors in its
 compute precision; this class does the rest once: the precision policy (ops/precision.py: float32 under autocast
 or with bf16 weights, float64 for a float64 model), the layout (time last, for the FFT), the skip term D ⊙ u,
-and a cache of the step's coefficients while the parameters do not change. Everything outside `kernels/` sees only this type: the optimizer's SSM group, the
-model's re-initialisation and the benchmark's FLOPs all key on it.
+and a cache of the step's coefficients while the parameters do not change. Everything outside `kernels/` sees
+only this type: the optimizer's SSM group, the model's re-initialisation and the benchmark's FLOPs all key on it.
 
 Options a kernel takes (its keyword arguments after `channels` and `state_size`) are declared in `OPTIONS`:
 a tuple of choices or a type. `kernels.check_options` validates a config's `ssm_kernel_options` against them

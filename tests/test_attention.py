@@ -211,3 +211,20 @@ def test_attention_config_errors_name_the_field():
         SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_span="sliding")
     with pytest.raises(Exception, match="attention_num_heads"):
         SSMLMConfig(hidden_size=32, num_hidden_layers=1, attention_num_heads=5)
+
+
+def test_the_key_value_window_keeps_the_latest_tokens_at_their_slots():
+    """The bounded cache of local attention and Mega-chunk: token p at slot p mod w, the latest w kept, padding
+    (position -1) and older tokens dropped, empty slots at -1; a step overwrites the token w back, in place."""
+    from ssmlm.blocks.key_value_window import keep_latest, write_token
+
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [-1, -1, 0, 1, 2, -1, -1]])
+    keys = positions.unsqueeze(-1).double() * 10
+    (slotted,), slot_positions = keep_latest([keys], positions, window=3, dim=1)
+    assert slot_positions.tolist() == [[6, 4, 5], [0, 1, 2]]
+    assert slotted[..., 0].tolist() == [[60, 40, 50], [0, 10, 20]]
+    (_,), few = keep_latest([keys[:1, :2]], positions[:1, :2], window=3, dim=1)
+    assert few.tolist() == [[0, 1, -1]]
+    buffer = slotted
+    write_token(slotted, torch.full((2, 1, 1), 70.0, dtype=torch.float64), torch.tensor([7 % 3, 3 % 3]), dim=1)
+    assert slotted is buffer and slotted[..., 0].tolist() == [[60, 70, 50], [70, 10, 20]]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import nn
 
-from ..tooling.memory import is_out_of_memory, mentions_out_of_memory
+from ..tooling.memory import is_out_of_memory, mentions_out_of_memory, process_peak_resident_mib
 from .contenders import WORKER_CONTENDERS
 from .public import WorkerContender
 from .settings import Settings
@@ -181,7 +181,7 @@ def measure_training_peak_memory(name: str, length: int, settings: Settings) -> 
     CPU (it includes Python and torch, `baseline_mib` before the model is built), peak allocated on a GPU. Run by
     the `peak-memory` command, in a process of its own."""
     device = torch.device(settings.device)
-    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if device.type == "cpu" else 0.0
+    baseline_mib = process_peak_resident_mib() if device.type == "cpu" else 0.0
     torch.set_num_threads(settings.threads)
     if settings.memory_limit_mib:
         limit = settings.memory_limit_mib * 2**20
@@ -194,8 +194,7 @@ def measure_training_peak_memory(name: str, length: int, settings: Settings) -> 
         return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
     if device.type == "cuda":
         return {"status": "ok", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20, "baseline_mib": 0.0}
-    return {"status": "ok", "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "baseline_mib": baseline_mib}
+    return {"status": "ok", "peak_mib": process_peak_resident_mib(), "baseline_mib": baseline_mib}
 
 
 def run_measurement_process(command: list[str]) -> dict:

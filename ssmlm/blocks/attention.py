@@ -13,20 +13,18 @@ The attention span is full (every earlier token), sliding (the last w tokens, it
 so the same masks serve training, prefill from a cache, and single steps. Positions count real tokens only
 (left padding takes none), so a padded prompt attends exactly as it does alone. Local spans run blockwise:
 queries in blocks of w attend to keys of their own and the previous block, so time and memory are linear
-in the length. The state is a key/value cache: every key for the full span; for local spans a buffer of w slots,
-in which a decoding step (one token, no autograd) writes its key in place over the oldest one, which its span
-can no longer reach.
+in the length. The state is a key/value cache: every key for the full span; for local spans the bounded window of
+key_value_window.py (w slots, the token at position p in slot p mod w), in which a decoding step (one token, no
+autograd) writes its key in place over the one its span can no longer reach.
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 from .base import Block
 from .ffn import NormalizedFeedForward
-
-ATTENTION_SPANS = ("full", "sliding", "chunked")
+from .key_value_window import keep_latest, write_token
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -89,12 +87,10 @@ class AttentionBlock(Block):
             attended = self._attend_fresh(q, k, v)
         elif self._steps_in_place(state, length, padding_mask):
             keys, values, cached_positions, _ = state
-            # The oldest slot (a position at least w back, or an empty slot at -1) is beyond every span's reach.
-            oldest = cached_positions.argmin(1).view(batch, 1)
-            cached_positions.scatter_(1, oldest, positions)
-            at = oldest.view(batch, 1, 1, 1).expand(-1, self.num_heads, 1, self.head_dim)
-            keys.scatter_(2, at, k.to(keys.dtype))
-            values.scatter_(2, at, v.to(values.dtype))
+            slot = positions[:, 0] % self.window  # holds the token w back, beyond every span's reach
+            write_token(keys, k, slot, dim=2)
+            write_token(values, v, slot, dim=2)
+            write_token(cached_positions, positions, slot, dim=1)
             attended = self._attend_dense(q, keys, values, self._span_mask(positions.unsqueeze(-1),
                                                                            cached_positions.unsqueeze(-2)))
             state = (keys, values, cached_positions, start + 1)
@@ -116,18 +112,12 @@ class AttentionBlock(Block):
                 and state[0].shape[2] == self.window)
 
     def _next_cache(self, k, v, key_positions, next_position):
-        """The keys a later call can need: all of them for the full span; for local spans the w latest by position
-        (in-place steps leave the slots out of order), the rest filled with empty slots (position -1) while fewer
-        have been seen, so the buffer never changes size."""
+        """The keys a later call can need: all of them for the full span; for local spans the w latest, in the
+        window's slots (empty ones at position -1 while fewer have been seen), so the buffer never changes size."""
         if self.span == "full":
             return k, v, key_positions, next_position
-        missing = self.window - k.shape[2]
-        if missing > 0:
-            k, v = F.pad(k, (0, 0, missing, 0)), F.pad(v, (0, 0, missing, 0))
-            key_positions = F.pad(key_positions, (missing, 0), value=-1)
-        latest = key_positions.argsort(dim=1, stable=True)[:, -self.window:]
-        at = latest.view(*latest.shape, 1).unsqueeze(1).expand(-1, self.num_heads, -1, self.head_dim)
-        return k.gather(2, at), v.gather(2, at), key_positions.gather(1, latest), next_position
+        (k, v), key_positions = keep_latest([k, v], key_positions, self.window, dim=2)
+        return k, v, key_positions, next_position
 
     def _dropout_p(self):
         return self.attention_dropout if self.training else 0.0

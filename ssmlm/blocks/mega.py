@@ -18,7 +18,8 @@ is no token, so a left-padded prompt sees the chunk boundaries and distances it 
 
 Recurrent state: (EMA state, keys, values, tokens seen). Keys and values sit in "slots": slot s holds the token at
 position chunk_start + s of the chunk the row is in; a row has `seen mod c` valid slots (`seen` for full
-attention), the others are masked. Mega-chunk keeps c slots, so its cache never grows, and a decoding step (one
+attention), the others are masked. Mega-chunk keeps the bounded window of key_value_window.py, shared with local
+attention: c slots, the token at position p in slot p mod c, so its cache never grows, and a decoding step (one
 token, no autograd) writes its key and value into its slot in place; full-attention Mega keeps every key. A call
 may start mid-chunk and cross any number of chunk boundaries: its tokens are written to the slots after the
 cached ones, and the slots are cut into chunks of c.
@@ -36,6 +37,7 @@ from ..kernels import build_ssm
 from .attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .base import Block
 from .ffn import NormalizedFeedForward
+from .key_value_window import keep_latest, write_token
 
 LAPLACE_MEAN, LAPLACE_STD = math.sqrt(0.5), math.sqrt(1 / (4 * math.pi))
 
@@ -143,9 +145,10 @@ class MegaBlock(Block):
         chunk = self.chunk_size
         batch, length = query.shape[:2]
         if self._steps_in_place(cached_keys, length, padding_mask):
-            slot = (seen % chunk).unsqueeze(1)
-            cached_keys.scatter_(1, slot.unsqueeze(-1).expand(-1, -1, self.z_dim), key.to(cached_keys.dtype))
-            cached_values.scatter_(1, slot.unsqueeze(-1).expand(-1, -1, self.v_dim), value.to(cached_values.dtype))
+            slot = seen % chunk
+            write_token(cached_keys, key, slot, dim=1)
+            write_token(cached_values, value, slot, dim=1)
+            slot = slot.unsqueeze(1)
             key_valid = torch.arange(chunk, device=slot.device) <= slot
             out = self._attend_rows(query, slot, cached_keys, cached_values, key_valid)
             return out, (cached_keys, cached_values, seen + 1)
@@ -180,11 +183,10 @@ class MegaBlock(Block):
 
         if chunk is None:
             keys, values = keys[:, :span], values[:, :span]
-        else:  # keep the unfinished chunk's c slots
-            start = valid_after - valid_after % chunk
-            window = (start.unsqueeze(1) + torch.arange(chunk, device=start.device)).unsqueeze(-1)
-            keys = keys.gather(1, window.expand(-1, -1, self.z_dim))
-            values = values.gather(1, window.expand(-1, -1, self.v_dim))
+        else:  # the window of the c latest tokens: the unfinished chunk's at its slots, the rest masked later
+            slots = torch.arange(span, device=seen.device)
+            positions = torch.where(slots < valid_after.unsqueeze(1), (seen - valid_before).unsqueeze(1) + slots, -1)
+            (keys, values), _ = keep_latest([keys[:, :span], values[:, :span]], positions, chunk, dim=1)
         return out, (keys, values, seen + real.sum(1))
 
     def _steps_in_place(self, cached_keys, length, padding_mask) -> bool:

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,12 @@ def resident_bytes(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024  # reported in kB
     raise OSError(f"{PROC_STATUS} has no {field}")
+
+
+def process_peak_resident_mib() -> float:
+    """This process's resident high-water mark since it started, in MiB (ru_maxrss, which Linux gives in kB): what
+    a process that measures one workload alone reports."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def available_memory_mib() -> int:

@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # read when torch is first import
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from fixtures.tiny_corpus import write_tiny_corpus  # noqa: E402
@@ -27,6 +28,12 @@ from ssmlm.data.tokenizer import SPECIAL_TOKENS  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 TEXT_DIR = Path(__file__).parent / "fixtures" / "text"
+
+# Every property test: no per-example deadline (a long FFT may take a while on a loaded machine), and fixtures of
+# function scope are fine (they are not reset between examples, and no test relies on that). Each test sets only
+# its number of examples.
+settings.register_profile("ssmlm", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("ssmlm")
 
 
 def pytest_unconfigure(config):

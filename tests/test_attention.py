@@ -53,7 +53,7 @@ def test_one_pass_equals_dense_reference(span, length):
 
 @pytest.mark.parametrize("span", SPANS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_tokens(span, dtype, data):
     length, boundaries = draw_pieces(data, st.integers(2, 120), max_boundaries=6)
@@ -137,7 +137,7 @@ def hybrid_model(name, dtype=torch.float64, seed=0):
 
 @pytest.mark.parametrize("name", HYBRIDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=4)
 @given(data=st.data())
 def test_hybrid_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     length, boundaries = draw_pieces(data, st.integers(2, 70), max_boundaries=5)

@@ -148,7 +148,7 @@ def test_block_matches_the_papers_equations(chunk_size, attention, position_bias
 # ---- the core invariant ----
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(data=st.data())
 def test_block_one_pass_equals_chunks_equals_steps(dtype, data):
     chunk_size = data.draw(st.sampled_from([None, 1, 3, 8]), label="chunk_size")
@@ -212,7 +212,7 @@ MODEL_KINDS = {
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(kind, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 40), st.integers(200, 500)), max_boundaries=5)

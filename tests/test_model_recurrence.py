@@ -41,7 +41,7 @@ def test_every_kernel_is_in_a_model_here():
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=3)
 @given(data=st.data())
 def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 200), st.integers(1000, 2500)), max_boundaries=5)
@@ -58,7 +58,7 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=3)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 150), st.integers(1000, 2000)), max_boundaries=5)

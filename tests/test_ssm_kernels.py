@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmlm.kernels import KERNELS, build_ssm
@@ -137,7 +137,7 @@ def test_factored_powers_give_the_vandermonde_sums(length, modes):
 
 @pytest.mark.parametrize("kind, options", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6)
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_steps(kind, options, dtype, data):
     lengths = st.one_of(st.integers(2, 300), st.integers(1000, 3000), st.sampled_from(BOUNDARY_LENGTHS.get(kind, [2])))

@@ -138,3 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":  # python -m ssmlm.generation_cli, as generate.py
+    sys.exit(main())

@@ -6,6 +6,7 @@ steps one token at a time; it never re-reads the prefix.
 """
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,6 +31,7 @@ class SSMLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = [block.__name__ for block in BLOCKS.values()]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
+    _supports_sdpa = True  # the attention blocks (attention.py) run torch's scaled_dot_product_attention
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -43,8 +45,18 @@ class SSMLMPreTrainedModel(PreTrainedModel):
         return False
 
 
+def check_consistent(config: SSMLMConfig) -> None:
+    """Validate the config again at build: fields edited after construction (num_hidden_layers without block_types,
+    ...) are caught here, in one line naming the field, not when the model is saved."""
+    try:
+        config.validate()
+    except StrictDataclassError as error:
+        raise ValueError(" ".join(str(error.__cause__ or error).split())) from None
+
+
 class SSMLMModel(SSMLMPreTrainedModel):
     def __init__(self, config: SSMLMConfig):
+        check_consistent(config)
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(BLOCKS[kind](config) for kind in config.block_types)
@@ -84,6 +96,8 @@ class SSMLMModel(SSMLMPreTrainedModel):
 
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, length = hidden.shape[:2]
+        if length == 0:
+            raise ValueError("the input is empty: give at least one token (an empty prompt has nothing to continue)")
         if use_cache and past_key_values is None:
             past_key_values = SSMLMCache(len(self.layers))
         # The mask may span the cached prefix too (as in generate()); only the current positions matter here.

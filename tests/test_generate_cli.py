@@ -286,3 +286,12 @@ def test_bad_arguments_exit_with_usage(capsys, tiny_model_dir, argv):
 def test_parser_defaults():
     args = build_parser().parse_args(["--model", "m"])
     assert (args.device, args.dtype, args.greedy, args.num_beams) == ("auto", "float32", False, 1)
+
+
+@pytest.mark.slow
+def test_the_module_runs_with_python_dash_m(tiny_model_dir):
+    """`python -m ssmlm.generation_cli` is generate.py, not a silent no-op."""
+    result = subprocess.run([sys.executable, "-m", "ssmlm.generation_cli", "--model", str(tiny_model_dir), "--greedy",
+                             "--max-new-tokens", "3", "--prompt", "To be"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("To be") and len(result.stdout) > len("To be")

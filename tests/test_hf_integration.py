@@ -245,3 +245,24 @@ def test_next_token_losses_average_to_the_labels_loss():
         losses = next_token_losses(output.logits[:, :-1], ids[:, 1:])
         assert losses.shape == (2, 29) and losses.dtype == torch.float32
         torch.testing.assert_close(losses.mean(), output.loss.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_sdpa_is_accepted(tmp_path):
+    """The attention blocks run torch's scaled_dot_product_attention, so asking for it is not refused."""
+    SSMLMForCausalLM(tiny_config(block_types=["gss", "attention"])).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_an_empty_input_is_a_one_line_error():
+    model = SSMLMForCausalLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match="^the input is empty: give at least one token"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_a_config_edited_after_construction_is_checked_when_the_model_is_built():
+    config = tiny_config()
+    config.num_hidden_layers = 3  # block_types still lists two blocks
+    with pytest.raises(ValueError) as error:
+        SSMLMForCausalLM(config)
+    assert str(error.value) == "SSMLMConfig.block_types has 2 entries but num_hidden_layers is 3"

@@ -218,3 +218,18 @@ def test_cli_refuses_to_write_into_an_existing_directory(config_file, tmp_path, 
     code, err = cli(capsys, "--config", config_file, "--overwrite")
     assert code == 2 and "--overwrite: will not delete" in err and "not an ssmlm run directory" in err
     assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+
+
+def test_the_progress_bar_shows_loss_and_speed_from_the_first_steps(corpus, cache_dir, tmp_path, monkeypatch):
+    """Records come every output.log_every steps; the bar says the running loss and tokens/s before the first."""
+    shown = []
+
+    class RecordingBar(trainer.tqdm):
+        def update(self, n=1):
+            shown.append(self.postfix or "")
+            return super().update(n)
+
+    monkeypatch.setattr(trainer, "tqdm", RecordingBar)
+    run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "run"), "training.max_steps=3",
+                   "output.log_every=10", "training.eval_every=3", "output.save_every=3")
+    assert len(shown) == 3 and all("loss=" in postfix and "tok_s=" in postfix for postfix in shown)

@@ -507,6 +507,9 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
             window_loss += step_loss
             window_steps += 1
             window_seconds += time.perf_counter() - step_start  # training time only: not validation or saving
+            # Until the next record, this process's running figures, so the bar says something from step 1.
+            progress.set_postfix(loss=f"{float(window_loss) / window_steps:.3f}",
+                                 tok_s=f"{window_steps * tokens_per_step / window_seconds:,.0f}", refresh=False)
             progress.update(1)
 
             if step % config.output.log_every == 0 or step == training.max_steps:

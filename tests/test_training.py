@@ -233,3 +233,30 @@ def test_the_progress_bar_shows_loss_and_speed_from_the_first_steps(corpus, cach
     run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "run"), "training.max_steps=3",
                    "output.log_every=10", "training.eval_every=3", "output.save_every=3")
     assert len(shown) == 3 and all("loss=" in postfix and "tok_s=" in postfix for postfix in shown)
+
+
+@pytest.mark.slow
+def test_a_cpu_run_prints_no_deepspeed_accelerator_warning(corpus, cache_dir, tmp_path):
+    """accelerate imports DeepSpeed (installed here) to unwrap the model; on a CPU machine DeepSpeed warned at every
+    run that it found no GPU. The trainer tells it the accelerator, so a normal run is quiet about it."""
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "run")
+    values["training"].update(max_steps=2, eval_every=2)
+    values["output"].update(save_every=2)
+    run = subprocess.run([sys.executable, str(TRAIN_PY), "--config", str(write_config(values, tmp_path / "c.yaml"))],
+                         capture_output=True, text=True, timeout=300,
+                         env={name: value for name, value in os.environ.items() if name != "DS_ACCELERATOR"})
+    assert run.returncode == 0, run.stderr
+    assert "Setting accelerator to CPU" not in run.stdout + run.stderr
+
+
+def test_checkpoints_are_saved_without_the_shared_tensor_warning(corpus, cache_dir, tmp_path, caplog):
+    """The tied output embedding is stored once, as before, but without accelerate's warning at each checkpoint;
+    resuming from such a checkpoint is tested with the rest of resuming."""
+    from safetensors import safe_open
+
+    run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "run"), "training.max_steps=2",
+                   "training.eval_every=2", "output.save_every=1")
+    assert "Removed shared tensor" not in caplog.text
+    with safe_open(latest_checkpoint(tmp_path / "run") / "model.safetensors", framework="pt") as weights:
+        names = set(weights.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names

@@ -134,7 +134,24 @@ def keep_config(output_dir: Path, config: TrainConfig, start_step: int) -> None:
 # Pieces of the run.
 
 
+def drop_tied_copies(models, weights: list[dict], output_dir: str) -> None:
+    """Before a checkpoint: of names that share one tensor (the tied output embedding is the input one), keep the
+    first. accelerate's save_state would drop the same names itself, with a warning at every checkpoint; loading
+    restores them through the tie."""
+    for state in weights:
+        storages = set()
+        for name in list(state):
+            storage = state[name].untyped_storage().data_ptr()
+            if storage in storages:
+                del state[name]
+            storages.add(storage)
+
+
 def build_accelerator(config: TrainConfig) -> Accelerator:
+    if not torch.cuda.is_available():
+        # DeepSpeed (imported by accelerate whenever it is installed) guesses its accelerator and warns when it
+        # finds no GPU; on a CPU machine, tell it.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     handlers = []
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available():
         # DeepSpeed on CPU: ranks must be told to talk over gloo (else a batch-size assertion fails), and its
@@ -395,6 +412,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     train_loader = DataLoader(train_blocks, batch_size=training.batch_size, shuffle=True, drop_last=True)
     validation_loaders = {domain: DataLoader(blocks, batch_size=training.batch_size)
                           for domain, blocks in validation_blocks.items()}
+    accelerator.register_save_state_pre_hook(drop_tied_copies)
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *validation_loaders.values())
     validation_loaders = dict(zip(validation_loaders, prepared))

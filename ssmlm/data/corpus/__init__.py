@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .extractors import DOMAIN_EXTRACTORS
@@ -146,8 +146,10 @@ def build_corpus(
     out_dir: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     domains: Sequence[str] = DOMAINS,
+    report: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Fetch (or reuse from the cache) the pinned inputs of `domains`, write the corpus and its manifest.
+    """Fetch (or reuse from the cache) the pinned inputs of `domains`, write the corpus and its manifest, telling
+    `report` what it is doing (a line per input fetched and per domain built: the first build takes minutes).
 
     Returns the manifest, which is also written to OUT/manifest.json.
     """
@@ -159,7 +161,14 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
 
     pins = [pin for domain in domains for pin in DOMAIN_SOURCES[domain]]
-    paths = {pin.label: fetch_source(pin, cache_dir) for pin in pins}
+    paths = {}
+    for number, pin in enumerate(pins, 1):
+        report(f"[{number}/{len(pins)}] {pin.label} ({pin.size / 2**20:.1f} MiB; downloaded once, then cached)")
+        paths[pin.label] = fetch_source(pin, cache_dir)
+    built = {}
+    for domain in domains:
+        report(f"building {domain}")
+        built[domain] = build_domain(domain, paths, out)
     manifest = {
         "builder": {"module": __name__, "version": BUILDER_VERSION},
         "settings": {
@@ -185,7 +194,7 @@ def build_corpus(
             }
             for pin in pins
         ],
-        "domains": {domain: build_domain(domain, paths, out) for domain in domains},
+        "domains": built,
     }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest

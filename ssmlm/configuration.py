@@ -25,6 +25,10 @@ MEGA_POSITION_BIASES = ("simple", "rotary")
 ATTENTION_SPANS = ("full", "sliding", "chunked")
 
 
+REMOTE_MODULE_NAME = "ssmlm_remote"  # the module saved beside a model's weights, for trust_remote_code
+AUTO_CLASSES = {"AutoConfig": "SSMLMConfig", "AutoModel": "SSMLMModel", "AutoModelForCausalLM": "SSMLMForCausalLM"}
+
+
 @strict
 class SSMLMConfig(PreTrainedConfig):
     r"""
@@ -127,6 +131,10 @@ class SSMLMConfig(PreTrainedConfig):
         if self.mega_chunk_size == -1:
             self.mega_chunk_size = None  # the reference code's spelling of full attention
         super().__post_init__(**kwargs)
+        # Saved in config.json: with trust_remote_code=True, transformers loads the classes through the module
+        # saved beside the weights (modeling.REMOTE_MODULE), which imports this package, in a process that never
+        # imported it (lm-eval, TRL, pipeline() by path).
+        self.auto_map = {auto_class: f"{REMOTE_MODULE_NAME}.{name}" for auto_class, name in AUTO_CLASSES.items()}
 
     def validate_architecture(self):
         """Part of `@strict` validation: names the offending field."""

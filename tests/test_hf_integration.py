@@ -266,3 +266,46 @@ def test_a_config_edited_after_construction_is_checked_when_the_model_is_built()
     with pytest.raises(ValueError) as error:
         SSMLMForCausalLM(config)
     assert str(error.value) == "SSMLMConfig.block_types has 2 entries but num_hidden_layers is 3"
+
+
+FRESH_PROCESS_LOADS = {
+    "AutoConfig": "config = AutoConfig.from_pretrained(DIR, trust_remote_code=True); print(config.model_type)",
+    "AutoModelForCausalLM": "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True); "
+                            "print(type(model).__name__)",
+    "pipeline": "generator = pipeline('text-generation', model=DIR, trust_remote_code=True); "
+                "print(generator('To be', max_new_tokens=3, do_sample=False)[0]['generated_text'])",
+}
+
+
+def run_fresh(code: str, directory):
+    """`code` in a Python process that imports transformers, never ssmlm (only the saved module may)."""
+    import subprocess
+    import sys
+
+    preamble = ("import sys; from transformers import AutoConfig, AutoModelForCausalLM, pipeline; "
+                f"DIR = {str(directory)!r}; ")
+    return subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", FRESH_PROCESS_LOADS)
+def test_a_saved_model_loads_by_path_in_a_process_that_never_imported_ssmlm(how, tiny_model_dir):
+    run = run_fresh(FRESH_PROCESS_LOADS[how], tiny_model_dir)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] in {"ssmlm", "SSMLMForCausalLM"} or run.stdout.startswith("To be")
+
+
+@pytest.mark.slow
+def test_without_ssmlm_installed_the_error_says_what_to_install(tiny_model_dir):
+    run = run_fresh("sys.modules['ssmlm'] = None; AutoConfig.from_pretrained(DIR, trust_remote_code=True)",
+                    tiny_model_dir)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1] == \
+        "ImportError: this model needs the ssmlm package: pip install ssmlm"
+
+
+def test_a_saved_model_names_its_remote_module_and_carries_it(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "ssmlm_remote.SSMLMForCausalLM"
+    assert "from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel" in \
+        (tiny_model_dir / "ssmlm_remote.py").read_text()

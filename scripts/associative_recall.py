@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM
+from ssmlm.tooling.markdown import markdown_table
 
 MODELS = {
     "attention": dict(block_types=["attention"] * 2, attention_num_heads=1, attention_span="full"),
@@ -107,11 +108,10 @@ def main(argv=None):
     results = [train(name, train_data, test_data, args) for name in args.models]
     print(f"Associative recall: vocabulary {args.vocab}, {args.length} key and value tokens, chance "
           f"{chance:.0%}; 2 blocks of width {args.width}, {args.minutes:g} min each on {args.threads} thread(s)\n")
-    print("| model | blocks | parameters | steps | test accuracy | train accuracy |")
-    print("|---|---|---:|---:|---:|---:|")
-    for result in results:
-        print(f"| {result['model']} | {' + '.join(result['blocks'])} | {result['parameters']:,} | "
-              f"{result['steps']:,} | {result['test_accuracy']:.1%} | {result['train_accuracy']:.1%} |")
+    print("\n".join(markdown_table(
+        ["model", "blocks", "parameters", "steps", "test accuracy", "train accuracy"],
+        [[result["model"], " + ".join(result["blocks"]), f"{result['parameters']:,}", f"{result['steps']:,}",
+          f"{result['test_accuracy']:.1%}", f"{result['train_accuracy']:.1%}"] for result in results])))
     if args.out:
         machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
         args.out.write_text(json.dumps({"machine": machine, "settings": vars(args) | {"out": str(args.out)},

@@ -2,6 +2,8 @@
 config validation."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -217,9 +219,6 @@ def test_a_checkpoint_missing_one_tensor_keeps_the_saved_buffers_of_that_module(
 def test_the_model_library_imports_no_tool():
     """configuration, modeling, cache, blocks, kernels and ops stand alone: importing the model classes loads
     none of the tools (data, training, evaluation, the benchmark, the CLIs, their shared tooling)."""
-    import subprocess
-    import sys
-
     tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmark",
              "ssmlm.generation_cli")
     loaded = subprocess.run(
@@ -279,9 +278,6 @@ FRESH_PROCESS_LOADS = {
 
 def run_fresh(code: str, directory):
     """`code` in a Python process that imports transformers, never ssmlm (only the saved module may)."""
-    import subprocess
-    import sys
-
     preamble = ("import sys; from transformers import AutoConfig, AutoModelForCausalLM, pipeline; "
                 f"DIR = {str(directory)!r}; ")
     return subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True, timeout=300)

@@ -29,7 +29,7 @@ CUSTOM_INIT_MODULES = (SSMKernel, QueryKeyScaleOffset, SimpleRelativeBias, Rotar
 # The module every saved model carries (named in its config's auto_map), so that transformers can load it by path
 # with trust_remote_code=True without the caller importing ssmlm: it imports the installed package, or says what
 # to install.
-REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (transformers' trust_remote_code=True)."""
+REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (trust_remote_code=True)."""
 
 try:
     from ssmlm import {", ".join(sorted(AUTO_CLASSES.values()))}  # noqa: F401

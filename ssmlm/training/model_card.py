@@ -29,8 +29,9 @@ def model_card(config: TrainConfig, model, metrics: dict, tokens_trained: int, o
         "",
         f"- {config.training.max_steps:,} steps, each of {config.training.batch_size} blocks of "
         f"{config.data.seq_len} tokens per process and accumulation step "
-        f"({config.training.gradient_accumulation_steps} a step): {tokens_trained:,} tokens; learning rate {config.training.learning_rate:g}, seed {config.training.seed}, "
-        f"mixed precision {config.training.mixed_precision}.",
+        f"({config.training.gradient_accumulation_steps} a step): {tokens_trained:,} tokens; learning rate "
+        f"{config.training.learning_rate:g}, seed {config.training.seed}, mixed precision "
+        f"{config.training.mixed_precision}.",
         "- The whole config is `train_config.yaml` in this directory; the loss and validation of every logged step "
         "are in `metrics.jsonl`.",
         "",

@@ -1,5 +1,9 @@
-"""Stream a continuation of a prompt from a saved ssmlm model; see `python generate.py --help`."""
-from ssmlm.generation_cli import main
+"""Stream a continuation of a prompt from a saved ssmlm model: `python generate.py --help`. The same command as
+`ssmlm-generate` (the logic is ssmlm/cli/generate.py)."""
+
+import sys
+
+from ssmlm.cli.generate import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

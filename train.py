@@ -1,64 +1,15 @@
-"""Train an ssmlm model from a YAML config; see `python train.py --help`.
+"""Train an ssmlm model from a YAML config: `python train.py --help`. The same command as `ssmlm-train` (the logic is
+ssmlm/cli/train.py).
 
     python train.py                                          # configs/gss-small.yaml on the default corpus
     python train.py --config configs/gss-small.yaml training.max_steps=100 output.dir=runs/try
     python train.py --config ... --resume                    # continue from the newest intact checkpoint
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...
-
-Exit codes: 0 trained; 2 a problem with the config, the data or the output directory, found before anything was
-written; 1 training diverged (the newest checkpoint is from before); 130 stopped by Ctrl-C or SIGTERM.
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "gss-small.yaml"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="train.py", description="Train an ssmlm model from a YAML config.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
-                        help="YAML training config (default: configs/gss-small.yaml)")
-    run = parser.add_mutually_exclusive_group()
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the newest intact checkpoint in output.dir")
-    run.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint directory")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the earlier ssmlm run in output.dir; it is kept as <dir>.replaced until the new "
-                          "run finishes")
-    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY[,KEY...]",
-                        help="with --resume: accept these settings differing from the checkpoint's (dotted keys or "
-                             "sections, e.g. training.learning_rate,model; 'processes' for the process count)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides with dotted keys, e.g. training.max_steps=100 model.hidden_size=128")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
-    if args.allow_change and not (args.resume or args.resume_from):
-        parser.error("--allow-change applies only with --resume or --resume-from")
-
-    # Imported after parsing, so --help is instant.
-    from ssmlm.data.sources import DataError
-    from ssmlm.training import ConfigError, TrainingDiverged, TrainingStopped, load_config, train
-
-    allowed = tuple(key.strip() for keys in args.allow_change for key in keys.split(",") if key.strip())
-    try:
-        config = load_config(args.config, args.overrides)
-        train(config, resume=args.resume, resume_from=args.resume_from, overwrite=args.overwrite,
-              allow_changes=allowed, config_file=args.config)
-    except (ConfigError, DataError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
-    except TrainingStopped as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; nothing was saved since the newest checkpoint", file=sys.stderr)
-        return 130
-    return 0
-
+from ssmlm.cli.train import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

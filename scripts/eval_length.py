@@ -5,7 +5,7 @@ plot. `python scripts/eval_length.py --help`; docs/eval_length.md explains the r
 
 import sys
 
-from ssmlm.evaluation.extrapolation import main
+from ssmlm.cli.eval_length import main
 
 if __name__ == "__main__":
     sys.exit(main())

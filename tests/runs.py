@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import yaml
@@ -75,10 +76,11 @@ def load_train_script():
 
 
 def cli(capsys, *args) -> tuple[int, str]:
-    """train.py's main() in this process: (exit code, stderr)."""
+    """train.py's main() in this process, as `python train.py ARGS` calls it: (exit code, stderr)."""
     capsys.readouterr()
     try:
-        code = load_train_script().main([str(arg) for arg in args])
+        with mock.patch.object(sys, "argv", ["train.py"]):  # the program name in its messages
+            code = load_train_script().main([str(arg) for arg in args])
     finally:
         reset_accelerate()
     return code, capsys.readouterr().err

@@ -66,6 +66,12 @@ def save_model(path: Path, tokenizer, seed: int = 0, **config) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def program_name(monkeypatch):
+    """main() runs in-process as `python scripts/eval_length.py` would: its messages name eval_length.py."""
+    monkeypatch.setattr(sys, "argv", ["eval_length.py"])
+
+
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
-from ssmlm.generation_cli import build_parser, main
+from ssmlm.cli.generate import build_parser, main
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +121,8 @@ def copy_model_files(source: Path, target: Path, *names) -> Path:
 
 
 def expect_error(capsys, argv, message):
-    assert main(argv) == 2
+    with mock.patch.object(sys, "argv", ["generate.py"]):  # the program name in its messages
+        assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("generate.py: error: ") and err.endswith("\n") and err.count("\n") == 1, err
@@ -276,11 +278,11 @@ def test_cuda_without_cuda(capsys, tiny_model_dir):
 )
 def test_bad_arguments_exit_with_usage(capsys, tiny_model_dir, argv):
     full_argv = argv if not argv else ["--model", str(tiny_model_dir), *argv]
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, mock.patch.object(sys, "argv", ["ssmlm-generate"]):
         main(full_argv)
     assert exit_info.value.code == 2
     out, err = capsys.readouterr()
-    assert out == "" and "usage: generate.py" in err and "Traceback" not in err
+    assert out == "" and "usage: ssmlm-generate" in err and "Traceback" not in err
 
 
 def test_parser_defaults():
@@ -290,8 +292,8 @@ def test_parser_defaults():
 
 @pytest.mark.slow
 def test_the_module_runs_with_python_dash_m(tiny_model_dir):
-    """`python -m ssmlm.generation_cli` is generate.py, not a silent no-op."""
-    result = subprocess.run([sys.executable, "-m", "ssmlm.generation_cli", "--model", str(tiny_model_dir), "--greedy",
+    """`python -m ssmlm.cli.generate` is generate.py, not a silent no-op."""
+    result = subprocess.run([sys.executable, "-m", "ssmlm.cli.generate", "--model", str(tiny_model_dir), "--greedy",
                              "--max-new-tokens", "3", "--prompt", "To be"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("To be") and len(result.stdout) > len("To be")

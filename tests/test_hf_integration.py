@@ -220,7 +220,7 @@ def test_the_model_library_imports_no_tool():
     """configuration, modeling, cache, blocks, kernels and ops stand alone: importing the model classes loads
     none of the tools (data, training, evaluation, the benchmark, the CLIs, their shared tooling)."""
     tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmark",
-             "ssmlm.generation_cli")
+             "ssmlm.cli")
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, ssmlm; from ssmlm import SSMLMForCausalLM; "
                                "print(' '.join(name for name in sys.modules if name.startswith('ssmlm')))"],

@@ -20,7 +20,7 @@ from fixtures.tiny_corpus import DOMAINS
 from runs import REPO, TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, validation
 from runs import two_rank_command, write_config
 
-from ssmlm.generation_cli import main as generate_main
+from ssmlm.cli.generate import main as generate_main
 from ssmlm.training import latest_checkpoint, trainer
 from ssmlm.training.config import read_config_values
 from transformers import AutoModelForCausalLM, AutoTokenizer

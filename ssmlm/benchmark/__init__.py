@@ -15,7 +15,7 @@ Mega. The model library never imports it.
     compare.py      the regression figures and the comparison of two runs
     report.py       the markdown of a run
     mega_chunk.py   the `mega-chunk` command: Mega-chunk against full-attention Mega, time per token
-    cli.py          the command line (main), also run as `python -m ssmlm.benchmark`
+    cli.py          the command line (main): `ssmlm-bench`, `python -m ssmlm.cli.bench`
 """
 
 from .cli import main

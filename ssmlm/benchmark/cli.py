@@ -10,8 +10,8 @@ the public implementations of GSS and Mega-chunk where they are installed (scrip
 All contenders are measured in one process and interleaved (each repetition runs every model once, after a
 warmup), so machine noise hits them alike; figures are medians, with every repetition kept in the JSON.
 `compare` flags the figures of a run that got worse than a saved one; `mega-chunk` times Mega-chunk against
-full-attention Mega per token at growing lengths. Run it through `scripts/bench.py`; docs/benchmarks.md explains
-each figure and the FLOPs formulas.
+full-attention Mega per token at growing lengths. Run it as `ssmlm-bench` or `scripts/bench.py`;
+docs/benchmarks.md explains each figure and the FLOPs formulas.
 """
 
 import argparse
@@ -38,7 +38,7 @@ CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     phases = {

@@ -45,7 +45,6 @@ from .perplexity import (
     window_losses,
 )
 
-PROG = "eval_length.py"
 REGIMES = ("window", "streaming")
 BASELINE = "truncated"  # the pass that scores the same tokens with a training-length context
 MIN_STREAM_CHUNKS = 5
@@ -695,7 +694,6 @@ def plot_context_gain(axis, results: dict, domain: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
         description="Perplexity of saved ssmlm models at 1x..16x their training length, by position in the context, "
                     "in the convolutional (window) and streaming (recurrent) regimes. See docs/eval_length.md.",
     )
@@ -788,13 +786,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         if find_spec("matplotlib") is None:  # found out now, not after hours of evaluation
-            raise UsageError("the plot needs matplotlib: pip install matplotlib")
+            raise UsageError("the plot needs matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
         device = pick_device(args.device)
         specs = [parse_data_spec(text) for text in args.data]
         results = evaluate([Path(path) for path in args.model], specs, settings, device, args.text_column,
                            args.cache_dir)
     except (UsageError, DataError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
 
     out = Path(args.out)

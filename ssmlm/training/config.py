@@ -1,6 +1,7 @@
 """The training configuration: a typed tree of dataclasses loaded from YAML, with `key=value` overrides.
 
     config = load_config("configs/gss-small.yaml", ["training.max_steps=100", "model.hidden_size=128"])
+    config = load_config("gss-small")      # a shipped config by name: ssmlm/configs/gss-small.yaml
 
 Every key is checked against the dataclass it lands in: an unknown key or a value of the wrong type raises
 ConfigError naming the dotted key and the expected type. The `model` section is the keyword arguments of
@@ -31,6 +32,29 @@ from ..data.tokenizer import SPECIAL_TOKENS
 
 class ConfigError(ValueError):
     """A problem with the user's configuration or input data, reported as one line (train.py exits with code 2)."""
+
+
+# The configs shipped inside the package (package data, so a pip install has them too); `configs/` in a checkout is
+# a link to this folder.
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """The config file to read: a file that exists as given, else a shipped config named by a bare name, with or
+    without its .yaml ("gss-small" is ssmlm/configs/gss-small.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+        raise ConfigError(f"config file not found: {path}; the shipped configs are {', '.join(shipped_config_names())}")
+    raise ConfigError(f"config file not found: {path}")
 
 
 # Accelerate's tracker names ("all": every installed one).
@@ -347,8 +371,9 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
     return build_dataclass(TrainConfig, values)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    return config_from_dict(read_config_values(Path(path)), overrides)
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A config file (or a shipped config's name, see config_path) with `key=value` overrides applied."""
+    return config_from_dict(read_config_values(config_path(name_or_path)), overrides)
 
 
 def read_config_values(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:

@@ -1,6 +1,7 @@
-"""Command line generation from a saved ssmlm model: the logic behind `generate.py`.
+"""`ssmlm-generate` (also `python -m ssmlm.cli.generate` and `python generate.py` in a checkout): continue a prompt
+with a saved ssmlm model.
 
-    python generate.py --model DIR --prompt "Once upon a time" --max-new-tokens 50 --seed 0
+    ssmlm-generate --model DIR --prompt "Once upon a time" --max-new-tokens 50 --seed 0
 
 The prompt comes from `--prompt TEXT`, `--prompt-file FILE`, or stdin (`--prompt -`, or no `--prompt` with text
 piped in); the one line end that closes a file or `echo`'s output is dropped. The prompt is printed, then the
@@ -16,15 +17,13 @@ import torch
 
 from transformers import TextStreamer, set_seed
 
-from .tooling.saved_models import UsageError, check_model_dir, load, pick_device
+from ..tooling.saved_models import UsageError, check_model_dir, load, pick_device
 
-PROG = "generate.py"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
         description="Continue a prompt with a saved ssmlm model, streaming the text to stdout.",
     )
     parser.add_argument("--model", required=True, metavar="DIR",
@@ -135,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             generate(args, prompt, tokenizer, model)
     except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":  # python -m ssmlm.generation_cli, as generate.py
+if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,10 @@
+"""The command lines, installed as console scripts by `pip install ssmlm` and runnable as `python -m ssmlm.cli.NAME`:
+
+    ssmlm-train         train.py          train (or resume) a model from a YAML config or a shipped config's name
+    ssmlm-generate      generate.py       stream a continuation of a prompt from a saved model
+    ssmlm-eval-length   eval_length.py    perplexity at 1x..16x the training length (ssmlm/evaluation/)
+    ssmlm-bench         bench.py          speed, memory and FLOPs against transformers' Llama (ssmlm/benchmark/)
+    ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
+
+`train.py` and `generate.py` at the top of a checkout, and scripts/, are thin wrappers around these.
+"""

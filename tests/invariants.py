@@ -6,12 +6,28 @@ import torch
 from hypothesis import strategies as st
 
 from ssmlm import SSMLMConfig
+from ssmlm.kernels import KERNELS
 
 PAD, EOS, BOS = 0, 1, 2
 VOCAB_SIZE = 61
 
 # Relative to the largest output: float64 shows the math is exact; float32 allows rounding in long FFTs.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+# The invariant tests' models: GSS blocks with each registered kernel but Mega's EMA (test_mega.py), plain SSM
+# blocks, H3.
+KERNEL_SETTINGS = {"s4": dict(ssm_state_size=8), "dss-softmax": dict(ssm_kernel_options={"normalization_length": 40}),
+                   "s5": dict(ssm_kernel_options={"blocks": 4}),
+                   "sgconv": dict(ssm_kernel_options={"kernel_length": 48, "kernel_dim": 8}),
+                   "shift": dict(ssm_state_size=12), "liquid-s4": dict(ssm_kernel_options={"order": 3})}
+MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {})) for kernel in KERNELS
+          if kernel != "ema"}
+MODELS |= {f"ssm-{kernel}": dict(block_types=["ssm", "ssm"], ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {}))
+           for kernel in ("s4", "dss", "s5")}
+H3 = dict(h3_shift_size=6, h3_state_size=4)
+MODELS |= {"h3": dict(block_types=["h3", "h3"], **H3), "h3-heads": dict(block_types=["h3", "h3"], h3_head_dim=4, **H3),
+           "h3-hybrid": dict(block_types=["h3", "attention"], **H3)}
 
 
 def tiny_config(**overrides) -> SSMLMConfig:

@@ -12,25 +12,13 @@ from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 
 from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
-from invariants import left_padded, run_in_pieces, tiny_config
+from invariants import MODELS, left_padded, run_in_pieces, tiny_config
 
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
     return SSMLMForCausalLM(tiny_config(**overrides)).to(dtype).eval()
 
 
-# Models of GSS blocks with each registered kernel but Mega's EMA (test_mega.py), and of plain SSM blocks.
-KERNEL_SETTINGS = {"s4": dict(ssm_state_size=8), "dss-softmax": dict(ssm_kernel_options={"normalization_length": 40}),
-                   "s5": dict(ssm_kernel_options={"blocks": 4}),
-                   "sgconv": dict(ssm_kernel_options={"kernel_length": 48, "kernel_dim": 8}),
-                   "shift": dict(ssm_state_size=12), "liquid-s4": dict(ssm_kernel_options={"order": 3})}
-MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {})) for kernel in KERNELS
-          if kernel != "ema"}
-MODELS |= {f"ssm-{kernel}": dict(block_types=["ssm", "ssm"], ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {}))
-           for kernel in ("s4", "dss", "s5")}
-H3 = dict(h3_shift_size=6, h3_state_size=4)
-MODELS |= {"h3": dict(block_types=["h3", "h3"], **H3), "h3-heads": dict(block_types=["h3", "h3"], h3_head_dim=4, **H3),
-           "h3-hybrid": dict(block_types=["h3", "attention"], **H3)}
 # As in test_ssm_kernels.py: DLR's barely damped modes make float32's FFT and recurrence differ more.
 FLOAT32_TOLERANCE = {"gss-dlr": 5e-4}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..tooling.memory import add_host_allocator_option, available_memory_mib
-from . import mega_chunk
+from . import compiled, mega_chunk
 from .compare import compare_results
 from .contenders import GSS_PORT, LEGACY_MEGA, MODEL_NAMES, WORKER_CONTENDERS
 from .measure import measure_training_peak_memory
@@ -102,6 +102,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_host_allocator_option(chunk)
     add_output_options(chunk)
 
+    defaults = compiled.CompileSettings()
+    compile_run = commands.add_parser("compile", help="torch.compile (inductor, dynamic=True) against eager: "
+                                                      "training tokens/s and decoding ms/token",
+                                      description=compiled.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    compile_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=defaults.models)
+    compile_run.add_argument("--lengths", type=int, nargs="+", default=defaults.lengths)
+    compile_run.add_argument("--prompt-length", type=int, default=defaults.prompt_length)
+    compile_run.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
+    compile_run.add_argument("--repeats", type=int, default=defaults.repeats)
+    compile_run.add_argument("--threads", type=int, default=defaults.threads,
+                             help="torch threads (default: torch's choice)")
+    add_host_allocator_option(compile_run)
+    add_output_options(compile_run)
+
     child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
                                                     "benchmark runs this in a process per model and length)")
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
@@ -168,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)
+    if args.command == "compile":
+        settings = compiled.CompileSettings(
+            **{field.name: getattr(args, field.name) for field in fields(compiled.CompileSettings)
+               if field.name != "batch_size"})
+        result = compiled.run_compile_benchmark(settings)
+        write_outputs(result, compiled.to_markdown(result), args)
+        return 0
     if args.command == "mega-chunk":
         settings = mega_chunk.MegaChunkSettings(
             **{field.name: getattr(args, field.name) for field in fields(mega_chunk.MegaChunkSettings)})

@@ -50,10 +50,11 @@ def laplace(x: torch.Tensor) -> torch.Tensor:
 
 def lower_toeplitz(table: torch.Tensor) -> torch.Tensor:
     """(n,) -> (n, n) with M[i, j] = table[i - j] for i >= j and 0 above the diagonal, built from a sliding window
-    rather than an n×n index (full attention over 16k tokens would spend 2 GB on that index)."""
+    rather than an n×n index (full attention over 16k tokens would spend 2 GB on that index). as_strided, unlike
+    unfold, keeps a symbolic n symbolic under torch.compile(dynamic=True)."""
     n = table.shape[0]
     padded = torch.cat([table.new_zeros(n - 1), table])  # padded[n - 1 + d] = table[d]
-    return padded.unfold(0, n, 1).flip(-1)  # window i, reversed: element j is padded[n - 1 + i - j]
+    return padded.as_strided((n, n), (1, 1)).flip(-1)  # window i, reversed: element j is padded[n - 1 + i - j]
 
 
 class QueryKeyScaleOffset(nn.Module):

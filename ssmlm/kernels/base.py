@@ -105,7 +105,10 @@ class SSMKernel(nn.Module):
     def inference_constant(self, compute):
         """`compute()` (coefficients of the step), kept while no parameter or buffer changes when there is no
         autograd: generation steps once per token with fixed weights. An optimizer step or load_state_dict bumps a
-        tensor's version, .to() gives it new storage; either makes it recompute."""
+        tensor's version, .to() gives it new storage; either makes it recompute. Under torch.compile it is
+        computed in the graph (versions and pointers do not trace), where the compiler fuses it."""
+        if torch.compiler.is_compiling():
+            return compute()
         tensors = [*self.parameters(), *self.buffers()]
         if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):  # inference tensors: no versions
             return compute()

@@ -64,7 +64,9 @@ class Powers(NamedTuple):
 
 def powers_of(log_a: torch.Tensor, length: int) -> Powers:
     """The factored powers of Ā = exp(log_a), log_a of shape (G, N)."""
-    m = math.isqrt(length - 1) + 1
+    # m = ⌈√length⌉ (exact in float64 up to 2^52). math.sqrt, unlike math.isqrt, traces on a symbolic length, so
+    # torch.compile(dynamic=True) keeps one graph for every length.
+    m = math.ceil(math.sqrt(length))
     blocks = -(-length // m)
     steps = torch.arange(max(m, blocks), device=log_a.device, dtype=log_a.real.dtype)
     log_a = log_a.unsqueeze(-1)

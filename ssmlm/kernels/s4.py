@@ -224,10 +224,13 @@ class S4Kernel(SSMKernel):
         return a_bar, b_bar, c_real
 
     @staticmethod
-    def block_size(length: int) -> int:
-        """m: the smallest power of two at least √length."""
-        ceil_sqrt = math.isqrt(length - 1) + 1
-        return 1 << (ceil_sqrt - 1).bit_length()
+    def block_exponents(length: int) -> tuple[int, int]:
+        """(log2 m, ⌈log2 Q⌉): m is the smallest power of two at least √length, Q = ⌈length/m⌉ the blocks. Float
+        log2 (exact at powers of two) rather than isqrt and bit_length, because it traces on a symbolic length:
+        torch.compile(dynamic=True) then recompiles only when these loop counts change, once per doubling of the
+        length."""
+        doublings = math.ceil(math.log2(length) / 2)
+        return doublings, math.ceil(math.log2(-(-length // 2 ** doublings)))
 
     def kernel(self, length: int) -> torch.Tensor:
         """K_j = C Ā^j B̄ for j < length: (H, length)."""
@@ -236,8 +239,7 @@ class S4Kernel(SSMKernel):
     def kernel_from(self, a_bar, b_bar, c, length):
         """(the kernel, the rows C Ā^{qm} (H, Q', 2N), the columns Ā^r B̄ (H, 2N, m), the powers Ā, Ā², ... up to
         Ā^m and beyond). The rows come by doubling with the squarings past Ā^m, so log2 L squarings serve both."""
-        m = self.block_size(length)
-        doublings, row_doublings = m.bit_length() - 1, (-(-length // m) - 1).bit_length()
+        doublings, row_doublings = self.block_exponents(length)
         powers = squarings(a_bar, doublings + max(row_doublings, 1))  # Ā^m is powers[doublings]
         columns = doubling(powers[:doublings], b_bar)
         rows = doubling([power.transpose(-1, -2) for power in powers[doublings:doublings + row_doublings]], c)
@@ -257,18 +259,18 @@ class S4Kernel(SSMKernel):
         a_bar, b_bar, c = self.discrete_real()
         length = u.shape[-1]
         kernel, rows, columns, powers = self.kernel_from(a_bar, b_bar, c, length)
-        m = columns.shape[-1]
-        a_m = powers[m.bit_length() - 1]
+        doublings, m = self.block_exponents(length)[0], columns.shape[-1]
+        a_m = powers[doublings]
         y = causal_fft_conv(u.contiguous(), kernel)
         # The state's own output, C Ā^{qm} Ā^{r+1} x0 for t = qm + r < T, with the rows C Ā^{qm} of the kernel.
         start = to_real(state)  # (B, H, 2N)
-        from_start = doubling(powers[:m.bit_length() - 1], torch.einsum("hij,bhj->bhi", a_bar, start))  # (..., m)
+        from_start = doubling(powers[:doublings], torch.einsum("hij,bhj->bhi", a_bar, start))  # (..., m)
         y = y + (rows @ from_start).flatten(-2)[..., :length]
         # The state handed on: Ā^T x0 + Σ_q Ā^{qm} Σ_r Ā^r B̄ v_{qm+r}, v the input reversed in time.
         blocks = -(-length // m)
         reversed_blocks = F.pad(u.flip(-1), (0, m * blocks - length)).unflatten(-1, (blocks, m))  # (B, H, Q, m)
-        folded = combine_blocks(columns @ reversed_blocks.transpose(-1, -2), powers[m.bit_length() - 1:])
-        whole, rest = divmod(length, m)
+        folded = combine_blocks(columns @ reversed_blocks.transpose(-1, -2), powers[doublings:])
+        whole, rest = length // m, length % m  # not divmod, which torch.compile cannot trace on a symbolic length
         partial = start if rest == 0 else from_start[..., rest - 1]  # Ā^rest x0
         carried = torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(a_m, whole), partial)
         return y, from_real(carried + folded)
@@ -307,9 +309,8 @@ class S4Kernel(SSMKernel):
         def product(rows, inner, columns):  # one (rows × inner)·(inner × columns) product per channel
             return 2 * channels * rows * inner * columns
 
-        m = self.block_size(tokens)
-        doublings, row_doublings = m.bit_length() - 1, (-(-tokens // m) - 1).bit_length()
-        rows = 1 << row_doublings
+        doublings, row_doublings = self.block_exponents(tokens)
+        m, rows = 1 << doublings, 1 << row_doublings
         flops = product(size, rank, size) + product(size, size, 1)  # Ā and B̄ by Woodbury
         flops += (doublings + max(row_doublings, 1) - 1) * product(size, size, size)  # the squarings
         flops += product(size, size, m) + product(size, size, rows)  # the doubled columns and rows

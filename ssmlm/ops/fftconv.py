@@ -26,6 +26,10 @@ def next_fast_len(n: int) -> int:
 def fft_length(length: int, kernel_length: int, power_of_two: bool = False) -> int:
     """FFT size with no wrap-around into the first `length` outputs of a causal convolution."""
     needed = length + kernel_length - 1
+    if torch.compiler.is_compiling():
+        # Under torch.compile(dynamic=True) the length is symbolic: next_fast_len's loops (and bit_length) would pin
+        # the graph to one length, while this formula traces, so one graph serves every length.
+        return 2 ** math.ceil(math.log2(needed))
     return 1 << (needed - 1).bit_length() if power_of_two else next_fast_len(needed)
 
 

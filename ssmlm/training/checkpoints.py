@@ -32,10 +32,11 @@ PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
 CONFIG_FILE = "train_config.yaml"
 # Settings a resumed run may change without saying so: they do not change what is trained, only how long, how
-# often it is checked and saved, and where the data cache is.
+# often it is checked and saved, where the data cache is, and how the same math is run (compiled, recomputed).
 # (Not data.num_proc: each packing process drops the tail of its own batches, so it changes the blocks.)
 FREE_TO_CHANGE = ("training.max_steps", "training.eval_every", "training.eval_blocks",
-                  "training.keep_freed_host_memory", "data.cache_dir", "data.build_corpus", "output")
+                  "training.keep_freed_host_memory", "training.compile", "training.gradient_checkpointing",
+                  "data.cache_dir", "data.build_corpus", "output")
 
 
 class DamagedCheckpoint(Exception):

@@ -118,6 +118,11 @@ class TrainingConfig:
     # On the CPU: reuse freed memory instead of faulting in fresh pages every step, which makes long sequences
     # train faster; the process keeps its peak heap (ssmlm/tooling/memory.py; measured in docs/benchmarks.md).
     keep_freed_host_memory: bool = True
+    # torch.compile the model (inductor, dynamic shapes: one graph for every length); the first steps and the first
+    # validation pass are slower while it compiles.
+    compile: bool = False
+    # Recompute each block's activations in the backward pass instead of storing them: less memory, more time.
+    gradient_checkpointing: bool = False
     seed: int = 0
     eval_every: int = 100  # steps between validation passes (also at step 0 and at the end)
     eval_blocks: int = 64  # validation blocks per domain

@@ -36,7 +36,7 @@ import datasets
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
 from accelerate.tracking import get_available_trackers
-from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -178,6 +178,9 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         # The scheduler is stepped once per optimizer step, whatever the number of processes.
         step_scheduler_with_optimizer=False,
         kwargs_handlers=handlers,
+        # Compiled in prepare(); dynamic, so a new length (a shorter last validation batch, a longer eval) is not a
+        # new graph.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if config.training.compile else None,
     )
     precision = config.training.mixed_precision
     if precision == "fp16" and accelerator.device.type == "cpu":
@@ -406,6 +409,8 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
                           f"{training.gradient_accumulation_steps} accumulation)")
     set_seed(training.seed)  # the same initial weights on every process
     model = SSMLMForCausalLM(config.model_config(tokenizer))
+    if training.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     num_parameters = model.num_parameters()  # before ZeRO-3 or FSDP shard them
     optimizer = torch.optim.AdamW(parameter_groups(model, training), lr=training.learning_rate,
                                   betas=(training.adam_beta1, training.adam_beta2))

@@ -1,0 +1,126 @@
+"""torch.compile against eager: training step time and decoding ms per token of the same models, compiled with
+inductor and `dynamic=True` (what `training.compile` does), at the benchmark's size (size.py).
+
+Each model runs eager and compiled in one process, interleaved with the other runs (run_interleaved: a warmup,
+then repetitions in rotating order), so machine noise hits both alike. The first call of a compiled run is its
+compile, timed apart and not counted in the medians. There is no speed target on the CPU: inductor's CPU code
+does not cover complex numbers (the SSM kernels' modes and FFTs stay eager calls inside the graph), so what it
+can fuse is the real work around them.
+"""
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..tooling.markdown import markdown_table
+from .contenders import Contenders
+from .measure import make_generation, make_training_step, run_interleaved, torch_threads
+from .report import format_ratio, format_value
+from .runs import machine_info, use_host_allocator
+from .size import BATCH_SIZE
+
+CPU = torch.device("cpu")
+MODES = ("eager", "compiled")
+
+
+@dataclass
+class CompileSettings:
+    """What is timed; recorded in the run's JSON as `settings`."""
+
+    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk", "hybrid"])
+    lengths: list[int] = field(default_factory=lambda: [1024, 4096])  # training sequence lengths
+    prompt_length: int = 1024
+    new_tokens: int = 64
+    repeats: int = 3
+    threads: int = field(default_factory=torch.get_num_threads)
+    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
+    batch_size: int = BATCH_SIZE  # not a choice: recorded for whoever reads the JSON
+
+
+def first_call_timed(run: Callable[[], dict], seconds: dict, key) -> Callable[[], dict]:
+    """`run`, with the wall time of its first call (a compiled run's compile) kept in seconds[key]."""
+    def timed() -> dict:
+        start = time.perf_counter()
+        result = run()
+        seconds.setdefault(key, time.perf_counter() - start)
+        return result
+    return timed
+
+
+def run_compile_benchmark(settings: CompileSettings) -> dict:
+    with torch_threads(settings.threads):
+        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(CPU),
+                  "settings": asdict(settings)}
+        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, CPU)
+        contenders, first_calls, runs = Contenders(), {}, {}
+        for name in settings.models:
+            eager = contenders.build(name, CPU)
+            # A second copy for the compiled run, so the two never share a module's compiled state.
+            compiled = torch.compile(contenders.build(name, CPU), dynamic=True)
+            for mode, model in zip(MODES, (eager, compiled)):
+                for length in settings.lengths:
+                    key = (name, mode, "train", length)
+                    runs[key] = first_call_timed(make_training_step(model, length, CPU), first_calls, key)
+                key = (name, mode, "decode", settings.prompt_length)
+                runs[key] = first_call_timed(make_generation(model, settings.prompt_length, settings.new_tokens,
+                                                             CPU), first_calls, key)
+        samples, failures = run_interleaved(runs, settings.repeats)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+
+    rows = []
+    for (name, mode, phase, length), run in runs.items():
+        row = {"model": name, "mode": mode, "phase": phase, "length": length,
+               "first_call_seconds": first_calls.get((name, mode, phase, length))}
+        if (name, mode, phase, length) in failures:
+            rows.append(row | {"status": failures[name, mode, phase, length]})
+            continue
+        taken = samples[name, mode, phase, length]
+        if phase == "train":
+            seconds = [sample["seconds"] for sample in taken]
+            row |= {"seconds_per_step": seconds,
+                    "tokens_per_s": settings.batch_size * length / statistics.median(seconds)}
+        else:
+            row |= {"ms_per_token_repeats": [sample["decode_ms_per_token"] for sample in taken],
+                    "ms_per_token": statistics.median(sample["decode_ms_per_token"] for sample in taken)}
+        rows.append(row)
+    for row in rows:  # compiled against eager, the same model and figure
+        if row["mode"] == "compiled":
+            eager = next(other for other in rows if other["mode"] == "eager" and
+                         (other["model"], other["phase"], other["length"]) == (row["model"], row["phase"],
+                                                                               row["length"]))
+            figure = "tokens_per_s" if row["phase"] == "train" else "ms_per_token"
+            if figure in row and figure in eager:
+                speed = row[figure] / eager[figure]
+                row["speedup_over_eager"] = speed if figure == "tokens_per_s" else 1 / speed
+    result["results"] = rows
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    rows = []
+    for row in result["results"]:
+        figure = "tokens/s" if row["phase"] == "train" else "ms/token"
+        value = row.get("tokens_per_s", row.get("ms_per_token"))
+        where = f"{row['length']} tokens" if row["phase"] == "train" else f"after {row['length']}"
+        rows.append([row["model"], row["phase"], where, row["mode"],
+                     row.get("status") or f"{format_value(value)} {figure}",
+                     format_ratio(row["speedup_over_eager"]) if "speedup_over_eager" in row else "",
+                     f"{row['first_call_seconds']:.1f} s" if row.get("first_call_seconds") else ""])
+    settings, machine = result["settings"], result["machine"]
+    lines = [
+        "# torch.compile (inductor, dynamic=True) against eager",
+        "",
+        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
+        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
+        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        f"Training: forward + backward + AdamW, batch {settings['batch_size']}. Decoding: greedy, "
+        f"{settings['new_tokens']} tokens after the prompt. Medians of {settings['repeats']} interleaved "
+        "repetitions after the first call (the compile, whose time is given).",
+        "",
+        *markdown_table(["model", "phase", "length", "mode", "median", "speed-up", "first call"], rows),
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"

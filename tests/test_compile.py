@@ -1,0 +1,102 @@
+"""torch.compile: with dynamic=True the training forward and backward is one graph for every length (no graph break
+from the length arithmetic, no recompile for a new length), the decode step compiles without a graph break, and a
+compiled model generates what the eager one does; `training.compile` and `training.gradient_checkpointing` train.
+
+Most tests trace with a counting backend that runs the traced graph without inductor, so they check what Dynamo
+sees in seconds; the training run compiles with inductor for real."""
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from torch._dynamo.testing import CompileCounter
+
+from ssmlm import SSMLMForCausalLM
+
+from invariants import MODELS, VOCAB_SIZE, assert_close, tiny_config
+from runs import records, run_in_process, tiny_config_values
+
+COMPILED = {
+    **MODELS,
+    "mega-chunk": dict(block_types=["mega", "mega"], mega_chunk_size=16, intermediate_size=64),
+    "mega-full": dict(block_types=["mega", "mega"], mega_chunk_size=None, intermediate_size=64),
+    "attention": dict(block_types=["attention", "attention"], attention_num_heads=2),
+    "gss-hybrid": dict(block_types=["gss", "attention"], attention_span="chunked", attention_window=16,
+                       attention_num_heads=2),
+}
+LENGTHS = (40, 57, 100)
+# Graphs for LENGTHS where one is not enough. S4's squarings and its pairwise sums over blocks are loops whose
+# counts grow with log2 of the length (and with its parity at each level): a new graph when they change, not for
+# every length. SGConv's kernel of K = 48 taps is cut to lengths below K: one graph below K, one above.
+GRAPHS = {"gss-s4": len(LENGTHS), "ssm-s4": len(LENGTHS), "gss-sgconv": 2}
+
+
+def tiny_model(name):
+    torch.manual_seed(0)
+    return SSMLMForCausalLM(tiny_config(**COMPILED[name])).eval()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    dynamo.reset()
+    yield
+    dynamo.reset()
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_training_is_one_graph_for_every_length(name):
+    model = tiny_model(name)
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True)
+    for length in LENGTHS:
+        ids = torch.randint(3, VOCAB_SIZE, (2, length))
+        loss = compiled(input_ids=ids, labels=ids, use_cache=False).loss
+        gradients = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        expected = model(input_ids=ids, labels=ids, use_cache=False).loss
+        assert_close(loss.detach(), expected.detach(), torch.float32)
+        assert all(g is None or torch.isfinite(g).all() for g in gradients)
+    assert counter.frame_count <= GRAPHS.get(name, 1), f"{counter.frame_count} graphs for lengths {LENGTHS}"
+    if name in GRAPHS:  # more graphs, but none broken
+        explanation = dynamo.explain(model)(input_ids=torch.randint(3, VOCAB_SIZE, (2, 77)), use_cache=False)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_the_decode_step_compiles_without_a_graph_break(name):
+    model = tiny_model(name)
+    with torch.no_grad():
+        cache = model(torch.randint(3, VOCAB_SIZE, (2, 20)), use_cache=True).past_key_values
+        explanation = dynamo.explain(model)(input_ids=torch.randint(3, VOCAB_SIZE, (2, 1)), past_key_values=cache,
+                                            use_cache=True)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("name", ["gss-dss", "gss-hybrid", "mega-chunk", "h3"])
+def test_a_compiled_model_generates_what_the_eager_one_does(name):
+    model = tiny_model(name)
+    prompt = torch.randint(3, VOCAB_SIZE, (2, 12))
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    counter = CompileCounter()
+    model.forward = torch.compile(model.forward, backend=counter, dynamic=True)
+    assert torch.equal(model.generate(prompt, max_new_tokens=8, do_sample=False), expected)
+    assert counter.frame_count <= 3  # the prefill, and the step (recompiled once, when its cache becomes dynamic)
+
+
+@pytest.mark.slow
+def test_training_compiled_with_inductor_and_with_gradient_checkpointing(corpus, cache_dir, tmp_path):
+    """Both options train from a config and save a model whose weights carry no compiler prefix; the losses agree
+    with an eager run's."""
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "eager")
+    values["training"] |= {"max_steps": 3, "eval_every": 3}
+    values["output"] |= {"save_every": 3}
+    run_in_process(values)
+    losses = {}
+    for name, option in (("eager", None), ("compiled", "compile"), ("checkpointed", "gradient_checkpointing")):
+        if option:
+            values["output"]["dir"] = str(tmp_path / name)
+            run_in_process(values, f"training.{option}=true")
+        losses[name] = [r["train/loss"] for r in records(tmp_path / name) if "train/loss" in r]
+        reloaded = SSMLMForCausalLM.from_pretrained(tmp_path / name)
+        assert not [key for key in reloaded.state_dict() if "_orig_mod" in key]
+    assert len(losses["eager"]) == 3
+    for name in ("compiled", "checkpointed"):
+        assert losses[name] == pytest.approx(losses["eager"], rel=1e-4), name

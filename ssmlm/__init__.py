@@ -1,19 +1,27 @@
 """ssmlm: state-space language models (GSS, Mega, hybrids) as Hugging Face classes.
 
-Importing the package registers the model with AutoConfig, AutoModel and AutoModelForCausalLM, so
-`AutoModelForCausalLM.from_pretrained(dir)` and `pipeline("text-generation", model=dir)` work without
-`trust_remote_code`.
+Importing the package registers the model with AutoConfig, AutoModel, AutoModelForCausalLM and
+AutoModelForSequenceClassification, so `AutoModelForCausalLM.from_pretrained(dir)` and
+`pipeline("text-generation", model=dir)` work without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from .cache import SSMLMCache
 from .configuration import SSMLMConfig
-from .modeling import SSMLMForCausalLM, SSMLMModel, SSMLMPreTrainedModel
+from .modeling import (
+    LORA_TARGET_MODULES,
+    SSMLMForCausalLM,
+    SSMLMForSequenceClassification,
+    SSMLMModel,
+    SSMLMPreTrainedModel,
+)
 
 AutoConfig.register(SSMLMConfig.model_type, SSMLMConfig, exist_ok=True)
 AutoModel.register(SSMLMConfig, SSMLMModel, exist_ok=True)
 AutoModelForCausalLM.register(SSMLMConfig, SSMLMForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(SSMLMConfig, SSMLMForSequenceClassification, exist_ok=True)
 
 __version__ = "0.1.0"
-__all__ = ["SSMLMCache", "SSMLMConfig", "SSMLMForCausalLM", "SSMLMModel", "SSMLMPreTrainedModel"]
+__all__ = ["LORA_TARGET_MODULES", "SSMLMCache", "SSMLMConfig", "SSMLMForCausalLM", "SSMLMForSequenceClassification",
+           "SSMLMModel", "SSMLMPreTrainedModel"]

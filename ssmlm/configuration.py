@@ -26,7 +26,8 @@ ATTENTION_SPANS = ("full", "sliding", "chunked")
 
 
 REMOTE_MODULE_NAME = "ssmlm_remote"  # the module saved beside a model's weights, for trust_remote_code
-AUTO_CLASSES = {"AutoConfig": "SSMLMConfig", "AutoModel": "SSMLMModel", "AutoModelForCausalLM": "SSMLMForCausalLM"}
+AUTO_CLASSES = {"AutoConfig": "SSMLMConfig", "AutoModel": "SSMLMModel", "AutoModelForCausalLM": "SSMLMForCausalLM",
+                "AutoModelForSequenceClassification": "SSMLMForSequenceClassification"}
 
 
 @strict

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .blocks import BLOCKS
@@ -36,6 +37,12 @@ try:
 except ImportError as error:
     raise ImportError("this model needs the ssmlm package: pip install ssmlm") from error
 '''
+
+
+# The linear layers of every block kind (lm_head aside), for LoRA: peft has no default targets for model_type "ssmlm",
+# so pass LoraConfig(target_modules=LORA_TARGET_MODULES), or peft's "all-linear", which picks the same layers.
+LORA_TARGET_MODULES = ["to_u", "to_v", "to_gate", "to_out", "to_qkv", "up", "down", "to_values", "from_shared",
+                       "from_attention"]
 
 
 class SSMLMPreTrainedModel(PreTrainedModel):
@@ -207,6 +214,12 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
+class SSMLMForSequenceClassification(GenericForSequenceClassification, SSMLMPreTrainedModel):
+    """One label per sequence: transformers' generic head (Llama's), a linear map `score` of the final hidden state
+    at the sequence's last token that is not padding. For a causal model that state has read the whole sequence;
+    left or right padding gives the same label (padding is zeroed before the SSMs)."""
+
+
 def next_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The next-token loss (nats) at every position, in float32: logits (..., T, V) predict targets (..., T). Its mean
     over the positions is the `labels` loss of SSMLMForCausalLM (transformers' causal-LM loss, which shifts the
@@ -214,4 +227,5 @@ def next_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
 
 
-__all__ = ["SSMLMPreTrainedModel", "SSMLMModel", "SSMLMForCausalLM", "next_token_losses"]
+__all__ = ["LORA_TARGET_MODULES", "SSMLMPreTrainedModel", "SSMLMModel", "SSMLMForCausalLM",
+           "SSMLMForSequenceClassification", "next_token_losses"]

@@ -1,16 +1,18 @@
 """ssmlm as a Hugging Face citizen: save/load through the Auto classes, tied weights, pipeline, streaming and
 config validation."""
 
+import copy
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from torch import nn
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
-from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel
+from ssmlm import LORA_TARGET_MODULES, SSMLMConfig, SSMLMForCausalLM, SSMLMModel
 from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
@@ -305,3 +307,35 @@ def test_a_saved_model_names_its_remote_module_and_carries_it(tiny_model_dir):
     assert config["auto_map"]["AutoModelForCausalLM"] == "ssmlm_remote.SSMLMForCausalLM"
     assert "from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel" in \
         (tiny_model_dir / "ssmlm_remote.py").read_text()
+
+
+@pytest.mark.parametrize("block_kind", sorted(BLOCKS))
+def test_lora_targets_name_every_linear_layer_but_the_output_head(block_kind):
+    """peft has no default LoRA targets for model_type "ssmlm": LORA_TARGET_MODULES are the documented ones, and
+    peft's "all-linear" picks the same layers."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(tiny_config(block_types=[block_kind, block_kind], attention_num_heads=2))
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)} - {"lm_head"}
+    assert {name.rsplit(".", 1)[-1] for name in linear} <= set(LORA_TARGET_MODULES)
+
+    def lora_wrapped(targets) -> set[str]:
+        wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=targets))
+        return {name.removeprefix("base_model.model.").removesuffix(".lora_A")
+                for name, _ in wrapped.named_modules() if name.endswith(".lora_A")}
+
+    assert lora_wrapped(LORA_TARGET_MODULES) == linear == lora_wrapped("all-linear")
+    tuned = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=LORA_TARGET_MODULES))
+    ids = torch.randint(3, VOCAB_SIZE, (2, 12))
+    tuned(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for name, p in tuned.named_parameters() if p.requires_grad)
+    assert tuned.generate(ids, max_new_tokens=3, do_sample=False).shape == (2, 15)
+
+
+def test_every_lora_target_is_a_layer_of_some_block_kind():
+    names = set()
+    for block_kind in BLOCKS:
+        model = SSMLMForCausalLM(tiny_config(block_types=[block_kind], num_hidden_layers=1, attention_num_heads=2))
+        names |= {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    assert set(LORA_TARGET_MODULES) == names - {"lm_head"}

@@ -127,10 +127,15 @@ class AttentionBlock(Block):
         if self.span == "full":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._dropout_p())
         if self.span == "chunked":
-            # Chunks align with blocks of w: each block is an independent causal attention.
-            blocks = [_blocks_of(t, self.window, pad_front=0, block=self.window) for t in (q, k, v)]
-            out = F.scaled_dot_product_attention(*blocks, is_causal=True, dropout_p=self._dropout_p())
-            return out.flatten(2, 3)[:, :, : q.shape[2]]
+            # Chunks align with blocks of w: each block is an independent causal attention, so the blocks join the
+            # heads in SDPA's batch (4-D and contiguous, which torch.compile's CPU code needs: it crashed on the
+            # 5-D windows of unfold).
+            batch, heads, length, _ = q.shape
+            blocks = -(-length // self.window)
+            padding = (0, 0, 0, blocks * self.window - length)
+            q, k, v = (F.pad(t, padding).reshape(batch, heads * blocks, self.window, -1) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._dropout_p())
+            return out.reshape(batch, heads, blocks * self.window, -1)[:, :, :length]
         positions = torch.arange(q.shape[2], device=q.device).expand(q.shape[0], -1)
         return self._attend(q, positions, k, v, positions)
 

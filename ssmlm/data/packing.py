@@ -1,4 +1,5 @@
-"""Packing: tokenize documents, join them with EOS, and cut the token stream into blocks of `seq_len` tokens.
+"""Packing: tokenize documents, join them with EOS, and cut the token stream into blocks of `seq_len` tokens; or,
+for a task that labels windows of one document, cut each document alone (`window_documents`).
 
 It is one `datasets.map`, so it runs in `num_proc` processes and is cached by datasets' fingerprints (of the
 documents, the tokenizer and `seq_len`): a second run with the same inputs reads the blocks back instead of
@@ -73,3 +74,27 @@ def pack_documents(documents: datasets.Dataset, tokenizer, seq_len: int, num_pro
         desc=f"Packing into {seq_len}-token blocks",
     )
     return blocks.with_format("torch", dtype=torch.int64)
+
+
+def window_documents(documents: datasets.Dataset, tokenizer, seq_len: int, label: int,
+                     num_proc: int) -> datasets.Dataset:
+    """Windows of `seq_len` token ids cut from inside each document (none crosses into the next; a document's tail
+    shorter than a window is dropped), each with `label` (columns "input_ids" and "labels", torch format)."""
+
+    def cut(batch):
+        windows = []
+        for text in batch["text"]:
+            ids = np.concatenate(list(token_stream([text], tokenizer)))[:-1]  # without its EOS
+            usable = len(ids) - len(ids) % seq_len
+            windows.extend(ids[:usable].reshape(-1, seq_len))
+        return {"input_ids": windows, "labels": [label] * len(windows)}
+
+    rows = documents.map(
+        cut,
+        batched=True,
+        batch_size=DOCUMENTS_PER_BATCH,
+        remove_columns=documents.column_names,
+        num_proc=max(1, min(num_proc, len(documents))),
+        desc=f"Cutting {seq_len}-token windows",
+    )
+    return rows.with_format("torch", dtype=torch.int64)

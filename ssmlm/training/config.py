@@ -121,6 +121,10 @@ class TrainingConfig:
     # torch.compile the model (inductor, dynamic shapes: one graph for every length); the first steps and the first
     # validation pass are slower while it compiles.
     compile: bool = False
+    # A saved ssmlm model (directory or Hub name) to start from, e.g. a pretrained language model to fine-tune as
+    # a classifier: its architecture and weights, and its tokenizer unless tokenizer.path is set (a model setting
+    # that differs from the saved model's is an error).
+    init_from: str | None = None
     # Recompute each block's activations in the backward pass instead of storing them: less memory, more time.
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -140,6 +144,9 @@ class OutputConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig
+    # What is trained (tasks.py): "causal-lm", the language model; "domain-classification", which data source a
+    # window of data.seq_len tokens comes from.
+    task: Literal["causal-lm", "domain-classification"] = "causal-lm"
     model: dict[str, Any] = field(default_factory=dict)  # SSMLMConfig keyword arguments
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -237,10 +244,12 @@ class TrainConfig:
             arguments["ssm_kernel_options"] = {**options, option: self.data.seq_len}
         return arguments
 
-    def model_config(self, tokenizer) -> SSMLMConfig:
-        """The model's config, with the vocabulary and special tokens of `tokenizer`."""
-        return SSMLMConfig(**self.model_arguments(), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    def model_config(self, tokenizer, **head) -> SSMLMConfig:
+        """The model's config, with the vocabulary and special tokens of `tokenizer` (and a task head's settings,
+        such as num_labels)."""
+        return SSMLMConfig(**self.model_arguments(), **head, vocab_size=len(tokenizer),
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,21 +9,24 @@ from pathlib import Path
 from ..data.corpus import MANIFEST_NAME, sha256_file
 from ..data.sources import is_local, matching_paths
 from .config import TrainConfig
+from .tasks import TASKS
 
 
 def model_card(config: TrainConfig, model, metrics: dict, tokens_trained: int, output_dir: Path) -> str:
     """The card's markdown; `model` is the unwrapped model, `metrics` the final validation."""
+    task = TASKS[config.task]
     model_config = model.config
     blocks = ", ".join(f"{count} × {kind}" for kind, count in Counter(model_config.block_types).items())
     kernel_options = ", ".join(f"{key}={value}" for key, value in model_config.ssm_kernel_options.items())
     lines = [
         f"# {output_dir.name}",
         "",
-        f"An ssmlm causal language model trained by `train.py`: "
+        f"An ssmlm {task.description(config)} trained by `train.py`"
+        f"{f' from `{config.training.init_from}`' if config.training.init_from else ''}: "
         f"{model_config.num_hidden_layers} blocks ({blocks}), hidden size {model_config.hidden_size}, SSM kernel "
         f"`{model_config.ssm_kernel}`{f' ({kernel_options})' if kernel_options else ''}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, a vocabulary of {model_config.vocab_size:,} "
-        f"tokens. It trains convolutionally and generates recurrently, one state per block.",
+        f"tokens. It reads a whole sequence convolutionally, or token by token with one state per block.",
         "",
         "## Training",
         "",
@@ -35,30 +38,14 @@ def model_card(config: TrainConfig, model, metrics: dict, tokens_trained: int, o
         "- The whole config is `train_config.yaml` in this directory; the loss and validation of every logged step "
         "are in `metrics.jsonl`.",
         "",
-        f"Final validation ({config.training.eval_blocks} blocks of {config.data.seq_len} tokens per domain):",
-        "",
-        "| domain | loss (nats/token) | perplexity |",
-        "|---|---:|---:|",
-        *(f"| {domain} | {metrics[f'val/{domain}/loss']:.3f} | {metrics[f'val/{domain}/ppl']:.1f} |"
-          for domain in config.data.sources),
-        f"| all | {metrics['val/loss']:.3f} | {metrics['val/ppl']:.1f} |",
+        *task.card_validation(config, metrics),
         "",
         "## Data",
         "",
         *data_lines(config),
         "## Use",
         "",
-        "```python",
-        "import ssmlm  # registers the ssmlm classes with transformers' Auto classes (pip install ssmlm)",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{output_dir.name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{output_dir.name}")',
-        'prompt = tokenizer("Once upon a time", return_tensors="pt")',
-        "print(tokenizer.decode(model.generate(**prompt, max_new_tokens=50)[0]))",
-        "```",
-        "",
-        f'or, in a checkout of ssmlm: `python generate.py --model {output_dir.name} --prompt "Once upon a time"`.',
+        *task.card_usage(output_dir.name),
         "",
     ]
     return "\n".join(lines)

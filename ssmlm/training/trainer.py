@@ -42,17 +42,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.packing import pack_documents
-from ..data.sources import is_local, load_documents, matching_paths
-from ..data.tokenizer import get_tokenizer
+from ..data.sources import is_local, matching_paths
 from ..kernels import SSMKernel
-from ..modeling import SSMLMForCausalLM, next_token_losses
 from ..tooling.memory import keep_freed_host_memory
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .model_card import model_card
 from .run_dir import check_not_busy, check_replaceable, check_writable, finish_run, is_empty, is_legacy_run, is_run
 from .run_dir import free_path, is_unfinished_replacement, readable_by_all, replaced_path, start_run
+from .tasks import TASKS, Task
 
 
 class TrainingDiverged(RuntimeError):
@@ -200,28 +198,6 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def prepare_data(config: TrainConfig):
-    """(tokenizer, training blocks of all domains, {domain: validation blocks})."""
-    documents = load_documents(config.data)
-    tokenizer = get_tokenizer(config.tokenizer, {domain: splits["train"] for domain, splits in documents.items()},
-                              config.data.cache_dir)
-
-    def pack(split_documents):
-        return pack_documents(split_documents, tokenizer, config.data.seq_len, config.data.num_proc)
-
-    train_blocks = {domain: pack(splits["train"]) for domain, splits in documents.items()}
-    validation_blocks = {}
-    for domain, splits in documents.items():
-        blocks = pack(splits["validation"])
-        if len(blocks) == 0:
-            raise ConfigError(f"data.sources.{domain}.validation: shorter than one block of data.seq_len="
-                              f"{config.data.seq_len} tokens")
-        if len(blocks) > config.training.eval_blocks:
-            blocks = blocks.shuffle(seed=config.data.seed).select(range(config.training.eval_blocks))
-        validation_blocks[domain] = blocks
-    return tokenizer, datasets.concatenate_datasets(list(train_blocks.values())), validation_blocks
-
-
 def parameter_groups(model: torch.nn.Module, training) -> list[dict]:
     """AdamW groups: SSM kernel parameters with their own learning rate and no weight decay; weight decay on
     the other matrices only (not on norms, biases or the SSM skip term)."""
@@ -248,36 +224,9 @@ def micro_batches(loader, start_batch: int):
         skip = 0
 
 
-@torch.no_grad()
-def evaluate(model, loaders: dict, accelerator: Accelerator) -> dict[str, float]:
-    """Mean next-token loss and perplexity on each domain's validation blocks, and over all of them."""
-    model.eval()
-    block_losses = {}
-    for domain, loader in loaders.items():
-        losses = []
-        for batch in loader:
-            ids = batch["input_ids"]
-            logits = model(input_ids=ids, use_cache=False).logits
-            per_block = next_token_losses(logits[:, :-1], ids[:, 1:]).mean(1)
-            losses.append(accelerator.gather_for_metrics(per_block))
-        block_losses[domain] = torch.cat(losses)
-    model.train()
-    metrics = {}
-    # Blocks have equal length, so the mean over blocks is the mean over tokens.
-    for name, losses in [*block_losses.items(), ("all", torch.cat(list(block_losses.values())))]:
-        prefix = "val" if name == "all" else f"val/{name}"
-        metrics[f"{prefix}/loss"] = losses.mean().item()
-        metrics[f"{prefix}/ppl"] = perplexity(metrics[f"{prefix}/loss"])
-    return metrics
-
-
 def json_safe(value):
     """JSON has no NaN or infinity: such a number is written as null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 709 else math.inf  # math.exp overflows above ~709.78
 
 
 class MetricsLog:
@@ -398,8 +347,10 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
     # The main process tokenizes and packs first; the others then read its cache.
+    task = TASKS[config.task]
     with accelerator.main_process_first():
-        tokenizer, train_blocks, validation_blocks = prepare_data(config)
+        data = task.prepare_data(config)
+    tokenizer, train_blocks, validation_blocks = data.tokenizer, data.train, data.validation
 
     training = config.training
     blocks_per_step = training.batch_size * accelerator.num_processes * training.gradient_accumulation_steps
@@ -408,7 +359,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
                           f"than one step needs ({training.batch_size} x {accelerator.num_processes} processes x "
                           f"{training.gradient_accumulation_steps} accumulation)")
     set_seed(training.seed)  # the same initial weights on every process
-    model = SSMLMForCausalLM(config.model_config(tokenizer))
+    model = task.build_model(config, tokenizer, list(validation_blocks))
     if training.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     num_parameters = model.num_parameters()  # before ZeRO-3 or FSDP shard them
@@ -441,7 +392,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     on_main_process(accelerator, take_output_dir)
     try:
         metrics = run_steps(config, accelerator, model, optimizer, scheduler, train_loader, validation_loaders,
-                            tokenizer, output_dir, start_step, num_parameters, len(train_blocks))
+                            tokenizer, output_dir, start_step, num_parameters, len(train_blocks), task)
         if accelerator.is_main_process and (warning := finish_run(output_dir)):
             warn(accelerator, warning)
     finally:
@@ -453,7 +404,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
 
 def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, train_loader,
               validation_loaders: dict, tokenizer, output_dir: Path, start_step: int, num_parameters: int,
-              num_blocks: int) -> dict:
+              num_blocks: int, task: Task) -> dict:
     """The loop from `start_step` to `training.max_steps`, then the final model and the final checkpoint."""
     training = config.training
     accelerator.init_trackers("ssmlm", config=flat_hyperparameters(config))
@@ -476,11 +427,11 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         log.write({"step": step, **metrics})
 
     def validate(step):
-        metrics = evaluate(model, validation_loaders, accelerator)
+        model.eval()
+        metrics = task.evaluate(model, validation_loaders, accelerator)
+        model.train()
         record(step, metrics)
-        say(f"step {step}: validation " + ", ".join(
-            f"{domain} {metrics[f'val/{domain}/loss']:.3f} (ppl {metrics[f'val/{domain}/ppl']:.1f})"
-            for domain in validation_loaders))
+        say(f"step {step}: validation " + task.validation_line(metrics, validation_loaders))
         return metrics
 
     def save_checkpoint(step):
@@ -504,9 +455,9 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
             step_start = time.perf_counter()
             step_loss = torch.zeros((), device=accelerator.device)
             for _ in range(training.gradient_accumulation_steps):
-                ids = next(batches)["input_ids"]
+                batch = next(batches)
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                    loss = task.loss(model, batch)
                     accelerator.backward(loss)
                     step_loss += loss.detach() / training.gradient_accumulation_steps
                     if accelerator.sync_gradients:

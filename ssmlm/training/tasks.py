@@ -1,0 +1,259 @@
+"""What the trainer trains: a task prepares the data, builds the model, turns a batch into a loss and scores the
+validation data. The loop around them (trainer.py: devices, processes, checkpoints, resuming) is the same for all.
+
+    causal-lm               the next-token loss on blocks of data.seq_len tokens packed from every domain's
+                            documents (the default)
+    domain-classification   which data source (domain: books, code, math, ...) a window of data.seq_len tokens
+                            comes from, read by SSMLMForSequenceClassification. Windows are cut inside documents,
+                            so the training and validation windows come from different documents (the corpus's
+                            splits are by document), and the domains are balanced: each has as many windows as
+                            the smallest, so chance is 1 / the number of domains.
+
+`training.init_from` starts either task from a saved ssmlm model (its architecture, weights and, unless
+`tokenizer.path` says otherwise, its tokenizer): fine-tuning a pretrained language model as a classifier. A
+`model` setting that differs from the saved model's is an error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import datasets
+import torch
+from accelerate import Accelerator
+
+from ..data.packing import pack_documents, window_documents
+from ..data.sources import load_documents
+from ..data.tokenizer import get_tokenizer
+from ..configuration import SSMLMConfig
+from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification, next_token_losses
+from .config import ConfigError, TokenizerConfig, TrainConfig
+
+
+@dataclass
+class TaskData:
+    tokenizer: object
+    train: datasets.Dataset  # rows with "input_ids" (and "labels" where the task has them)
+    validation: dict[str, datasets.Dataset]  # per domain
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 709 else math.inf  # math.exp overflows above ~709.78
+
+
+class Task:
+    """The default methods are what both tasks share."""
+
+    name: str
+    model_class: type
+
+    def load_documents_and_tokenizer(self, config: TrainConfig):
+        start = config.training.init_from
+        if start:  # found out now, before the data is prepared
+            try:
+                SSMLMConfig.from_pretrained(start)
+            except (OSError, ValueError) as error:
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise ConfigError(f"training.init_from: {start} is not a saved ssmlm model ({reason}); train it "
+                                  f"first, or set training.init_from to null to start from scratch") from None
+        documents = load_documents(config.data)
+        tokenizer_config = config.tokenizer
+        if config.training.init_from and not tokenizer_config.path:
+            tokenizer_config = TokenizerConfig(path=config.training.init_from)
+        tokenizer = get_tokenizer(tokenizer_config, {domain: splits["train"] for domain, splits in documents.items()},
+                                  config.data.cache_dir)
+        return documents, tokenizer
+
+    def build_model(self, config: TrainConfig, tokenizer, **head):
+        if not config.training.init_from:
+            return self.model_class(config.model_config(tokenizer, **head))
+        model = self.model_class.from_pretrained(config.training.init_from, **head)
+        for key, value in config.model.items():  # the architecture is the saved model's
+            if getattr(model.config, key, None) != value:
+                raise ConfigError(f"model.{key}: {value!r} here, but {getattr(model.config, key, None)!r} in the "
+                                  f"model of training.init_from={config.training.init_from}; leave it out")
+        if model.config.vocab_size != len(tokenizer):
+            raise ConfigError(f"tokenizer.path: its {len(tokenizer)} tokens are not the {model.config.vocab_size} of "
+                              f"the model in training.init_from={config.training.init_from}")
+        return model
+
+    def validation_line(self, metrics: dict, domains) -> str:
+        raise NotImplementedError
+
+
+class CausalLanguageModeling(Task):
+    name = "causal-lm"
+    model_class = SSMLMForCausalLM
+
+    def prepare_data(self, config: TrainConfig) -> TaskData:
+        documents, tokenizer = self.load_documents_and_tokenizer(config)
+
+        def pack(split_documents):
+            return pack_documents(split_documents, tokenizer, config.data.seq_len, config.data.num_proc)
+
+        train = {domain: pack(splits["train"]) for domain, splits in documents.items()}
+        validation = {}
+        for domain, splits in documents.items():
+            blocks = pack(splits["validation"])
+            if len(blocks) == 0:
+                raise ConfigError(f"data.sources.{domain}.validation: shorter than one block of data.seq_len="
+                                  f"{config.data.seq_len} tokens")
+            if len(blocks) > config.training.eval_blocks:
+                blocks = blocks.shuffle(seed=config.data.seed).select(range(config.training.eval_blocks))
+            validation[domain] = blocks
+        return TaskData(tokenizer, datasets.concatenate_datasets(list(train.values())), validation)
+
+    def build_model(self, config: TrainConfig, tokenizer, domains=()):
+        return super().build_model(config, tokenizer)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        ids = batch["input_ids"]
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    @torch.no_grad()
+    def evaluate(self, model, loaders: dict, accelerator: Accelerator) -> dict[str, float]:
+        """Mean next-token loss and perplexity on each domain's validation blocks, and over all of them."""
+        block_losses = {}
+        for domain, loader in loaders.items():
+            losses = []
+            for batch in loader:
+                ids = batch["input_ids"]
+                logits = model(input_ids=ids, use_cache=False).logits
+                per_block = next_token_losses(logits[:, :-1], ids[:, 1:]).mean(1)
+                losses.append(accelerator.gather_for_metrics(per_block))
+            block_losses[domain] = torch.cat(losses)
+        metrics = {}
+        # Blocks have equal length, so the mean over blocks is the mean over tokens.
+        for name, losses in [*block_losses.items(), ("all", torch.cat(list(block_losses.values())))]:
+            prefix = "val" if name == "all" else f"val/{name}"
+            metrics[f"{prefix}/loss"] = losses.mean().item()
+            metrics[f"{prefix}/ppl"] = perplexity(metrics[f"{prefix}/loss"])
+        return metrics
+
+    def validation_line(self, metrics: dict, domains) -> str:
+        return ", ".join(f"{domain} {metrics[f'val/{domain}/loss']:.3f} (ppl {metrics[f'val/{domain}/ppl']:.1f})"
+                         for domain in domains)
+
+    # The model card's parts (model_card.py).
+
+    def description(self, config: TrainConfig) -> str:
+        return "causal language model"
+
+    def card_validation(self, config: TrainConfig, metrics: dict) -> list[str]:
+        return [
+            f"Final validation ({config.training.eval_blocks} blocks of {config.data.seq_len} tokens per domain):",
+            "",
+            "| domain | loss (nats/token) | perplexity |",
+            "|---|---:|---:|",
+            *(f"| {domain} | {metrics[f'val/{domain}/loss']:.3f} | {metrics[f'val/{domain}/ppl']:.1f} |"
+              for domain in config.data.sources),
+            f"| all | {metrics['val/loss']:.3f} | {metrics['val/ppl']:.1f} |",
+        ]
+
+    def card_usage(self, name: str) -> list[str]:
+        return [
+            "```python",
+            "import ssmlm  # registers the ssmlm classes with transformers' Auto classes (pip install ssmlm)",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+            'prompt = tokenizer("Once upon a time", return_tensors="pt")',
+            "print(tokenizer.decode(model.generate(**prompt, max_new_tokens=50)[0]))",
+            "```",
+            "",
+            f'or from the command line: `ssmlm-generate --model {name} --prompt "Once upon a time"`.',
+        ]
+
+
+class DomainClassification(Task):
+    name = "domain-classification"
+    model_class = SSMLMForSequenceClassification
+
+    def prepare_data(self, config: TrainConfig) -> TaskData:
+        documents, tokenizer = self.load_documents_and_tokenizer(config)
+        if len(documents) < 2:
+            raise ConfigError(f"task: {self.name} needs at least two data.sources to tell apart, got "
+                              f"{', '.join(documents) or 'none'}")
+
+        def windows(split: str) -> dict[str, datasets.Dataset]:
+            found = {}
+            for label, (domain, splits) in enumerate(documents.items()):
+                found[domain] = window_documents(splits[split], tokenizer, config.data.seq_len, label,
+                                                 config.data.num_proc)
+                if len(found[domain]) == 0:
+                    raise ConfigError(f"data.sources.{domain}.{split}: no document is as long as data.seq_len="
+                                      f"{config.data.seq_len} tokens")
+            return found
+
+        def balanced(found: dict[str, datasets.Dataset], cap: int | None = None) -> dict[str, datasets.Dataset]:
+            count = min(len(rows) for rows in found.values())
+            count = min(count, cap) if cap else count
+            return {domain: rows.shuffle(seed=config.data.seed).select(range(count)) for domain, rows in found.items()}
+
+        train = balanced(windows("train"))
+        validation = balanced(windows("validation"), config.training.eval_blocks)
+        return TaskData(tokenizer, datasets.concatenate_datasets(list(train.values())), validation)
+
+    def build_model(self, config: TrainConfig, tokenizer, domains=()):
+        labels = dict(enumerate(domains))
+        return super().build_model(config, tokenizer, num_labels=len(labels), id2label=labels,
+                                   label2id={domain: label for label, domain in labels.items()})
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+
+    @torch.no_grad()
+    def evaluate(self, model, loaders: dict, accelerator: Accelerator) -> dict[str, float]:
+        """Accuracy on each domain's validation windows and over all (balanced, so the mean of the domains'), and
+        the mean cross-entropy over all."""
+        metrics, correct, losses = {}, [], []
+        for domain, loader in loaders.items():
+            hits = []
+            for batch in loader:
+                logits = model(input_ids=batch["input_ids"], use_cache=False).logits.float()
+                labels = batch["labels"]
+                hits.append(accelerator.gather_for_metrics((logits.argmax(-1) == labels).float()))
+                losses.append(accelerator.gather_for_metrics(
+                    torch.nn.functional.cross_entropy(logits, labels, reduction="none")))
+            hits = torch.cat(hits)
+            metrics[f"val/{domain}/accuracy"] = hits.mean().item()
+            correct.append(hits)
+        metrics["val/accuracy"] = torch.cat(correct).mean().item()
+        metrics["val/loss"] = torch.cat(losses).mean().item()
+        return metrics
+
+    def validation_line(self, metrics: dict, domains) -> str:
+        by_domain = ", ".join(f"{domain} {metrics[f'val/{domain}/accuracy']:.1%}" for domain in domains)
+        return f"accuracy {metrics['val/accuracy']:.1%} ({by_domain}), loss {metrics['val/loss']:.3f}"
+
+    def description(self, config: TrainConfig) -> str:
+        return (f"sequence classifier that tells which of {', '.join(config.data.sources)} a window of "
+                f"{config.data.seq_len} tokens comes from")
+
+    def card_validation(self, config: TrainConfig, metrics: dict) -> list[str]:
+        domains = list(config.data.sources)
+        return [
+            f"Final validation (windows of {config.data.seq_len} tokens from the validation documents, the same "
+            f"number per domain, at most {config.training.eval_blocks}; chance is {1 / len(domains):.1%}):",
+            "",
+            "| domain | accuracy |",
+            "|---|---:|",
+            *(f"| {domain} | {metrics[f'val/{domain}/accuracy']:.1%} |" for domain in domains),
+            f"| all | {metrics['val/accuracy']:.1%} |",
+        ]
+
+    def card_usage(self, name: str) -> list[str]:
+        return [
+            "```python",
+            "import ssmlm  # registers the ssmlm classes with transformers' Auto classes (pip install ssmlm)",
+            "from transformers import pipeline",
+            "",
+            f'classify = pipeline("text-classification", model="{name}")',
+            'print(classify("def main():\\n    return 0"))',
+            "```",
+        ]
+
+
+TASKS = {task.name: task for task in (CausalLanguageModeling(), DomainClassification())}

@@ -1,5 +1,7 @@
 """SSMLMConfig: one Hugging Face config for every ssmlm model, its layers listed by block kind."""
 
+from pathlib import Path
+
 from huggingface_hub.dataclasses import strict
 
 from transformers import PreTrainedConfig
@@ -28,6 +30,17 @@ ATTENTION_SPANS = ("full", "sliding", "chunked")
 REMOTE_MODULE_NAME = "ssmlm_remote"  # the module saved beside a model's weights, for trust_remote_code
 AUTO_CLASSES = {"AutoConfig": "SSMLMConfig", "AutoModel": "SSMLMModel", "AutoModelForCausalLM": "SSMLMForCausalLM",
                 "AutoModelForSequenceClassification": "SSMLMForSequenceClassification"}
+
+# The module every saved config carries (named in its auto_map), so that transformers can load it by path
+# with trust_remote_code=True without the caller importing ssmlm: it imports the installed package, or says what
+# to install.
+REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (trust_remote_code=True)."""
+
+try:
+    from ssmlm import {", ".join(sorted(AUTO_CLASSES.values()))}  # noqa: F401
+except ImportError as error:
+    raise ImportError("this model needs the ssmlm package: pip install ssmlm") from error
+'''
 
 
 @strict
@@ -133,9 +146,16 @@ class SSMLMConfig(PreTrainedConfig):
             self.mega_chunk_size = None  # the reference code's spelling of full attention
         super().__post_init__(**kwargs)
         # Saved in config.json: with trust_remote_code=True, transformers loads the classes through the module
-        # saved beside the weights (modeling.REMOTE_MODULE), which imports this package, in a process that never
-        # imported it (lm-eval, TRL, pipeline() by path).
+        # saved beside it (REMOTE_MODULE, written by save_pretrained), which imports this package, in a process
+        # that never imported it (lm-eval, TRL, pipeline() by path).
         self.auto_map = {auto_class: f"{REMOTE_MODULE_NAME}.{name}" for auto_class, name in AUTO_CLASSES.items()}
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' save_pretrained, and the module the auto_map names (REMOTE_MODULE). The model's
+        save_pretrained calls this one after noting the files' times, so with push_to_hub=True the module is
+        uploaded with the weights."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        (Path(save_directory) / f"{REMOTE_MODULE_NAME}.py").write_text(REMOTE_MODULE, encoding="utf-8")
 
     def validate_architecture(self):
         """Part of `@strict` validation: names the offending field."""

@@ -1,11 +1,9 @@
-"""The Hugging Face face of ssmlm: SSMLMModel and SSMLMForCausalLM.
+"""The Hugging Face face of ssmlm: SSMLMModel, SSMLMForCausalLM and SSMLMForSequenceClassification.
 
 Training runs each block in convolutional mode (one FFT pass, no state). With a cache, a block continues from
 its state: generate() prefills the whole prompt in one convolutional pass that also returns the state, then
 steps one token at a time; it never re-reads the prefix.
 """
-
-from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -20,23 +18,11 @@ from .blocks import BLOCKS
 from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .blocks.mega import QueryKeyScaleOffset
 from .cache import SSMLMCache
-from .configuration import AUTO_CLASSES, REMOTE_MODULE_NAME, SSMLMConfig
+from .configuration import SSMLMConfig
 from .kernels import SSMKernel
 
 # Modules with parameters of their own: post_init's `_init_weights` re-initialises them by their reset_parameters().
 CUSTOM_INIT_MODULES = (SSMKernel, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
-
-
-# The module every saved model carries (named in its config's auto_map), so that transformers can load it by path
-# with trust_remote_code=True without the caller importing ssmlm: it imports the installed package, or says what
-# to install.
-REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (trust_remote_code=True)."""
-
-try:
-    from ssmlm import {", ".join(sorted(AUTO_CLASSES.values()))}  # noqa: F401
-except ImportError as error:
-    raise ImportError("this model needs the ssmlm package: pip install ssmlm") from error
-'''
 
 
 # The linear layers of every block kind (lm_head aside), for LoRA: peft has no default targets for model_type "ssmlm",
@@ -53,12 +39,6 @@ class SSMLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
     _supports_sdpa = True  # the attention blocks (attention.py) run torch's scaled_dot_product_attention
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        """transformers' save_pretrained, and the module the config's auto_map names (REMOTE_MODULE)."""
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            (Path(save_directory) / f"{REMOTE_MODULE_NAME}.py").write_text(REMOTE_MODULE, encoding="utf-8")
 
     @torch.no_grad()
     def _init_weights(self, module):

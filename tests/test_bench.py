@@ -525,3 +525,47 @@ def test_the_data_memory_benchmark_runs_and_writes_its_json(tmp_path):
     assert [r["text_mb"] >= size for r, size in zip(results["runs"], [0.3, 0.6])] == [True, True]
     assert all(r["peak_memory_mb"] > 100 for r in results["runs"]) and results["runs"][0]["peak_memory_vs_first"] == 1
     assert run.stdout.count(" MB |") == 4  # two rows of a size and a peak
+
+
+def test_the_compile_benchmark_times_compiled_against_eager(monkeypatch, tmp_path):
+    """The harness of `bench.py compile`, with Dynamo's eager backend standing in for inductor (whose compile takes
+    minutes): every model eager and compiled, training and decoding, each compiled figure against its eager one."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: real_compile(model, backend="eager", **options))
+    out = tmp_path / "compile.json"
+    assert main(["compile", "--models", "gss", "--lengths", "64", "--prompt-length", "16", "--new-tokens", "2",
+                 "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(row["mode"], row["phase"]) for row in rows} == {(mode, phase) for mode in ("eager", "compiled")
+                                                            for phase in ("train", "decode")}
+    for row in rows:
+        assert "status" not in row and row["first_call_seconds"] > 0
+        assert row["tokens_per_s" if row["phase"] == "train" else "ms_per_token"] > 0
+        assert ("speedup_over_eager" in row) == (row["mode"] == "compiled")
+
+
+def test_batched_decoding_measures_every_batch_and_the_cache_per_sequence(tmp_path):
+    out = tmp_path / "batched.json"
+    assert main(["decode-batch", "--models", "gss", "mega-chunk", "llama", "mamba", "--prompt-lengths", "16", "48",
+                 "--batch-sizes", "1", "3", "--new-tokens", "2", "--repeats", "1", "--threads", "1",
+                 "--matmul-size", "128", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(row["model"], row["prompt_length"], row["batch"]): row for row in result["results"]}
+    assert len(rows) == 4 * 2 * 2 and all(row["status"] == "ok" for row in rows.values())
+    assert all(row["tokens_per_s"] > 0 and 0 < row["mfu"] for row in rows.values())
+    assert rows["llama", 48, 3]["speedup_vs_baseline"] == 1.0
+    cache = {(name, length): rows[name, length, 1]["cache_bytes_per_sequence"] for name, length, _ in rows}
+    for name in ("gss", "mamba"):  # a constant state
+        assert cache[name, 16] == cache[name, 48] > 0
+    assert cache["llama", 48] == 3 * cache["llama", 16]  # keys and values grow with the prompt
+    assert 0 < result["decoding_matmul"]["fraction_of_peak"]
+
+
+def test_a_long_stream_records_flat_figures_for_a_recurrent_model(tmp_path):
+    out = tmp_path / "stream.json"
+    assert main(["long-stream", "--models", "gss", "llama", "--prompt-length", "8", "--tokens", "24", "--every", "8",
+                 "--threads", "1", "--out", str(out)]) == 0
+    streams = json.loads(out.read_text())["streams"]
+    assert [record["tokens"] for record in streams["gss"]["records"]] == [8, 16, 24]
+    assert streams["gss"]["cache_bytes_constant"] and not streams["llama"]["cache_bytes_constant"]
+    assert all(record["ms_per_token"] > 0 and record["resident_mib"] > 0 for record in streams["gss"]["records"])

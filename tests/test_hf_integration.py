@@ -3,6 +3,7 @@ config validation."""
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -275,12 +276,16 @@ FRESH_PROCESS_LOADS = {
                             "print(type(model).__name__)",
     "pipeline": "generator = pipeline('text-generation', model=DIR, trust_remote_code=True); "
                 "print(generator('To be', max_new_tokens=3, do_sample=False)[0]['generated_text'])",
+    # A language model read as a classifier (a new head): the start of fine-tuning it by path.
+    "AutoModelForSequenceClassification": "model = AutoModelForSequenceClassification.from_pretrained(DIR, "
+                                          "trust_remote_code=True, num_labels=3); print(type(model).__name__)",
 }
 
 
 def run_fresh(code: str, directory):
     """`code` in a Python process that imports transformers, never ssmlm (only the saved module may)."""
-    preamble = ("import sys; from transformers import AutoConfig, AutoModelForCausalLM, pipeline; "
+    preamble = ("import sys; from transformers import AutoConfig, AutoModelForCausalLM, "
+                "AutoModelForSequenceClassification, pipeline; "
                 f"DIR = {str(directory)!r}; ")
     return subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True, timeout=300)
 
@@ -290,7 +295,8 @@ def run_fresh(code: str, directory):
 def test_a_saved_model_loads_by_path_in_a_process_that_never_imported_ssmlm(how, tiny_model_dir):
     run = run_fresh(FRESH_PROCESS_LOADS[how], tiny_model_dir)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] in {"ssmlm", "SSMLMForCausalLM"} or run.stdout.startswith("To be")
+    assert run.stdout.strip().splitlines()[-1] in {"ssmlm", "SSMLMForCausalLM", "SSMLMForSequenceClassification"} \
+        or run.stdout.startswith("To be")
 
 
 @pytest.mark.slow
@@ -302,10 +308,61 @@ def test_without_ssmlm_installed_the_error_says_what_to_install(tiny_model_dir):
         "ImportError: this model needs the ssmlm package: pip install ssmlm"
 
 
+LM_EVAL_TASK = """task: ssmlm_fixture_text
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: bits_per_byte
+"""
+
+
+@pytest.mark.slow
+def test_the_lm_eval_command_evaluates_a_saved_model_by_path(tiny_model_dir, fixture_texts, tmp_path):
+    """`lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True`, on a local task (rolling
+    log-likelihood of real text: no Hub at test time)."""
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": text[:1500]}) + "\n" for text in fixture_texts[:3]))
+    (tmp_path / "task.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    run = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                          f"pretrained={tiny_model_dir},trust_remote_code=True", "--tasks", "ssmlm_fixture_text",
+                          "--include_path", str(tmp_path), "--device", "cpu", "--batch_size", "1",
+                          "--output_path", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results,) = (tmp_path / "out").rglob("results_*.json")
+    bits = json.loads(results.read_text())["results"]["ssmlm_fixture_text"]["bits_per_byte,none"]
+    assert 0 < bits < 8  # the trained tiny model: better than a byte drawn at random
+
+
+TRL_FINE_TUNE = """
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+data = Dataset.from_dict({"text": ["To be, or not to be, that is the question. " * 4] * 8})
+args = SFTConfig(output_dir=OUT, max_steps=2, per_device_train_batch_size=2, max_length=64, report_to=[],
+                 model_init_kwargs={"trust_remote_code": True}, use_cpu=True, save_strategy="no")
+trainer = SFTTrainer(model=DIR, args=args, train_dataset=data)
+print(type(trainer.model).__name__, trainer.train().training_loss)
+"""
+
+
+@pytest.mark.slow
+def test_trl_fine_tunes_a_saved_model_by_path(tiny_model_dir, tmp_path):
+    run = run_fresh(f"OUT = {str(tmp_path)!r}\n" + TRL_FINE_TUNE, tiny_model_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    name, loss = run.stdout.strip().splitlines()[-1].split()
+    assert name == "SSMLMForCausalLM" and 0 < float(loss) < 10
+
+
 def test_a_saved_model_names_its_remote_module_and_carries_it(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "ssmlm_remote.SSMLMForCausalLM"
-    assert "from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMModel" in \
+    assert "from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMForSequenceClassification, SSMLMModel" in \
         (tiny_model_dir / "ssmlm_remote.py").read_text()
 
 
@@ -339,3 +396,24 @@ def test_every_lora_target_is_a_layer_of_some_block_kind():
         model = SSMLMForCausalLM(tiny_config(block_types=[block_kind], num_hidden_layers=1, attention_num_heads=2))
         names |= {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     assert set(LORA_TARGET_MODULES) == names - {"lm_head"}
+
+
+def test_push_to_hub_uploads_the_remote_module_with_the_weights(tmp_path, monkeypatch):
+    """model.save_pretrained(push_to_hub=True) uploads the files it wrote: the module its auto_map names too. The
+    Hub is replaced by a record of what would be uploaded."""
+    import transformers.modeling_utils
+
+    class Hub:
+        def create_repo(self, repo_id, exist_ok=False, **kwargs):
+            return type("Repo", (), {"repo_id": f"user/{repo_id}"})
+
+    uploaded = {}
+
+    def record_upload(self, working_dir, repo_id, files_timestamps, **kwargs):
+        uploaded[repo_id] = {name for name in os.listdir(working_dir)
+                             if os.path.getmtime(os.path.join(working_dir, name)) > files_timestamps.get(name, -1)}
+
+    monkeypatch.setattr(transformers.modeling_utils, "hf_api", Hub)
+    monkeypatch.setattr(SSMLMForCausalLM, "_upload_modified_files", record_upload)
+    SSMLMForCausalLM(tiny_config()).save_pretrained(tmp_path / "tiny-gss", push_to_hub=True)
+    assert {"config.json", "model.safetensors", "ssmlm_remote.py"} <= uploaded["user/tiny-gss"]

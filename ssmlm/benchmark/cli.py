@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..tooling.memory import add_host_allocator_option, available_memory_mib
-from . import compiled, mega_chunk
+from . import batched, compiled, long_stream, mega_chunk
 from .compare import compare_results
 from .contenders import GSS_PORT, LEGACY_MEGA, MODEL_NAMES, WORKER_CONTENDERS
 from .measure import measure_training_peak_memory
@@ -117,6 +117,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_host_allocator_option(compile_run)
     add_output_options(compile_run)
 
+    batched_defaults = batched.BatchedSettings()
+    batch_run = commands.add_parser("decode-batch", help="generated tokens/s of B streams decoded at once, cache bytes "
+                                                         "per sequence and decoding MFU",
+                                    description=batched.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    batch_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=batched_defaults.models)
+    batch_run.add_argument("--prompt-lengths", type=int, nargs="+", default=batched_defaults.prompt_lengths)
+    batch_run.add_argument("--batch-sizes", type=int, nargs="+", default=batched_defaults.batch_sizes)
+    batch_run.add_argument("--new-tokens", type=int, default=batched_defaults.new_tokens)
+    batch_run.add_argument("--repeats", type=int, default=batched_defaults.repeats)
+    batch_run.add_argument("--matmul-size", type=int, default=batched_defaults.matmul_size)
+    batch_run.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    batch_run.add_argument("--threads", type=int, default=batched_defaults.threads,
+                           help="torch threads (default: torch's choice)")
+    add_host_allocator_option(batch_run)
+    add_output_options(batch_run)
+
+    stream_defaults = long_stream.LongStreamSettings()
+    stream_run = commands.add_parser("long-stream", help="ms/token, resident memory and cache bytes every N tokens of "
+                                                         "one very long generated stream",
+                                     description=long_stream.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    stream_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=stream_defaults.models)
+    stream_run.add_argument("--prompt-length", type=int, default=stream_defaults.prompt_length)
+    stream_run.add_argument("--tokens", type=int, default=stream_defaults.tokens)
+    stream_run.add_argument("--every", type=int, default=stream_defaults.every)
+    stream_run.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    stream_run.add_argument("--threads", type=int, default=stream_defaults.threads,
+                            help="torch threads (default: torch's choice)")
+    add_host_allocator_option(stream_run)
+    add_output_options(stream_run)
+
     child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
                                                     "benchmark runs this in a process per model and length)")
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
@@ -183,6 +214,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)
+    if args.command == "long-stream":
+        settings = long_stream.LongStreamSettings(
+            **{field.name: getattr(args, field.name) for field in fields(long_stream.LongStreamSettings)})
+        result = long_stream.run_long_stream(settings)
+        write_outputs(result, long_stream.to_markdown(result), args)
+        return 0
+    if args.command == "decode-batch":
+        settings = batched.BatchedSettings(
+            **{field.name: getattr(args, field.name) for field in fields(batched.BatchedSettings)})
+        result = batched.run_batched_decoding(settings)
+        write_outputs(result, batched.to_markdown(result), args)
+        return 0
     if args.command == "compile":
         settings = compiled.CompileSettings(
             **{field.name: getattr(args, field.name) for field in fields(compiled.CompileSettings)

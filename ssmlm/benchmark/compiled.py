@@ -56,6 +56,9 @@ def run_compile_benchmark(settings: CompileSettings) -> dict:
         result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(CPU),
                   "settings": asdict(settings)}
         result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, CPU)
+        # Every model's forward is the same code object to Dynamo, which keeps at most recompile_limit graphs per
+        # code object (then runs it eager): several models, each in training, prefill and decoding, need more.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         contenders, first_calls, runs = Contenders(), {}, {}
         for name in settings.models:
             eager = contenders.build(name, CPU)

@@ -1,5 +1,6 @@
 """The contenders, built by name: GSS, GSS with each of the other kernels, the S4 LM, H3 and its hybrid, Mega-chunk,
-the GSS-Transformer hybrid, transformers' Llama (the baseline) and the public implementations (public.py). Each is
+the GSS-Transformer hybrid, transformers' Llama (the baseline) and Mamba (the SSM language model in transformers),
+and the public implementations (public.py). Each is
 built at the benchmark's size (size.py) and, but for GSS and the kernel variants, matched to GSS's parameter count.
 
 A builder raises NotImplementedYet for a model whose block kind is not in the registry (ssmlm.blocks.BLOCKS), and
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM, PreTrainedModel
 
 from ..blocks import BLOCKS
 from ..configuration import SSMLMConfig
@@ -29,6 +30,7 @@ from .public import (
 from .size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_HEADS, NUM_LAYERS, VOCAB_SIZE, count_parameters
 
 BASELINE = "llama"
+MAMBA = "mamba"
 LLAMA_MAX_POSITIONS = 131072  # RoPE needs a bound; above every length benchmarked here
 HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside chunks of this many tokens
 
@@ -182,6 +184,16 @@ def llama_with(contenders: Contenders, intermediate_size: int) -> PreTrainedMode
     ))
 
 
+def mamba_with(contenders: Contenders, intermediate_size: int) -> PreTrainedModel:
+    """transformers' Mamba (state 16, convolution 4, as its defaults), its inner width solved for GSS's count: the
+    SSM language model a user would pick today. Without the fused kernels (mamba_ssm, causal_conv1d; GPU only) it
+    runs transformers' PyTorch path."""
+    config = MambaConfig(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS,
+                         tie_word_embeddings=True)
+    config.intermediate_size = intermediate_size  # `expand` is an integer; the width it sets is what is matched
+    return MambaForCausalLM(config)
+
+
 def matched(model_with: Callable[[Contenders, int], PreTrainedModel]) -> Callable[[Contenders], PreTrainedModel]:
     return lambda contenders: model_with(contenders, contenders.matched_intermediate_size(model_with))
 
@@ -196,9 +208,10 @@ MODEL_BUILDERS: dict[str, Callable[[Contenders], PreTrainedModel]] = {
     "mega-chunk": matched(mega_chunk_with),
     "hybrid": matched(hybrid_with),
     BASELINE: matched(llama_with),
+    MAMBA: matched(mamba_with),
 }
 MODEL_NAMES = ["gss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA,
-               "hybrid", BASELINE]  # the order of the tables
+               "hybrid", BASELINE, MAMBA]  # the order of the tables
 assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | {GSS_PORT, LEGACY_MEGA}
 
 

@@ -36,7 +36,15 @@ class AttentionShape(NamedTuple):
 FOREIGN_ATTENTION_SHAPES: dict[str, Callable[[nn.Module], AttentionShape | None]] = {
     "LlamaDecoderLayer": lambda layer: AttentionShape(layer.self_attn.q_proj.out_features,
                                                       layer.self_attn.q_proj.out_features, None),
+    "MambaBlock": lambda layer: None,
 }
+
+
+def mamba_scan_flops(layer: nn.Module, tokens: int, batch: int) -> float:
+    """Mamba's mixer beyond its linear layers, per token and inner channel: the depthwise convolution (k taps), the
+    state update h = Āh + B̄x and the readout Ch over the N states, a multiply-add each."""
+    mixer = layer.mixer
+    return 2 * batch * tokens * mixer.intermediate_size * (mixer.conv_kernel_size + 2 * mixer.ssm_state_size)
 
 
 def attention_shape(layer: nn.Module) -> AttentionShape | None | str:
@@ -59,7 +67,9 @@ def forward_flops(model: PreTrainedModel, tokens: int, context: int = 0, cached:
     flops = 2 * batch * (tokens * linear_weights + logits_tokens * head.weight.numel())
     flops += sum(m.flops(tokens, cached, batch) for m in model.modules() if isinstance(m, SSMKernel))
     uncounted = set()
-    for layer in model.model.layers:
+    for layer in model.base_model.layers:
+        if type(layer).__name__ == "MambaBlock":
+            flops += mamba_scan_flops(layer, tokens, batch)
         shape = attention_shape(layer)
         if shape == "unknown":
             uncounted.add(type(layer).__name__)

@@ -78,9 +78,17 @@ def make_training_step(model: nn.Module | WorkerContender, length: int, device: 
     return step
 
 
+def cache_of(output) -> dict:
+    """The keyword argument that hands a model its cache back: transformers' Mamba takes and returns it as
+    `cache_params`, the others as `past_key_values`."""
+    if hasattr(output, "cache_params"):
+        return {"cache_params": output.cache_params}
+    return {"past_key_values": output.past_key_values}
+
+
 def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device) -> Callable[[], dict]:
     """A closure that prefills a prompt in one forward, then decodes `new_tokens` greedily, one forward per
-    token reusing the cache (ssmlm's recurrent state, Llama's DynamicCache), as generate() does."""
+    token reusing the cache (ssmlm's recurrent state, Llama's key/value cache, Mamba's state), as generate() does."""
     model.eval()
     prompt = random_tokens(prompt_length, device)
 
@@ -94,7 +102,7 @@ def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, devic
             prefill_seconds = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(new_tokens):
-                output = model(input_ids=token, past_key_values=output.past_key_values, use_cache=True)
+                output = model(input_ids=token, **cache_of(output), use_cache=True)
                 token = output.logits[:, -1:].argmax(-1)
             synchronize(device)
             decode_seconds = time.perf_counter() - start

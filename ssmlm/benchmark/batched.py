@@ -1,0 +1,216 @@
+"""Serving many streams: generated tokens/s when B sequences decode at once after a prompt, the cache each sequence
+holds, and decoding MFU, for GSS, Mega-chunk, the hybrid, Llama and transformers' Mamba at matched parameters.
+
+Each (model, prompt length) is prefilled once at batch 1; every timed run copies that cache, repeats it B times
+(`batch_repeat_interleave`, as generate() does for several sequences per prompt) and decodes `new_tokens` greedy
+steps for all B at once, so the prefill is not timed and every batch size decodes from the same state. All runs
+are interleaved with two matmul timings: the big square one MFU is measured against, and one of a decoding step's
+own shape (B × d by d × 4d at the largest B), the rate a decoding step's matmuls could reach at best. Cache bytes
+are those of one sequence's cache after its prompt: constant for the recurrent models, growing with the prompt
+for Llama's keys and values.
+"""
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..tooling.markdown import markdown_table
+from .contenders import BASELINE, Contenders
+from .flops import generation_flops
+from .measure import autocast, cache_of, make_matmul_timing, random_tokens, run_interleaved, synchronize, torch_threads
+from .report import format_ratio, format_value
+from .runs import machine_info, use_host_allocator
+from .size import HIDDEN_SIZE
+
+BIG_MATMUL, DECODING_MATMUL = "matmul", "decoding-shaped matmul"
+
+
+@dataclass
+class BatchedSettings:
+    """What is timed; recorded in the run's JSON as `settings`."""
+
+    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk", "hybrid", BASELINE, "mamba"])
+    prompt_lengths: list[int] = field(default_factory=lambda: [1024, 8192])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    new_tokens: int = 32
+    repeats: int = 3
+    matmul_size: int = 2048
+    device: str = "cpu"
+    threads: int = field(default_factory=torch.get_num_threads)
+    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
+
+
+def layer_tensors(cache) -> list[tuple[dict, object]]:
+    """(holder, key) of every tensor in the layers of a transformers cache: attributes of a layer, or entries of a
+    layer's dicts (Mamba's convolution and recurrent states, by state index)."""
+    found = []
+    for layer in cache.layers:
+        for name, value in vars(layer).items():
+            if torch.is_tensor(value):
+                found.append((vars(layer), name))
+            elif isinstance(value, dict):
+                found += [(value, key) for key, item in value.items() if torch.is_tensor(item)]
+    return found
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of the tensors a cache holds: ssmlm's counts its own; transformers' caches keep them in their layers."""
+    if hasattr(cache, "num_bytes"):
+        return cache.num_bytes()
+    return sum(holder[key].numel() * holder[key].element_size() for holder, key in layer_tensors(cache))
+
+
+def prefill(model, prompt_length: int, device: torch.device) -> dict:
+    """The cache keyword argument (`cache_of`) after one sequence's prompt."""
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        return cache_of(model(input_ids=random_tokens(prompt_length, device), use_cache=True, logits_to_keep=1))
+
+
+def repeat_each_sequence(cache, batch: int) -> None:
+    """generate()'s `batch_repeat_interleave`; the layers of transformers' Mamba cache lack it (a layer fails before
+    any changes), so their state tensors are repeated here."""
+    try:
+        cache.batch_repeat_interleave(batch)
+    except AttributeError:
+        for holder, key in layer_tensors(cache):
+            if holder[key].dim() > 0 and holder[key].shape[0] == 1:
+                holder[key] = holder[key].repeat_interleave(batch, dim=0)
+
+
+def make_batched_decoding(model, prefilled: dict, batch: int, new_tokens: int,
+                          device: torch.device) -> Callable[[], dict]:
+    """A closure that decodes `new_tokens` greedy steps for `batch` copies of the prefilled sequence at once."""
+    (key, base), = prefilled.items()
+
+    def decode() -> dict:
+        cache = copy.deepcopy(base)
+        repeat_each_sequence(cache, batch)
+        state = {key: cache}
+        token = torch.randint(0, model.config.vocab_size, (batch, 1), generator=torch.Generator().manual_seed(batch))
+        token = token.to(device)
+        with torch.no_grad(), autocast(device):
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                output = model(input_ids=token, **state, use_cache=True)
+                state = cache_of(output)
+                token = output.logits[:, -1:].argmax(-1)
+            synchronize(device)
+        return {"seconds": time.perf_counter() - start}
+
+    return decode
+
+
+def make_decoding_matmul_timing(device: torch.device, batch: int, width: int) -> Callable[[], dict]:
+    """FLOP/s of a (batch × width) by (width × 4·width) matmul: a decoding step's feed-forward shape."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(batch, width, device=device, dtype=dtype), torch.randn(width, 4 * width, device=device,
+                                                                             dtype=dtype)
+    inner = 200
+
+    def timed() -> dict:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        synchronize(device)
+        return {"flops_per_s": inner * 2 * batch * width * 4 * width / (time.perf_counter() - start)}
+
+    return timed
+
+
+def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] = print) -> dict:
+    device = torch.device(settings.device)
+    with torch_threads(settings.threads):
+        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
+                  "settings": asdict(settings)}
+        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, device)
+        models, skipped = Contenders().build_all(settings.models, device, settings.threads)
+        for name, status in skipped.items():
+            log(f"{name}: {status}")
+        runs, per_sequence, failures = {}, {}, {}
+        for name, model in models.items():
+            for prompt_length in settings.prompt_lengths:
+                try:
+                    prefilled = prefill(model, prompt_length, device)
+                except Exception as error:  # one model that cannot prefill does not stop the others
+                    failures[name, prompt_length] = f"error: {type(error).__name__}: {error}"[:200]
+                    continue
+                per_sequence[name, prompt_length] = cache_bytes(next(iter(prefilled.values())))
+                for batch in settings.batch_sizes:
+                    runs[name, prompt_length, batch] = make_batched_decoding(model, prefilled, batch,
+                                                                             settings.new_tokens, device)
+        runs[BIG_MATMUL] = make_matmul_timing(device, settings.matmul_size)
+        runs[DECODING_MATMUL] = make_decoding_matmul_timing(device, max(settings.batch_sizes), HIDDEN_SIZE)
+        log(f"decoding {len(runs) - 2} (model, prompt, batch) runs, interleaved, {settings.repeats} repeats")
+        samples, run_failures = run_interleaved(runs, settings.repeats)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    peak = statistics.median(sample["flops_per_s"] for sample in samples.pop(BIG_MATMUL))
+    shaped = statistics.median(sample["flops_per_s"] for sample in samples.pop(DECODING_MATMUL))
+    result["matmul_peak"] = {"size": settings.matmul_size, "flops_per_s": peak}
+    result["decoding_matmul"] = {"shape": [max(settings.batch_sizes), HIDDEN_SIZE, 4 * HIDDEN_SIZE],
+                                 "flops_per_s": shaped, "fraction_of_peak": shaped / peak}
+
+    rows, baseline = [], {}
+    for name in settings.models:
+        for prompt_length in settings.prompt_lengths:
+            for batch in settings.batch_sizes:
+                row = {"model": name, "prompt_length": prompt_length, "batch": batch}
+                status = (skipped.get(name) or failures.get((name, prompt_length))
+                          or run_failures.get((name, prompt_length, batch)))
+                if status:
+                    rows.append(row | {"status": status})
+                    continue
+                seconds = [sample["seconds"] for sample in samples[name, prompt_length, batch]]
+                tokens_per_s = batch * settings.new_tokens / statistics.median(seconds)
+                flops_per_token = generation_flops(models[name], prompt_length, settings.new_tokens)[1]
+                if name == BASELINE:
+                    baseline[prompt_length, batch] = tokens_per_s
+                rows.append(row | {
+                    "status": "ok",
+                    "seconds_repeats": seconds,
+                    "tokens_per_s": tokens_per_s,
+                    "ms_per_step": 1000 * statistics.median(seconds) / settings.new_tokens,
+                    "cache_bytes_per_sequence": per_sequence[name, prompt_length],
+                    "decode_flops_per_token": flops_per_token,
+                    "mfu": flops_per_token * tokens_per_s / peak,
+                })
+    for row in rows:
+        if row.get("status") == "ok" and (row["prompt_length"], row["batch"]) in baseline:
+            row["speedup_vs_baseline"] = row["tokens_per_s"] / baseline[row["prompt_length"], row["batch"]]
+    result["results"] = rows
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    rows = []
+    for row in result["results"]:
+        if row["status"] != "ok":
+            rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), row["status"], "", "", "", ""])
+            continue
+        rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), format_value(row["tokens_per_s"]),
+                     format_ratio(row.get("speedup_vs_baseline")), format_value(row["ms_per_step"]),
+                     f"{row['cache_bytes_per_sequence'] / 2**20:,.2f}", f"{row['mfu']:.1%}"])
+    settings, machine, shaped = result["settings"], result["machine"], result["decoding_matmul"]
+    lines = [
+        "# Batched decoding: many streams at once",
+        "",
+        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
+        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
+        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        f"{settings['new_tokens']} greedy steps for B sequences at once after one prefilled prompt; medians of "
+        f"{settings['repeats']} interleaved repetitions. MFU against the {settings['matmul_size']}² matmul of the "
+        f"same run ({result['matmul_peak']['flops_per_s'] / 1e9:.1f} GFLOP/s); a {shaped['shape'][0]}×"
+        f"{shaped['shape'][1]} by {shaped['shape'][1]}×{shaped['shape'][2]} matmul, a decoding step's shape, "
+        f"reached {shaped['fraction_of_peak']:.0%} of it.",
+        "",
+        *markdown_table(["model", "prompt", "batch", "tokens/s", f"× {BASELINE}", "ms/step", "cache MiB/seq", "MFU"],
+                        rows),
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,104 @@
+"""One very long stream: a model decodes `tokens` tokens after a prompt, one at a time with its cache, and every
+`every` tokens the mean ms/token of that stretch, the process's resident memory and the cache's bytes are
+recorded. A recurrent model's figures should stay flat however long the stream: a constant state, no growing
+buffer, no slowdown. Greedy decoding of a randomly initialised model (what is generated does not matter here).
+"""
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+from ..tooling.markdown import markdown_table
+from .batched import cache_bytes, prefill
+from .contenders import Contenders
+from .measure import autocast, cache_of, synchronize, torch_threads
+from .report import format_ratio, format_value
+from .runs import machine_info, use_host_allocator
+
+
+@dataclass
+class LongStreamSettings:
+    """What is run; recorded in the run's JSON as `settings`."""
+
+    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk"])
+    prompt_length: int = 1024
+    tokens: int = 131072
+    every: int = 8192
+    device: str = "cpu"
+    threads: int = field(default_factory=torch.get_num_threads)
+    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
+
+
+def stream(model, settings: LongStreamSettings, device: torch.device) -> list[dict]:
+    """The records of one model's stream, one per `every` tokens."""
+    process = psutil.Process()
+    state = prefill(model, settings.prompt_length, device)
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    records = []
+    with torch.no_grad(), autocast(device):
+        for start in range(0, settings.tokens, settings.every):
+            synchronize(device)
+            began = time.perf_counter()
+            for _ in range(min(settings.every, settings.tokens - start)):
+                output = model(input_ids=token, **state, use_cache=True)
+                state = cache_of(output)
+                token = output.logits[:, -1:].argmax(-1)
+            synchronize(device)
+            done = min(start + settings.every, settings.tokens)
+            records.append({
+                "tokens": done,
+                "ms_per_token": 1000 * (time.perf_counter() - began) / (done - start),
+                "resident_mib": process.memory_info().rss / 2**20,
+                "cache_bytes": cache_bytes(next(iter(state.values()))),
+            })
+    return records
+
+
+def run_long_stream(settings: LongStreamSettings, log: Callable[[str], None] = print) -> dict:
+    device = torch.device(settings.device)
+    with torch_threads(settings.threads):
+        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
+                  "settings": asdict(settings), "streams": {}}
+        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, device)
+        contenders = Contenders()
+        for name in settings.models:
+            log(f"{name}: {settings.tokens:,} tokens after a {settings.prompt_length:,}-token prompt")
+            model = contenders.build(name, device).eval()
+            records = stream(model, settings, device)
+            first, last = records[0], records[-1]
+            result["streams"][name] = {
+                "records": records,
+                "ms_per_token_last_over_first": last["ms_per_token"] / first["ms_per_token"],
+                "resident_mib_growth": last["resident_mib"] - first["resident_mib"],
+                "cache_bytes_constant": len({record["cache_bytes"] for record in records}) == 1,
+            }
+            del model
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    settings, machine = result["settings"], result["machine"]
+    lines = [
+        "# One long stream: ms/token and memory as the stream grows",
+        "",
+        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
+        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
+        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        f"{settings['tokens']:,} greedy tokens after a {settings['prompt_length']:,}-token prompt, batch 1; each row "
+        f"is the stretch of {settings['every']:,} tokens ending there.",
+        "",
+    ]
+    for name, run in result["streams"].items():
+        rows = [[f"{record['tokens']:,}", format_value(record["ms_per_token"]), f"{record['resident_mib']:,.0f}",
+                 f"{record['cache_bytes'] / 2**20:,.2f}"] for record in run["records"]]
+        lines += [f"## {name}", "",
+                  f"Last stretch against the first: {format_ratio(run['ms_per_token_last_over_first'])} the time per "
+                  f"token; resident memory {run['resident_mib_growth']:+,.0f} MiB; cache "
+                  f"{'constant' if run['cache_bytes_constant'] else 'not constant'}.", "",
+                  *markdown_table(["tokens", "ms/token", "resident MiB", "cache MiB"], rows), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"

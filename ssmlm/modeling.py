@@ -40,6 +40,12 @@ class SSMLMPreTrainedModel(PreTrainedModel):
     _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
     _supports_sdpa = True  # the attention blocks (attention.py) run torch's scaled_dot_product_attention
 
+    def __init__(self, config: SSMLMConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # The block classes this model has, not all of them: FSDP's layer wrapping (and Accelerate's) looks each name
+        # up in the model and refuses one it cannot find.
+        self._no_split_modules = sorted({BLOCKS[kind].__name__ for kind in config.block_types})
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -2,11 +2,17 @@
 feeding a mixer or a model in pieces with the state carried, decoding by re-running the full prefix, left-padding
 a batch, and comparing within the stated tolerance."""
 
+import os
+
 import torch
 from hypothesis import strategies as st
 
 from ssmlm import SSMLMConfig
 from ssmlm.kernels import KERNELS
+
+# The device the core invariant tests (marked `device`) run on: the CPU unless SSMLM_TEST_DEVICE names another;
+# scripts/device_check.sh runs them with SSMLM_TEST_DEVICE=cuda.
+DEVICE = torch.device(os.environ.get("SSMLM_TEST_DEVICE", "cpu"))
 
 PAD, EOS, BOS = 0, 1, 2
 VOCAB_SIZE = 61

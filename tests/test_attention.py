@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ssmlm.blocks.attention import AttentionBlock, rotary
 
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
-from invariants import VOCAB_SIZE, run_in_pieces, tiny_config
+from invariants import DEVICE, VOCAB_SIZE, run_in_pieces, tiny_config
 
 SPANS = {
     "full": (None, lambda i, j: j <= i),
@@ -51,14 +51,15 @@ def test_one_pass_equals_dense_reference(span, length):
     assert_close(one_pass, dense_reference(block, x, SPANS[span][1]), torch.float64)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("span", SPANS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=10)
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_tokens(span, dtype, data):
     length, boundaries = draw_pieces(data, st.integers(2, 120), max_boundaries=6)
-    block = make_block(span, dtype)
-    x = torch.randn(2, length, 16, dtype=dtype)
+    block = make_block(span, dtype).to(DEVICE)
+    x = torch.randn(2, length, 16, dtype=dtype).to(DEVICE)
     one_pass, _ = block(x)
     chunked, _ = run_in_pieces(block, x, boundaries)
     assert_close(chunked, one_pass, dtype)
@@ -135,21 +136,23 @@ def hybrid_model(name, dtype=torch.float64, seed=0):
     return SSMLMForCausalLM(config).to(dtype).eval()
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("name", HYBRIDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=4)
 @given(data=st.data())
 def test_hybrid_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     length, boundaries = draw_pieces(data, st.integers(2, 70), max_boundaries=5)
-    model = hybrid_model(name, dtype)
-    ids = torch.randint(3, VOCAB_SIZE, (2, length))
+    model = hybrid_model(name, dtype).to(DEVICE)
+    ids = torch.randint(3, VOCAB_SIZE, (2, length)).to(DEVICE)
     assert_model_pieces_agree(model, ids, boundaries, dtype)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("name", HYBRIDS)
 def test_hybrid_generation_equals_full_reforward(name):
-    model = hybrid_model(name)
-    prompt = torch.randint(3, VOCAB_SIZE, (2, 13))
+    model = hybrid_model(name).to(DEVICE)
+    prompt = torch.randint(3, VOCAB_SIZE, (2, 13)).to(DEVICE)
     greedy = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
     assert torch.equal(greedy, decode_by_full_reforward(model, prompt, 12))
     beams = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=None)

@@ -19,7 +19,7 @@ from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toe
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
-from invariants import PAD, logits_in_pieces, run_in_pieces, tiny_config
+from invariants import DEVICE, PAD, logits_in_pieces, run_in_pieces, tiny_config
 
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")
             for bias in ("simple", "rotary")]
@@ -147,6 +147,7 @@ def test_block_matches_the_papers_equations(chunk_size, attention, position_bias
 
 # ---- the core invariant ----
 
+@pytest.mark.device
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=40)
 @given(data=st.data())
@@ -155,8 +156,8 @@ def test_block_one_pass_equals_chunks_equals_steps(dtype, data):
     attention = data.draw(st.sampled_from(["softmax", "laplace"]), label="attention")
     position_bias = data.draw(st.sampled_from(["simple", "rotary"]), label="position_bias")
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 60), st.integers(300, 700)), max_boundaries=6)
-    block = mega_block(dtype, chunk_size, attention, position_bias)
-    x = torch.randn(2, length, 32, dtype=dtype)
+    block = mega_block(dtype, chunk_size, attention, position_bias).to(DEVICE)
+    x = torch.randn(2, length, 32, dtype=dtype).to(DEVICE)
     with torch.no_grad():
         one_pass, _ = block(x)
         chunked, state = run_in_pieces(block, x, boundaries)
@@ -210,14 +211,15 @@ MODEL_KINDS = {
 }
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=6)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(kind, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 40), st.integers(200, 500)), max_boundaries=5)
-    model = mega_model(dtype, **MODEL_KINDS[kind])
-    ids = torch.randint(3, 61, (2, length))
+    model = mega_model(dtype, **MODEL_KINDS[kind]).to(DEVICE)
+    ids = torch.randint(3, 61, (2, length)).to(DEVICE)
     assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 40)
 
 
@@ -247,10 +249,11 @@ def test_left_padded_batch_equals_each_prompt_alone(chunk_size):
 
 # ---- generation ----
 
+@pytest.mark.device
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_greedy_generate_equals_full_reforward_and_prefills_once(chunk_size):
-    model = mega_model(chunk_size=chunk_size)
-    prompt = torch.randint(3, 61, (2, 14))
+    model = mega_model(chunk_size=chunk_size).to(DEVICE)
+    prompt = torch.randint(3, 61, (2, 14)).to(DEVICE)
     lengths = []
     hook = model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
                                            with_kwargs=True)

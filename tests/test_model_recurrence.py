@@ -12,7 +12,7 @@ from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 
 from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
-from invariants import MODELS, left_padded, run_in_pieces, tiny_config
+from invariants import DEVICE, MODELS, left_padded, run_in_pieces, tiny_config
 
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
@@ -27,6 +27,7 @@ def test_every_kernel_is_in_a_model_here():
     assert {kernel for kernel in KERNELS if kernel != "ema"} <= {m.get("ssm_kernel") for m in MODELS.values()}
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=3)
@@ -35,8 +36,8 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 200), st.integers(1000, 2500)), max_boundaries=5)
     torch.manual_seed(1)
     config = tiny_config(**MODELS[name])
-    block = BLOCKS[config.block_types[0]](config).to(dtype)
-    x = torch.randn(2, length, 32, dtype=dtype)
+    block = BLOCKS[config.block_types[0]](config).to(DEVICE, dtype)
+    x = torch.randn(2, length, 32, dtype=dtype).to(DEVICE)
     one_pass, _ = block(x)
     tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
     assert_close(run_in_pieces(block, x, boundaries)[0], one_pass, dtype, tolerance)
@@ -44,14 +45,15 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
         assert_close(run_in_pieces(block, x, list(range(1, length)))[0], one_pass, dtype, tolerance)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=3)
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 150), st.integers(1000, 2000)), max_boundaries=5)
-    model = tiny_model(dtype, **MODELS[name])
-    ids = torch.randint(3, 61, (2, length))
+    model = tiny_model(dtype, **MODELS[name]).to(DEVICE)
+    ids = torch.randint(3, 61, (2, length)).to(DEVICE)
     tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
     assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 150, tolerance=tolerance)
 
@@ -108,10 +110,11 @@ class CountingForward:
         self.lengths.append(ids.shape[1])
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_generate_equals_full_reforward_and_prefills_once(name):
-    model = tiny_model(**MODELS[name])
-    prompt = torch.randint(3, 61, (2, 23))
+    model = tiny_model(**MODELS[name]).to(DEVICE)
+    prompt = torch.randint(3, 61, (2, 23)).to(DEVICE)
     counter = CountingForward(model)
     generated = model.generate(prompt, max_new_tokens=15, do_sample=False, eos_token_id=None)
     counter.hook.remove()
@@ -198,3 +201,23 @@ def test_beam_reordering_keeps_a_named_tuple_state_one():
     assert state.window[:, 0].tolist() == [2, 2, 0, 0, 1, 1] and state.state[:, 0].tolist() == [20, 20, 0, 0, 10, 10]
     cache.layers[0].batch_select_indices(torch.tensor([1, 4]))
     assert isinstance(cache.layers[0].state, WindowAndState) and cache.layers[0].state.window[:, 0].tolist() == [2, 1]
+
+
+# Under bf16 autocast every matmul rounds to bf16's 8-bit mantissa, so the three modes agree to the rounding of the
+# logits, not bit for bit: within 3e-2 of the largest logit (the SSM kernels and FFTs stay float32 under autocast).
+BF16_TOLERANCE = 3e-2
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("name", ["gss-dss", "gss-s4d", "gss-s4", "ssm-s5", "h3-hybrid"])
+def test_bf16_autocast_pieces_and_generation_agree_with_one_pass(name):
+    model = tiny_model(torch.float32, **MODELS[name]).to(DEVICE)
+    ids = torch.randint(3, 61, (2, 300)).to(DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        assert_model_pieces_agree(model, ids, [1, 77, 150, 151, 299], torch.float32, token_by_token=False,
+                                  tolerance=BF16_TOLERANCE)
+        out = model.generate(ids[:, :20], max_new_tokens=10, do_sample=False, eos_token_id=None,
+                             return_dict_in_generate=True, output_logits=True)
+        with torch.no_grad():  # the generated tokens' logits, by re-running the whole sequence without a cache
+            reforward = model(out.sequences, use_cache=False).logits[:, 19:-1]
+    assert_close(torch.stack(out.logits, 1).float(), reforward.float(), torch.float32, BF16_TOLERANCE)

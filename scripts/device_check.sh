@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The device check (docs/gpu.md), for a machine with one NVIDIA GPU and no network, run from the repository root:
+#
+#   scripts/device_check.sh OUT              # on the GPU machine: writes OUT/device_check.md and its JSON
+#   scripts/device_check.sh OUT --dry-run    # the same steps on the CPU at tiny sizes (the test suite runs this)
+#
+# 1. The core invariants on the device: the tests marked `device` (one pass == chunks == token by token for every
+#    kernel and block kind, float64 and float32; generate() with the cache == greedy re-forward; bf16 autocast,
+#    within the tolerance it needs) with SSMLM_TEST_DEVICE set. They are the suite's own tests, not copies.
+# 2. Training tokens/s, peak memory and MFU (against the bf16 matmul peak of the same run) for GSS, Mega-chunk, the
+#    hybrid, Llama (sdpa) and Mamba at 2k to 64k tokens (scripts/bench.py train).
+# 3. Decoding ms/token after 1k, 32k and 128k-token prompts (bench.py generate), and batched decoding throughput
+#    (bench.py decode-batch).
+#
+# The machine keeps its own Python, torch and transformers. What it lacks, or has at another version than the
+# project pins (transformers), travels as wheels in .whl/ (scripts/prepare_device_wheels.sh makes them where pip
+# reaches an index); they are installed into a folder of their own, put ahead of the machine's packages. The
+# checkout's ssmlm is used, not an installed one.
+set -euo pipefail
+OUT=${1:?usage: scripts/device_check.sh OUT [--dry-run]}
+MODE=${2:-}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ssmlm-site \
+        .whl/*.whl
+    export PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+export PYTHONUNBUFFERED=1
+
+if [ "$MODE" = --dry-run ]; then
+    DEVICE=cpu
+    SELECT=(-k gss-dss)  # one model's device tests: the plumbing, not the invariants (the suite runs them all)
+    TRAIN=(--lengths 128 --repeats 1 --matmul-size 256)
+    GENERATE=(--prompt-lengths 64 --new-tokens 4 --repeats 1 --matmul-size 256)
+    BATCHED=(--prompt-lengths 64 --batch-sizes 1 4 --new-tokens 2 --repeats 1 --matmul-size 256)
+elif [ -z "$MODE" ]; then
+    DEVICE=cuda
+    SELECT=()
+    TRAIN=(--lengths 2048 8192 16384 65536 --repeats 3)
+    GENERATE=(--prompt-lengths 1024 32768 131072 --new-tokens 64 --repeats 3)
+    BATCHED=(--prompt-lengths 1024 8192 --batch-sizes 1 4 16 64 --new-tokens 32 --repeats 3)
+else
+    echo "usage: scripts/device_check.sh OUT [--dry-run]" >&2
+    exit 2
+fi
+MODELS=(gss mega-chunk hybrid llama mamba)
+
+"$PYTHON" - "$OUT/machine.json" "$DEVICE" <<'PY'
+import json, platform, sys
+import torch, transformers
+device = sys.argv[2]
+facts = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+         "cuda": torch.version.cuda, "bf16_supported": device == "cuda" and torch.cuda.is_bf16_supported()}
+json.dump(facts, open(sys.argv[1], "w"), indent=1)
+print(facts)
+PY
+
+status=0
+SSMLM_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -m device -p no:cacheprovider "${SELECT[@]}" tests \
+    >"$OUT/invariants.log" 2>&1 || status=1
+tail -n 3 "$OUT/invariants.log"
+"$PYTHON" scripts/bench.py train --device "$DEVICE" --models "${MODELS[@]}" "${TRAIN[@]}" \
+    --out "$OUT/train.json" --markdown "$OUT/train.md" >/dev/null || status=1
+"$PYTHON" scripts/bench.py generate --device "$DEVICE" --models "${MODELS[@]}" "${GENERATE[@]}" \
+    --out "$OUT/generate.json" --markdown "$OUT/generate.md" >/dev/null || status=1
+"$PYTHON" scripts/bench.py decode-batch --device "$DEVICE" --models "${MODELS[@]}" "${BATCHED[@]}" \
+    --out "$OUT/batched.json" --markdown "$OUT/batched.md" >/dev/null || status=1
+
+{
+    echo "# Device check ($DEVICE)"
+    echo
+    echo '```'
+    cat "$OUT/machine.json"
+    echo
+    echo '```'
+    echo
+    echo "## Invariants: \`pytest -m device\` on $DEVICE"
+    echo
+    echo '```'
+    tail -n 15 "$OUT/invariants.log"
+    echo '```'
+    for part in train generate batched; do
+        echo
+        sed 's/^#/##/' "$OUT/$part.md"
+        rm "$OUT/$part.md"
+    done
+} >"$OUT/device_check.md"
+echo "wrote $OUT/device_check.md"
+exit $status

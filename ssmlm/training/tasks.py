@@ -43,7 +43,9 @@ def perplexity(loss: float) -> float:
 
 
 class Task:
-    """The default methods are what both tasks share."""
+    """What both tasks share. A task also has prepare_data(config) -> TaskData, build_model(config, tokenizer,
+    domains), loss(model, batch), evaluate(model, loaders, accelerator) -> metrics with "val/loss",
+    validation_line(metrics, domains), and the model card's description, card_validation and card_usage."""
 
     name: str
     model_class: type
@@ -65,7 +67,8 @@ class Task:
                                   config.data.cache_dir)
         return documents, tokenizer
 
-    def build_model(self, config: TrainConfig, tokenizer, **head):
+    def model_from(self, config: TrainConfig, tokenizer, **head):
+        """A new model of the config, or the one of training.init_from; `head` are the task head's settings."""
         if not config.training.init_from:
             return self.model_class(config.model_config(tokenizer, **head))
         model = self.model_class.from_pretrained(config.training.init_from, **head)
@@ -77,9 +80,6 @@ class Task:
             raise ConfigError(f"tokenizer.path: its {len(tokenizer)} tokens are not the {model.config.vocab_size} of "
                               f"the model in training.init_from={config.training.init_from}")
         return model
-
-    def validation_line(self, metrics: dict, domains) -> str:
-        raise NotImplementedError
 
 
 class CausalLanguageModeling(Task):
@@ -105,7 +105,7 @@ class CausalLanguageModeling(Task):
         return TaskData(tokenizer, datasets.concatenate_datasets(list(train.values())), validation)
 
     def build_model(self, config: TrainConfig, tokenizer, domains=()):
-        return super().build_model(config, tokenizer)
+        return self.model_from(config, tokenizer)
 
     def loss(self, model, batch) -> torch.Tensor:
         ids = batch["input_ids"]
@@ -198,8 +198,8 @@ class DomainClassification(Task):
 
     def build_model(self, config: TrainConfig, tokenizer, domains=()):
         labels = dict(enumerate(domains))
-        return super().build_model(config, tokenizer, num_labels=len(labels), id2label=labels,
-                                   label2id={domain: label for label, domain in labels.items()})
+        return self.model_from(config, tokenizer, num_labels=len(labels), id2label=labels,
+                               label2id={domain: label for label, domain in labels.items()})
 
     def loss(self, model, batch) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss

@@ -39,7 +39,7 @@ def test_ints_are_accepted_where_floats_are_expected():
 
 @pytest.mark.parametrize("override, message", [
     ("training.max_step=5", "training.max_step: unknown key; expected one of max_steps,"),
-    ("trainer.max_steps=5", "trainer: unknown key; expected one of data, model, tokenizer, training, output"),
+    ("trainer.max_steps=5", "trainer: unknown key; expected one of data, task, model, tokenizer, training, output"),
     ("data.sources.books.txt_column=body", "data.sources.books.txt_column: unknown key"),
     ("training.max_steps=ten", "training.max_steps: expected int, got str 'ten'"),
     ("training.max_steps=2.5", "training.max_steps: expected int, got float 2.5"),

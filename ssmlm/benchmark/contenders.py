@@ -229,6 +229,6 @@ def describe_model(model: PreTrainedModel | GSSPort | WorkerContender) -> dict:
         "class": type(model).__name__,
         "parameters": total,
         "non_embedding_parameters": total - model.get_input_embeddings().weight.numel(),
-        "blocks": getattr(config, "block_types", None) or [type(layer).__name__ for layer in model.model.layers],
+        "blocks": getattr(config, "block_types", None) or [type(layer).__name__ for layer in model.base_model.layers],
         "config": shape_fields,
     }

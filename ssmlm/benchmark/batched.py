@@ -11,7 +11,6 @@ for Llama's keys and values.
 """
 
 import copy
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from ..tooling.markdown import markdown_table
 from .contenders import BASELINE, Contenders
 from .flops import generation_flops
 from .measure import autocast, cache_of, make_matmul_timing, random_tokens, run_interleaved, synchronize, torch_threads
-from .report import format_ratio, format_value
-from .runs import machine_info, use_host_allocator
+from .report import format_ratio, format_value, machine_line
+from .runs import finish_result, start_result
 from .size import HIDDEN_SIZE
 
 BIG_MATMUL, DECODING_MATMUL = "matmul", "decoding-shaped matmul"
@@ -40,7 +39,7 @@ class BatchedSettings:
     new_tokens: int = 32
     repeats: int = 3
     matmul_size: int = 2048
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     threads: int = field(default_factory=torch.get_num_threads)
     host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
 
@@ -107,30 +106,10 @@ def make_batched_decoding(model, prefilled: dict, batch: int, new_tokens: int,
     return decode
 
 
-def make_decoding_matmul_timing(device: torch.device, batch: int, width: int) -> Callable[[], dict]:
-    """FLOP/s of a (batch × width) by (width × 4·width) matmul: a decoding step's feed-forward shape."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(batch, width, device=device, dtype=dtype), torch.randn(width, 4 * width, device=device,
-                                                                             dtype=dtype)
-    inner = 200
-
-    def timed() -> dict:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        synchronize(device)
-        return {"flops_per_s": inner * 2 * batch * width * 4 * width / (time.perf_counter() - start)}
-
-    return timed
-
-
 def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] = print) -> dict:
     device = torch.device(settings.device)
     with torch_threads(settings.threads):
-        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
-                  "settings": asdict(settings)}
-        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, device)
+        result = start_result(asdict(settings), device, settings.host_allocator)
         models, skipped = Contenders().build_all(settings.models, device, settings.threads)
         for name, status in skipped.items():
             log(f"{name}: {status}")
@@ -147,10 +126,12 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
                     runs[name, prompt_length, batch] = make_batched_decoding(model, prefilled, batch,
                                                                              settings.new_tokens, device)
         runs[BIG_MATMUL] = make_matmul_timing(device, settings.matmul_size)
-        runs[DECODING_MATMUL] = make_decoding_matmul_timing(device, max(settings.batch_sizes), HIDDEN_SIZE)
+        # A decoding step's feed-forward shape: (B × d) by (d × 4d) at the largest B.
+        runs[DECODING_MATMUL] = make_matmul_timing(device, settings.matmul_size,
+                                                   (max(settings.batch_sizes), HIDDEN_SIZE, 4 * HIDDEN_SIZE))
         log(f"decoding {len(runs) - 2} (model, prompt, batch) runs, interleaved, {settings.repeats} repeats")
         samples, run_failures = run_interleaved(runs, settings.repeats)
-    result["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_result(result)
     peak = statistics.median(sample["flops_per_s"] for sample in samples.pop(BIG_MATMUL))
     shaped = statistics.median(sample["flops_per_s"] for sample in samples.pop(DECODING_MATMUL))
     result["matmul_peak"] = {"size": settings.matmul_size, "flops_per_s": peak}
@@ -197,13 +178,11 @@ def to_markdown(result: dict) -> str:
         rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), format_value(row["tokens_per_s"]),
                      format_ratio(row.get("speedup_vs_baseline")), format_value(row["ms_per_step"]),
                      f"{row['cache_bytes_per_sequence'] / 2**20:,.2f}", f"{row['mfu']:.1%}"])
-    settings, machine, shaped = result["settings"], result["machine"], result["decoding_matmul"]
+    settings, shaped = result["settings"], result["decoding_matmul"]
     lines = [
         "# Batched decoding: many streams at once",
         "",
-        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
-        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
-        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        machine_line(result),
         f"{settings['new_tokens']} greedy steps for B sequences at once after one prefilled prompt; medians of "
         f"{settings['repeats']} interleaved repetitions. MFU against the {settings['matmul_size']}² matmul of the "
         f"same run ({result['matmul_peak']['flops_per_s'] / 1e9:.1f} GFLOP/s); a {shaped['shape'][0]}×"

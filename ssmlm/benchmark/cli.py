@@ -16,6 +16,7 @@ docs/benchmarks.md explains each figure and the FLOPs formulas.
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -87,66 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     compare.add_argument("new", type=Path)
     compare.add_argument("--tolerance", type=float, default=0.1)
 
-    mega = mega_chunk.MegaChunkSettings()
-    chunk = commands.add_parser("mega-chunk", help="training time per token of Mega-chunk against full-attention "
-                                                   "Mega at growing lengths (docs/mega.md)",
-                                description=mega_chunk.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    chunk.add_argument("--lengths", type=int, nargs="+", default=mega.lengths)
-    chunk.add_argument("--repeats", type=int, default=mega.repeats)
-    chunk.add_argument("--batch-size", type=int, default=mega.batch_size)
-    chunk.add_argument("--chunk-size", type=int, default=mega.chunk_size)
-    chunk.add_argument("--hidden-size", type=int, default=mega.hidden_size)
-    chunk.add_argument("--layers", type=int, default=mega.layers)
-    chunk.add_argument("--vocab-size", type=int, default=mega.vocab_size)
-    chunk.add_argument("--threads", type=int, default=mega.threads, help="torch threads (default: torch's choice)")
-    add_host_allocator_option(chunk)
-    add_output_options(chunk)
-
-    defaults = compiled.CompileSettings()
-    compile_run = commands.add_parser("compile", help="torch.compile (inductor, dynamic=True) against eager: "
-                                                      "training tokens/s and decoding ms/token",
-                                      description=compiled.__doc__,
+    for name, (settings_class, _, _, description) in HARNESSES.items():
+        module = sys.modules[settings_class.__module__]
+        harness = commands.add_parser(name, help=description, description=module.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    compile_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=defaults.models)
-    compile_run.add_argument("--lengths", type=int, nargs="+", default=defaults.lengths)
-    compile_run.add_argument("--prompt-length", type=int, default=defaults.prompt_length)
-    compile_run.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
-    compile_run.add_argument("--repeats", type=int, default=defaults.repeats)
-    compile_run.add_argument("--threads", type=int, default=defaults.threads,
-                             help="torch threads (default: torch's choice)")
-    add_host_allocator_option(compile_run)
-    add_output_options(compile_run)
-
-    batched_defaults = batched.BatchedSettings()
-    batch_run = commands.add_parser("decode-batch", help="generated tokens/s of B streams decoded at once, cache bytes "
-                                                         "per sequence and decoding MFU",
-                                    description=batched.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    batch_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=batched_defaults.models)
-    batch_run.add_argument("--prompt-lengths", type=int, nargs="+", default=batched_defaults.prompt_lengths)
-    batch_run.add_argument("--batch-sizes", type=int, nargs="+", default=batched_defaults.batch_sizes)
-    batch_run.add_argument("--new-tokens", type=int, default=batched_defaults.new_tokens)
-    batch_run.add_argument("--repeats", type=int, default=batched_defaults.repeats)
-    batch_run.add_argument("--matmul-size", type=int, default=batched_defaults.matmul_size)
-    batch_run.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    batch_run.add_argument("--threads", type=int, default=batched_defaults.threads,
-                           help="torch threads (default: torch's choice)")
-    add_host_allocator_option(batch_run)
-    add_output_options(batch_run)
-
-    stream_defaults = long_stream.LongStreamSettings()
-    stream_run = commands.add_parser("long-stream", help="ms/token, resident memory and cache bytes every N tokens of "
-                                                         "one very long generated stream",
-                                     description=long_stream.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    stream_run.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=stream_defaults.models)
-    stream_run.add_argument("--prompt-length", type=int, default=stream_defaults.prompt_length)
-    stream_run.add_argument("--tokens", type=int, default=stream_defaults.tokens)
-    stream_run.add_argument("--every", type=int, default=stream_defaults.every)
-    stream_run.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    stream_run.add_argument("--threads", type=int, default=stream_defaults.threads,
-                            help="torch threads (default: torch's choice)")
-    add_host_allocator_option(stream_run)
-    add_output_options(stream_run)
+        add_settings_options(harness, settings_class())
+        add_output_options(harness)
 
     child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
                                                     "benchmark runs this in a process per model and length)")
@@ -158,6 +105,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
     child.add_argument("--gss-shape", type=int, nargs=2)
     return parser.parse_args(argv)
+
+
+# The harnesses whose options are the fields of their settings dataclass:
+# name -> (settings, run(settings) -> result, to_markdown(result), what it measures).
+HARNESSES = {
+    "mega-chunk": (mega_chunk.MegaChunkSettings, mega_chunk.run_mega_chunk, mega_chunk.to_markdown,
+                   "training time per token of Mega-chunk against full-attention Mega at growing lengths "
+                   "(docs/mega.md)"),
+    "compile": (compiled.CompileSettings, compiled.run_compile_benchmark, compiled.to_markdown,
+                "torch.compile (inductor, dynamic=True) against eager: training tokens/s and decoding ms/token"),
+    "decode-batch": (batched.BatchedSettings, batched.run_batched_decoding, batched.to_markdown,
+                     "generated tokens/s of B streams decoded at once, cache bytes per sequence and decoding MFU"),
+    "long-stream": (long_stream.LongStreamSettings, long_stream.run_long_stream, long_stream.to_markdown,
+                    "ms/token, resident memory and cache bytes every N tokens of one very long generated stream"),
+}
+
+
+def option_fields(settings_class) -> list:
+    """The settings fields a user sets (a field marked `option: False` is only recorded)."""
+    return [field for field in fields(settings_class) if field.metadata.get("option", True)]
+
+
+def add_settings_options(parser: argparse.ArgumentParser, defaults) -> None:
+    """One option per settable field of a harness's settings, with the field's default."""
+    for field in option_fields(type(defaults)):
+        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
+        if field.name == "host_allocator":
+            add_host_allocator_option(parser)
+        elif field.name == "models":
+            parser.add_argument(flag, nargs="+", choices=MODEL_NAMES, default=default)
+        elif field.name == "device":
+            parser.add_argument(flag, choices=["cpu", "cuda"], default=default)
+        elif field.name == "threads":
+            parser.add_argument(flag, type=int, default=default, help="torch threads (default: torch's choice)")
+        elif isinstance(default, list):
+            parser.add_argument(flag, type=int, nargs="+", default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
 
 
 def add_output_options(parser: argparse.ArgumentParser):
@@ -214,30 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)
-    if args.command == "long-stream":
-        settings = long_stream.LongStreamSettings(
-            **{field.name: getattr(args, field.name) for field in fields(long_stream.LongStreamSettings)})
-        result = long_stream.run_long_stream(settings)
-        write_outputs(result, long_stream.to_markdown(result), args)
-        return 0
-    if args.command == "decode-batch":
-        settings = batched.BatchedSettings(
-            **{field.name: getattr(args, field.name) for field in fields(batched.BatchedSettings)})
-        result = batched.run_batched_decoding(settings)
-        write_outputs(result, batched.to_markdown(result), args)
-        return 0
-    if args.command == "compile":
-        settings = compiled.CompileSettings(
-            **{field.name: getattr(args, field.name) for field in fields(compiled.CompileSettings)
-               if field.name != "batch_size"})
-        result = compiled.run_compile_benchmark(settings)
-        write_outputs(result, compiled.to_markdown(result), args)
-        return 0
-    if args.command == "mega-chunk":
-        settings = mega_chunk.MegaChunkSettings(
-            **{field.name: getattr(args, field.name) for field in fields(mega_chunk.MegaChunkSettings)})
-        result = mega_chunk.run_mega_chunk(settings)
-        write_outputs(result, mega_chunk.to_markdown(result), args)
+    if args.command in HARNESSES:
+        settings_class, run, markdown, _ = HARNESSES[args.command]
+        chosen = {field.name: getattr(args, field.name) for field in option_fields(settings_class)}
+        result = run(settings_class(**chosen))
+        write_outputs(result, markdown(result), args)
         return 0
 
     started = time.perf_counter()

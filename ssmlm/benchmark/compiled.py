@@ -8,7 +8,6 @@ does not cover complex numbers (the SSM kernels' modes and FFTs stay eager calls
 can fuse is the real work around them.
 """
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ import torch
 from ..tooling.markdown import markdown_table
 from .contenders import Contenders
 from .measure import make_generation, make_training_step, run_interleaved, torch_threads
-from .report import format_ratio, format_value
-from .runs import machine_info, use_host_allocator
+from .report import format_ratio, format_value, machine_line
+from .runs import finish_result, start_result
 from .size import BATCH_SIZE
 
 CPU = torch.device("cpu")
@@ -38,7 +37,7 @@ class CompileSettings:
     repeats: int = 3
     threads: int = field(default_factory=torch.get_num_threads)
     host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
-    batch_size: int = BATCH_SIZE  # not a choice: recorded for whoever reads the JSON
+    batch_size: int = field(default=BATCH_SIZE, metadata={"option": False})  # recorded for whoever reads the JSON
 
 
 def first_call_timed(run: Callable[[], dict], seconds: dict, key) -> Callable[[], dict]:
@@ -53,9 +52,7 @@ def first_call_timed(run: Callable[[], dict], seconds: dict, key) -> Callable[[]
 
 def run_compile_benchmark(settings: CompileSettings) -> dict:
     with torch_threads(settings.threads):
-        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(CPU),
-                  "settings": asdict(settings)}
-        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, CPU)
+        result = start_result(asdict(settings), CPU, settings.host_allocator)
         # Every model's forward is the same code object to Dynamo, which keeps at most recompile_limit graphs per
         # code object (then runs it eager): several models, each in training, prefill and decoding, need more.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -72,7 +69,7 @@ def run_compile_benchmark(settings: CompileSettings) -> dict:
                 runs[key] = first_call_timed(make_generation(model, settings.prompt_length, settings.new_tokens,
                                                              CPU), first_calls, key)
         samples, failures = run_interleaved(runs, settings.repeats)
-    result["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_result(result)
 
     rows = []
     for (name, mode, phase, length), run in runs.items():
@@ -113,13 +110,11 @@ def to_markdown(result: dict) -> str:
                      row.get("status") or f"{format_value(value)} {figure}",
                      format_ratio(row["speedup_over_eager"]) if "speedup_over_eager" in row else "",
                      f"{row['first_call_seconds']:.1f} s" if row.get("first_call_seconds") else ""])
-    settings, machine = result["settings"], result["machine"]
+    settings = result["settings"]
     lines = [
         "# torch.compile (inductor, dynamic=True) against eager",
         "",
-        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
-        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
-        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        machine_line(result),
         f"Training: forward + backward + AdamW, batch {settings['batch_size']}. Decoding: greedy, "
         f"{settings['new_tokens']} tokens after the prompt. Medians of {settings['repeats']} interleaved "
         "repetitions after the first call (the compile, whose time is given).",

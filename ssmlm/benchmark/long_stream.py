@@ -4,7 +4,6 @@ recorded. A recurrent model's figures should stay flat however long the stream: 
 buffer, no slowdown. Greedy decoding of a randomly initialised model (what is generated does not matter here).
 """
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,8 +15,8 @@ from ..tooling.markdown import markdown_table
 from .batched import cache_bytes, prefill
 from .contenders import Contenders
 from .measure import autocast, cache_of, synchronize, torch_threads
-from .report import format_ratio, format_value
-from .runs import machine_info, use_host_allocator
+from .report import format_ratio, format_value, machine_line
+from .runs import finish_result, start_result
 
 
 @dataclass
@@ -28,7 +27,7 @@ class LongStreamSettings:
     prompt_length: int = 1024
     tokens: int = 131072
     every: int = 8192
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     threads: int = field(default_factory=torch.get_num_threads)
     host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
 
@@ -61,9 +60,7 @@ def stream(model, settings: LongStreamSettings, device: torch.device) -> list[di
 def run_long_stream(settings: LongStreamSettings, log: Callable[[str], None] = print) -> dict:
     device = torch.device(settings.device)
     with torch_threads(settings.threads):
-        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
-                  "settings": asdict(settings), "streams": {}}
-        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, device)
+        result = start_result(asdict(settings), device, settings.host_allocator) | {"streams": {}}
         contenders = Contenders()
         for name in settings.models:
             log(f"{name}: {settings.tokens:,} tokens after a {settings.prompt_length:,}-token prompt")
@@ -77,18 +74,16 @@ def run_long_stream(settings: LongStreamSettings, log: Callable[[str], None] = p
                 "cache_bytes_constant": len({record["cache_bytes"] for record in records}) == 1,
             }
             del model
-    result["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_result(result)
     return result
 
 
 def to_markdown(result: dict) -> str:
-    settings, machine = result["settings"], result["machine"]
+    settings = result["settings"]
     lines = [
         "# One long stream: ms/token and memory as the stream grows",
         "",
-        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
-        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
-        f"at start, {machine['load_average_at_end'][0]:.1f} at end.",
+        machine_line(result),
         f"{settings['tokens']:,} greedy tokens after a {settings['prompt_length']:,}-token prompt, batch 1; each row "
         f"is the stretch of {settings['every']:,} tokens ending there.",
         "",

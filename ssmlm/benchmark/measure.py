@@ -151,19 +151,24 @@ def matmul_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def make_matmul_timing(device: torch.device, size: int) -> Callable[[], dict]:
-    """A closure that times a square matmul and returns its FLOP/s: the peak MFU is measured against. It runs in
-    the rounds of every measurement beside the models, so it sees the same noise they do."""
-    a, b = (torch.randn(size, size, device=device, dtype=matmul_dtype(device)) for _ in range(2))
-    inner = 20 if device.type == "cuda" else 1  # a GPU matmul is too short to time alone
+def make_matmul_timing(device: torch.device, size: int,
+                       shape: tuple[int, int, int] | None = None) -> Callable[[], dict]:
+    """A closure that times a square matmul of side `size` and returns its FLOP/s: the peak MFU is measured
+    against. Given `shape` (rows, inner, columns), it times that product instead, repeated to the square's work.
+    It runs in the rounds of every measurement beside the models, so it sees the same noise they do."""
+    rows, inner, columns = shape or (size, size, size)
+    a = torch.randn(rows, inner, device=device, dtype=matmul_dtype(device))
+    b = torch.randn(inner, columns, device=device, dtype=matmul_dtype(device))
+    # A GPU matmul is too short to time alone, and so is a small one anywhere.
+    repeats = (20 if device.type == "cuda" else 1) * max(1, size**3 // (rows * inner * columns))
 
     def timed() -> dict:
         synchronize(device)
         start = time.perf_counter()
-        for _ in range(inner):
+        for _ in range(repeats):
             a @ b
         synchronize(device)
-        return {"flops_per_s": inner * 2 * size**3 / (time.perf_counter() - start)}
+        return {"flops_per_s": repeats * 2 * rows * inner * columns / (time.perf_counter() - start)}
 
     return timed
 

@@ -10,7 +10,6 @@ at the first length; on a machine shared with other work the CPU time is the ste
 full-attention length whose attention matrices would not fit in the free memory is skipped, and says so.
 """
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from ..modeling import SSMLMForCausalLM
 from ..tooling.markdown import markdown_table
 from ..tooling.memory import available_memory_mib
 from .measure import random_tokens, run_interleaved, torch_threads
-from .report import format_ratio, format_value
-from .runs import machine_info, use_host_allocator
+from .report import format_ratio, format_value, machine_line
+from .runs import finish_result, start_result
 from .size import MEGA_CHUNK_SIZE
 
 # Peak bytes of a full-attention training step per L² entry and per layer (scores, their biased and masked copies,
@@ -84,16 +83,14 @@ def full_attention_skip(length: int, settings: MegaChunkSettings) -> str | None:
 
 def run_mega_chunk(settings: MegaChunkSettings) -> dict:
     with torch_threads(settings.threads):
-        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(CPU),
-                  "settings": asdict(settings)}
-        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, CPU)
+        result = start_result(asdict(settings), CPU, settings.host_allocator)
         models = {"mega-chunk": build(settings, settings.chunk_size), "mega": build(settings, None)}
         not_run = {("mega", length): reason for length in settings.lengths
                    if (reason := full_attention_skip(length, settings))}
         runs = {(name, length): make_forward_backward(model, length, settings)
                 for length in settings.lengths for name, model in models.items() if (name, length) not in not_run}
         samples, failures = run_interleaved(runs, settings.repeats)
-    result["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_result(result)
     not_run |= failures
 
     rows, first = [], {}
@@ -126,13 +123,11 @@ def to_markdown(result: dict) -> str:
         rows.append([row["model"], str(row["length"]), format_value(row["wall_us_per_token"]),
                      format_ratio(row["wall_ratio_to_first_length"]), format_value(row["cpu_us_per_token"]),
                      format_ratio(row["cpu_ratio_to_first_length"])])
-    settings, machine = result["settings"], result["machine"]
+    settings = result["settings"]
     lines = [
         "# Mega-chunk against full-attention Mega: training time per token",
         "",
-        f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
-        f"{machine['git_revision']}; {result['created']}; load average {machine['load_average_at_start'][0]:.1f} "
-        f"at start, {machine['load_average_at_end'][0]:.1f} at end; host allocator: {machine['host_allocator']}.",
+        machine_line(result),
         f"Forward + backward of the LM loss, batch {settings['batch_size']}, c = {settings['chunk_size']}; medians of "
         f"{settings['repeats']} interleaved repetitions after a warmup; vs first: relative to the same model at the "
         "first length.",

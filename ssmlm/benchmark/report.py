@@ -57,6 +57,15 @@ def public_comparison_table(result: dict) -> list[str]:
                ""])
 
 
+def machine_line(result: dict) -> str:
+    """The machine and the conditions of a run, for the header of its markdown."""
+    machine = result["machine"]
+    return (f"{machine['device_name']}, torch threads: {machine['torch_threads']}; torch {machine['torch']}; tree "
+            f"{machine['git_revision']}; {result['created']}; load average "
+            f"{machine['load_average_at_start'][0]:.1f} at start, {machine['load_average_at_end'][0]:.1f} at end; "
+            f"host allocator: {machine['host_allocator']}.")
+
+
 def to_markdown(result: dict) -> str:
     machine, settings, matmul = result["machine"], result["settings"], result["matmul_peak"]
     lines = [

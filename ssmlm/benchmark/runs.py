@@ -172,12 +172,21 @@ def use_host_allocator(choice: str, device: torch.device) -> str:
     return "glibc, freed memory kept" if kept else "system default"
 
 
+def start_result(settings: dict, device: torch.device, host_allocator: str) -> dict:
+    """A run's JSON as it starts: when, on what machine (with the host allocator it now uses), with what settings."""
+    result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device), "settings": settings}
+    result["machine"]["host_allocator"] = use_host_allocator(host_allocator, device)
+    return result
+
+
+def finish_result(result: dict) -> None:
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+
+
 def run_benchmarks(settings: Settings, log: Callable[[str], None] = print) -> dict:
     with torch_threads(settings.threads):
         device = torch.device(settings.device)
-        result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
-                  "settings": settings.to_json()}
-        result["machine"]["host_allocator"] = use_host_allocator(settings.host_allocator, device)
+        result = start_result(settings.to_json(), device, settings.host_allocator)
         matmul_rates = []  # every matmul timing of the run: the peak the header gives
         models, skipped = settings.contenders().build_all(settings.models, device, settings.threads)
         try:
@@ -193,7 +202,7 @@ def run_benchmarks(settings: Settings, log: Callable[[str], None] = print) -> di
             for model in models.values():
                 if isinstance(model, WorkerContender):
                     model.close()
-    result["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_result(result)
     result["matmul_peak"] = {
         "size": settings.matmul_size,
         "dtype": str(matmul_dtype(device)).removeprefix("torch."),

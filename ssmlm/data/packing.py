@@ -61,19 +61,23 @@ def pack_documents(documents: datasets.Dataset, tokenizer, seq_len: int, num_pro
     as int32, half the memory and disk of int64; read back as int64 tensors, the index type torch wants."""
 
     def pack(batch):
-        stream = np.concatenate(list(token_stream(batch["text"], tokenizer)))
-        usable = len(stream) - len(stream) % seq_len
-        return {"input_ids": stream[:usable].reshape(-1, seq_len)}
+        return {"input_ids": blocks_of(np.concatenate(list(token_stream(batch["text"], tokenizer))), seq_len)}
 
-    blocks = documents.map(
-        pack,
-        batched=True,
-        batch_size=DOCUMENTS_PER_BATCH,
-        remove_columns=documents.column_names,
-        num_proc=max(1, min(num_proc, len(documents))),
-        desc=f"Packing into {seq_len}-token blocks",
-    )
-    return blocks.with_format("torch", dtype=torch.int64)
+    return map_documents(documents, pack, num_proc, f"Packing into {seq_len}-token blocks")
+
+
+def blocks_of(ids: np.ndarray, seq_len: int) -> np.ndarray:
+    """The whole blocks of `seq_len` in a token stream, (blocks, seq_len); the tail that does not fill one is
+    dropped."""
+    return ids[:len(ids) - len(ids) % seq_len].reshape(-1, seq_len)
+
+
+def map_documents(documents: datasets.Dataset, fn, num_proc: int, desc: str) -> datasets.Dataset:
+    """`fn` over batches of documents in `num_proc` processes, cached by datasets; the rows it returns replace the
+    documents, read back as int64 tensors."""
+    rows = documents.map(fn, batched=True, batch_size=DOCUMENTS_PER_BATCH, remove_columns=documents.column_names,
+                         num_proc=max(1, min(num_proc, len(documents))), desc=desc)
+    return rows.with_format("torch", dtype=torch.int64)
 
 
 def window_documents(documents: datasets.Dataset, tokenizer, seq_len: int, label: int,
@@ -84,17 +88,7 @@ def window_documents(documents: datasets.Dataset, tokenizer, seq_len: int, label
     def cut(batch):
         windows = []
         for text in batch["text"]:
-            ids = np.concatenate(list(token_stream([text], tokenizer)))[:-1]  # without its EOS
-            usable = len(ids) - len(ids) % seq_len
-            windows.extend(ids[:usable].reshape(-1, seq_len))
+            windows.extend(blocks_of(np.concatenate(list(token_stream([text], tokenizer)))[:-1], seq_len))  # no EOS
         return {"input_ids": windows, "labels": [label] * len(windows)}
 
-    rows = documents.map(
-        cut,
-        batched=True,
-        batch_size=DOCUMENTS_PER_BATCH,
-        remove_columns=documents.column_names,
-        num_proc=max(1, min(num_proc, len(documents))),
-        desc=f"Cutting {seq_len}-token windows",
-    )
-    return rows.with_format("torch", dtype=torch.int64)
+    return map_documents(documents, cut, num_proc, f"Cutting {seq_len}-token windows")

@@ -221,9 +221,9 @@ def test_a_checkpoint_missing_one_tensor_keeps_the_saved_buffers_of_that_module(
 @pytest.mark.slow
 def test_the_model_library_imports_no_tool():
     """configuration, modeling, cache, blocks, kernels and ops stand alone: importing the model classes loads
-    none of the tools (data, training, evaluation, the benchmark, the CLIs, their shared tooling)."""
+    none of the tools (data, training, evaluation, the benchmark, the study, the CLIs, their shared tooling)."""
     tools = ("ssmlm.data", "ssmlm.training", "ssmlm.evaluation", "ssmlm.tooling", "ssmlm.benchmark",
-             "ssmlm.cli")
+             "ssmlm.study", "ssmlm.cli")
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, ssmlm; from ssmlm import SSMLMForCausalLM; "
                                "print(' '.join(name for name in sys.modules if name.startswith('ssmlm')))"],

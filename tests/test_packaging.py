@@ -19,7 +19,7 @@ import pytest
 from ssmlm.training.config import ConfigError, config_path, load_config, shipped_config_names
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("train", "generate", "eval-length", "bench", "build-corpus")
+COMMANDS = ("train", "generate", "eval-length", "bench", "build-corpus", "study")
 
 
 def test_a_shipped_config_is_addressed_by_name(tmp_path, monkeypatch):

@@ -56,13 +56,15 @@ def random_tokens(length: int, device: torch.device, vocab_size: int = VOCAB_SIZ
     return torch.randint(0, vocab_size, (batch_size, length), generator=generator).to(device)
 
 
-def make_training_step(model: nn.Module | WorkerContender, length: int, device: torch.device) -> Callable[[], dict]:
-    """A closure that runs one forward + backward + AdamW step over `length` tokens and returns its time."""
+def make_training_step(model: nn.Module | WorkerContender, length: int, device: torch.device,
+                       batch_size: int = BATCH_SIZE, vocab_size: int = VOCAB_SIZE) -> Callable[[], dict]:
+    """A closure that runs one forward + backward + AdamW step over `batch_size` x `length` tokens and returns its
+    time."""
     if isinstance(model, WorkerContender):
         return model.training_step(length)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = random_tokens(length, device)
+    tokens = random_tokens(length, device, vocab_size, batch_size)
 
     def step() -> dict:
         synchronize(device)
@@ -86,11 +88,12 @@ def cache_of(output) -> dict:
     return {"past_key_values": output.past_key_values}
 
 
-def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device) -> Callable[[], dict]:
+def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device,
+                    vocab_size: int = VOCAB_SIZE) -> Callable[[], dict]:
     """A closure that prefills a prompt in one forward, then decodes `new_tokens` greedily, one forward per
     token reusing the cache (ssmlm's recurrent state, Llama's key/value cache, Mamba's state), as generate() does."""
     model.eval()
-    prompt = random_tokens(prompt_length, device)
+    prompt = random_tokens(prompt_length, device, vocab_size)
 
     def generate() -> dict:
         with torch.no_grad(), autocast(device):

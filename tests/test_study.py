@@ -1,0 +1,165 @@
+"""The study command (ssmlm/study, `ssmlm-study`): the shipped plan end to end at its --quick size on the tiny corpus,
+continuing where it stopped, its plan's errors, and the rules that judge the papers' claims."""
+
+import json
+import shutil
+
+import pytest
+
+from fixtures.tiny_corpus import DOMAINS
+from ssmlm.cli.study import main
+from ssmlm.study.plan import FamilySweep, ModelEntry, StudyPlan, SweepPlan, load_plan
+from ssmlm.study.report import CLOSE_NATS, judge_claims
+from ssmlm.study.runner import SWEEP_EXTENSIONS, Study
+from ssmlm.training import ConfigError
+
+PLAN_MODELS = {"gss-dss", "gss-s4d", "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4", "gss-sgconv",
+               "ssm-s4", "ssm-dss", "mega-chunk", "mega", "h3", "h3-hybrid", "gss-hybrid", "transformer"}
+
+
+@pytest.fixture(scope="module")
+def study_corpus(corpus, tmp_path_factory):
+    """The tiny corpus with a test split (its validation documents: the quick study only checks the plumbing)."""
+    root = tmp_path_factory.mktemp("study_corpus")
+    for domain in DOMAINS:
+        shutil.copytree(corpus / domain, root / domain)
+        shutil.copy(root / domain / "validation.jsonl", root / domain / "test.jsonl")
+    return root
+
+
+@pytest.fixture(scope="module")
+def quick_study(study_corpus, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    code = main(["--quick", "--corpus", str(study_corpus), "--out", str(out), "--set", f"data.cache_dir={cache_dir}",
+                 "--threads", "1"])
+    assert code == 0
+    return out
+
+
+def test_the_shipped_plan_names_every_model_of_the_papers():
+    plan = load_plan("small")
+    assert set(plan.models) == PLAN_MODELS
+    assert set(plan.sweep.families) == {"gss", "ssm", "mega", "h3", "transformer"}
+    assert all(len(sweep.learning_rates) >= 2 for sweep in plan.sweep.families.values())
+    assert len(plan.seeds) >= 2 and all(plan.models[name].headline for name in ("gss-dss", "transformer"))
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_end_to_end(quick_study):
+    results = json.loads((quick_study / "results.json").read_text())
+    plan = load_plan("small")
+    assert set(results["quality"]) == PLAN_MODELS
+    for name, entry in plan.models.items():  # every model trained once per seed it is due, at its family's rate
+        seeds = results["runs"][name]
+        assert len(seeds) == (len(plan.seeds) if entry.headline else 1)
+        assert all(run["status"] == "ok" and run["parameters"] > 0 for run in seeds.values())
+        assert {run["learning_rate"] for run in seeds.values()} == {results["sweep"][entry.family]["best"]}
+        assert set(results["lengths"][name]) == set(DOMAINS)
+        assert set(results["within"][name]) == set(DOMAINS)
+        timing = results["timing"]["models"][name]
+        assert timing["train_tokens_per_second"] > 0
+        assert all(decoding["ms_per_token"] > 0 for decoding in timing["decoding"].values())
+    assert {family: len(sweep["runs"]) for family, sweep in results["sweep"].items()} == {
+        family: len(sweep.learning_rates) for family, sweep in plan.sweep.families.items()}
+    assert len(results["claims"]) == 8 and all(row["verdict"] for row in results["claims"])
+    assert set(results["durations_seconds"]) == {"sweep", "train", "evaluate", "time"}  # before the report
+    report = (quick_study / "results.md").read_text()
+    assert "## The papers' claims" in report and "gss-liquid-s4" in report
+    assert (quick_study / "evaluation" / "perplexity.png").exists() and (quick_study / "within" / "results.md").exists()
+
+
+@pytest.mark.slow
+def test_a_study_run_again_continues_and_trains_nothing_twice(quick_study, study_corpus, cache_dir, capsys):
+    before = {path: path.stat().st_mtime_ns for path in quick_study.glob("runs/*/model.safetensors")}
+    assert main(["--quick", "--corpus", str(study_corpus), "--out", str(quick_study),
+                 "--set", f"data.cache_dir={cache_dir}", "--phases", "sweep", "train", "report"]) == 0
+    assert "done before" in capsys.readouterr().err
+    assert {path: path.stat().st_mtime_ns for path in quick_study.glob("runs/*/model.safetensors")} == before
+
+
+def test_plan_errors_name_the_key(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("models:\n  a: {config: gss-small, family: gss, headlin: true}\n")
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    assert "models.a.headlin: unknown key" in capsys.readouterr().err
+    plan.write_text("models:\n  a: {config: gss-small, family: gss}\nsweep:\n  families:\n"
+                    "    ssm: {config: s4-lm-small, learning_rates: [1e-3]}\n")
+    with pytest.raises(ConfigError, match="models.a.family: 'gss' is not swept"):
+        load_plan(str(plan))
+    plan.write_text("models:\n  a: {config: gss-small, family: gss}\nsettings: [training.max_step=3]\n")
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    assert "training.max_step: unknown key" in capsys.readouterr().err
+    assert main(["--plan", "no-such-plan", "--out", str(tmp_path / "out")]) == 2
+    assert "the shipped plans are small" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def claim_inputs(losses: dict[str, list[float]], gss_lengths: dict | None = None, speeds: dict | None = None) -> dict:
+    """The gathered figures judge_claims reads, made up."""
+    return {
+        "quality": {name: {"mean": sum(values) / len(values), "seeds": values} for name, values in losses.items()},
+        "noise": {"nats": max((max(v) - min(v) for v in losses.values() if len(v) > 1), default=0.0)},
+        "lengths": {"gss-dss": gss_lengths} if gss_lengths else {},
+        "timing": {"models": {name: {"train_tokens_per_second": speed} for name, speed in (speeds or {}).items()}},
+        "plan": {"evaluation": {"multipliers": [1, 16]}},
+        "train_length": 256,
+    }
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {row["claim"]: row["verdict"] for row in judge_claims(results)}
+
+
+def test_claims_are_judged_against_the_seed_noise():
+    losses = {"gss-dss": [5.00, 5.02], "gss-hybrid": [4.90, 4.92], "transformer": [5.10, 5.11],
+              "h3": [5.10 + CLOSE_NATS + 0.01], "h3-hybrid": [5.09, 5.10], "mega": [5.0], "mega-chunk": [5.03],
+              "ssm-dss": [5.00], "gss-s4": [5.3]}
+    judged = verdicts(claim_inputs(losses, speeds={"gss-dss": 3000.0, "ssm-dss": 1000.0}))
+    assert judged["The GSS-Transformer hybrid is better than GSS alone"] == "holds"  # -0.10, noise 0.02
+    assert judged["The H3 hybrid (H3 + 2 attention layers) beats the Transformer"] == "within noise"
+    assert judged["H3 alone comes close to a Transformer"] == "does not hold"
+    assert judged["Mega-chunk's quality is close to full-attention Mega's, at linear cost"] == "holds"
+    assert judged["GSS trains 2-3x faster than a plain DSS layer at similar quality"] == "holds"
+    kernels = [claim for claim in judged if claim.startswith("S4, S4D")][0]
+    assert judged[kernels] == "does not hold"  # S4 0.3 nats from the median
+    losses["gss-hybrid"] = [5.2, 5.2]
+    assert verdicts(claim_inputs(losses))["The GSS-Transformer hybrid is better than GSS alone"] == "does not hold"
+
+
+def test_context_use_needs_a_gain_beyond_two_standard_errors_in_every_domain():
+    def lengths(gain, error, long_perplexity=90.0):
+        seed = {"context_gain": gain, "context_gain_standard_error": error, "windows": 3}
+        return {domain: {"256": {"perplexity": 100.0, "seeds": {}},
+                         "4096": {"perplexity": long_perplexity, "seeds": {"0": seed}}} for domain in DOMAINS}
+
+    use = "GSS keeps improving as the context grows: it uses context beyond its training length"
+    worse = "GSS trained at 256 tokens does not get worse on longer contexts"
+    assert verdicts(claim_inputs({}, lengths(0.05, 0.01)))[use] == "holds"
+    assert verdicts(claim_inputs({}, lengths(0.01, 0.01)))[use] == "does not hold"
+    assert verdicts(claim_inputs({}, lengths(0.05, 0.01)))[worse] == "holds"
+    assert verdicts(claim_inputs({}, lengths(0.05, 0.01, long_perplexity=110.0)))[worse] == "does not hold"
+    absent = verdicts(claim_inputs({"gss-dss": [5.0]}))
+    assert absent["The GSS-Transformer hybrid is better than GSS alone"] == "absent"
+
+
+@pytest.mark.parametrize("losses, best, tried", [
+    ({1e-3: 3.0, 2e-3: 2.0, 4e-3: 1.5, 8e-3: 1.8}, 4e-3, [1e-3, 2e-3, 4e-3, 8e-3]),  # grows up to a minimum
+    ({2.5e-4: 1.5, 5e-4: 1.0, 1e-3: 2.0, 2e-3: 3.0}, 5e-4, [2.5e-4, 5e-4, 1e-3, 2e-3]),  # and down
+    ({1e-3: 3.0, 2e-3: 2.0, 4e-3: 1.0, 8e-3: 0.5}, 8e-3, [1e-3, 2e-3, 4e-3, 8e-3]),  # at most SWEEP_EXTENSIONS
+    ({1e-3: 2.0, 2e-3: 2.0}, 1e-3, [1e-3, 2e-3]),  # a tie is no reason to grow
+])
+def test_the_sweep_grows_past_an_edge_of_its_grid_that_wins(losses, best, tried, tmp_path):
+    plan = StudyPlan(models={"a": ModelEntry("gss-small", "gss")},
+                     sweep=SweepPlan([], {"gss": FamilySweep("gss-small", [1e-3, 2e-3])}))
+    study = Study(plan, tmp_path, log=lambda text: None)
+    trained = []
+
+    def train_run(config, settings, output_dir):
+        rate = float(next(s for s in settings if s.startswith("training.learning_rate=")).partition("=")[2])
+        trained.append(rate)
+        return {"validation": {"loss": losses[rate]}}
+
+    study.train_run = train_run
+    result = study.sweep()["gss"]
+    assert SWEEP_EXTENSIONS == 2 and result["best"] == best
+    assert sorted(trained) == tried and [run["learning_rate"] for run in result["runs"]] == tried

@@ -114,7 +114,7 @@ def test_the_default_tracker_writes_tensorboard_logs(corpus, cache_dir, tmp_path
 
 @pytest.mark.parametrize("name", ["gss-s4-small", "gss-dss-softmax-small", "gss-dlr-small", "s4-lm-small",
                                   "gss-s5-small", "gss-liquid-s4-small", "gss-sgconv-small", "h3-small",
-                                  "h3-hybrid-small"])
+                                  "h3-hybrid-small", "gss-s4d-small", "dss-lm-small", "mega-small"])
 def test_the_kernel_configs_build_and_train(name, corpus, cache_dir, tmp_path):
     """Each shipped config of a kernel or block added after GSS's trains a few steps on the tiny corpus, with its
     model section as shipped, and saves a model that loads and generates."""

@@ -7,7 +7,7 @@ study plan on the same corpus, tokenizer and tokens, evaluate and time them, and
 
 A phase or training run already done in OUT is not done again: run the same command to continue a study that was
 stopped. Exit codes: 0 done; 1 the evaluation's two regimes disagreed somewhere; 2 a problem with the plan, a
-config or the data.
+config or the data; 130 stopped by Ctrl-C or SIGTERM (a run stopped midway keeps a checkpoint to resume from).
 """
 
 import argparse
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..study.plan import load_plan
     from ..study.runner import Study
     from ..tooling.saved_models import UsageError
-    from ..training import ConfigError
+    from ..training import ConfigError, TrainingStopped
 
     try:
         plan = load_plan(args.plan)
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except (TrainingStopped, KeyboardInterrupt) as error:
+        print(f"{parser.prog}: {error or 'interrupted'}; run the same command to continue the study", file=sys.stderr)
+        return 130
     return 1 if study.disagreed() else 0
 
 

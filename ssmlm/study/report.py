@@ -301,7 +301,7 @@ def render(results: dict) -> str:
         seeds = results["runs"][name]
         first = next(iter(seeds.values()))
         model_timing = timing.get(name, {})
-        rows.append([name, plan["models"][name]["config"], f"{first['parameters']:,}", f"{first['learning_rate']:g}",
+        rows.append([name, plan["models"][name]["config"], fmt(first["parameters"], 0), f"{first['learning_rate']:g}",
                      " / ".join(fmt(value, 4) for value in entry["seeds"]),
                      fmt(entry["spread"], 4) if len(entry["seeds"]) > 1 else "",
                      *[fmt(value, 3) for value in entry["domains"].values()],

@@ -122,7 +122,7 @@ class Study:
             "seed": config.training.seed,
             "steps": config.training.max_steps,
             "tokens": config.training.max_steps * config.training.batch_size * config.data.seq_len,
-            "parameters": parameter_count(output_dir),
+            "parameters": parameter_count(output_dir) if status == "ok" else None,
             "train_tokens_per_second": statistics.median(speeds) if speeds else None,
             "validation": {key.removeprefix("val/"): value for key, value in final.items() if key.startswith("val/")},
         }

@@ -7,11 +7,12 @@ import shutil
 import pytest
 
 from fixtures.tiny_corpus import DOMAINS
+from runs import REPO
 from ssmlm.cli.study import main
 from ssmlm.study.plan import FamilySweep, ModelEntry, StudyPlan, SweepPlan, load_plan
 from ssmlm.study.report import CLOSE_NATS, judge_claims
 from ssmlm.study.runner import SWEEP_EXTENSIONS, Study
-from ssmlm.training import ConfigError
+from ssmlm.training import ConfigError, load_config
 
 PLAN_MODELS = {"gss-dss", "gss-s4d", "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4", "gss-sgconv",
                "ssm-s4", "ssm-dss", "mega-chunk", "mega", "h3", "h3-hybrid", "gss-hybrid", "transformer"}
@@ -163,3 +164,13 @@ def test_the_sweep_grows_past_an_edge_of_its_grid_that_wins(losses, best, tried,
     result = study.sweep()["gss"]
     assert SWEEP_EXTENSIONS == 2 and result["best"] == best
     assert sorted(trained) == tried and [run["learning_rate"] for run in result["runs"]] == tried
+
+
+def test_the_shipped_configs_train_at_the_rates_the_committed_study_chose():
+    """The learning-rate check's choices (reports/study-small) are the configs' rates, for every model of the plan,
+    with the SSM parameters at half the rate as in the sweep."""
+    chosen = json.loads((REPO / "reports" / "study-small" / "sweep.json").read_text())
+    for name, entry in load_plan("small").models.items():
+        training = load_config(entry.config).training
+        assert training.learning_rate == chosen[entry.family]["best"], name
+        assert training.ssm_learning_rate == training.learning_rate / 2, name

@@ -7,7 +7,7 @@ import dataclasses
 import statistics
 
 from ..tooling.markdown import markdown_table
-from .runner import RUN_RECORD, Study, read_json, write_json
+from .runner import RUN_RECORD, Study, model_and_seed, read_json, write_json
 
 # The headline quality of a model: its final validation loss at the training length (nats per token, the mean over
 # the domains' validation blocks: train.py's own validation, the same blocks for every model).
@@ -27,7 +27,7 @@ def gather_lengths(evaluation: dict | None) -> dict:
     """model -> domain -> length -> the streaming regime's perplexity, context gain and buckets, per seed."""
     table = {}
     for model in (evaluation or {}).get("models", []):
-        name, _, seed = model["name"].rpartition("-seed")
+        name, seed = model_and_seed(model["name"])
         for result in model["results"]:
             summary = result["regimes"].get("streaming") or {}
             window = result["regimes"].get("window") or {}
@@ -59,7 +59,7 @@ def gather_within(within: dict | None) -> dict:
     """model -> domain -> the gain of the whole training-length window over a short context, per seed."""
     table = {}
     for model in (within or {}).get("models", []):
-        name, _, seed = model["name"].rpartition("-seed")
+        name, seed = model_and_seed(model["name"])
         for result in model["results"]:
             gain = ((result["regimes"].get("streaming") or {}).get("context_gain")) or {}
             if gain.get("nats") is not None:
@@ -104,9 +104,7 @@ class Claims:
     def noise(self, *names: str) -> float:
         """The seed noise of a comparison: the larger seed spread of the models compared, or the study's largest
         where neither ran at several seeds."""
-        spreads = [len(entry["seeds"]) > 1 and entry["spread"] for name in names
-                   if (entry := self.quality.get(name))]
-        spreads = [spread for spread in spreads if spread is not False]
+        spreads = [entry["spread"] for name in names if (entry := self.quality.get(name)) and len(entry["seeds"]) > 1]
         return max(spreads) if spreads else self.results["noise"]["nats"]
 
     def missing(self, *names: str) -> list[str]:
@@ -202,10 +200,10 @@ def judge_claims(results: dict) -> list[dict]:
     # Mega.
     extra = ""
     chunk, full = lengths.get("mega-chunk", {}), lengths.get("mega", {})
-    common = {length for table in (chunk, full) for by_length in table.values() for length in by_length}
-    common = [length for length in common if all(length in by_length for table in (chunk, full)
-                                                  for by_length in table.values())]
-    if chunk and full and common:
+    common = set()
+    if chunk and full:  # the lengths both ran in every domain
+        common = set.intersection(*(set(by_length) for table in (chunk, full) for by_length in table.values()))
+    if common:
         both = str(max(map(int, common)))  # full Mega's simple position bias stops at mega_max_positions
         chunk_ratio, full_ratio = (speed_ratio(table, str(train_length), both) for table in (chunk, full))
         if chunk_ratio and full_ratio:

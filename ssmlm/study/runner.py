@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -27,13 +28,19 @@ from ..benchmark.measure import make_generation, make_training_step, run_interle
 from ..benchmark.runs import machine_info
 from ..evaluation import extrapolation
 from ..tooling.saved_models import load
-from ..training import TrainingDiverged, load_config, train
+from ..training import TrainConfig, TrainingDiverged, load_config, train
 from ..training.checkpoints import latest_checkpoint
 from .plan import StudyPlan
 
 PHASES = ("sweep", "train", "evaluate", "time", "report")
 SWEEP_EXTENSIONS = 2  # rates a family's sweep may add past the edge of its grid
-RUN_RECORD = "study-run.json"  # written beside a finished run's model: what the report needs of it
+RUN_RECORD = "study-run.json"
+SEED_SUFFIX = "-seed"  # a run's folder, and its name in the evaluation: MODEL-seedSEED
+
+
+def model_and_seed(run_name: str) -> tuple[str, str]:
+    model, _, seed = run_name.rpartition(SEED_SUFFIX)
+    return model, seed  # written beside a finished run's model: what the report needs of it
 
 
 def reset_accelerate_state() -> None:
@@ -181,21 +188,25 @@ class Study:
         return runs
 
     def run_dir(self, name: str, seed: int) -> Path:
-        return self.out / "runs" / f"{name}-seed{seed}"
+        return self.out / "runs" / f"{name}{SEED_SUFFIX}{seed}"
+
+    @cached_property
+    def shared_config(self) -> TrainConfig:
+        """The first model's config with the study's settings: its data, training length and batch are every
+        model's (the plan's settings set them for all)."""
+        first = next(iter(self.plan.models.values())).config
+        return load_config(first, self.run_settings(first))
 
     def evaluation_data(self) -> list[str]:
         """DOMAIN=FILE for the test split beside each domain's validation file."""
-        first = next(iter(self.plan.models.values())).config
-        sources = load_config(first, self.run_settings(first)).data.sources
-        return [f"{domain}={Path(source.validation).with_name('test.jsonl')}" for domain, source in sources.items()]
+        return [f"{domain}={Path(source.validation).with_name('test.jsonl')}"
+                for domain, source in self.shared_config.data.sources.items()]
 
     def domains(self) -> list[str]:
-        first = next(iter(self.plan.models.values())).config
-        return list(load_config(first, self.run_settings(first)).data.sources)
+        return list(self.shared_config.data.sources)
 
     def train_length(self) -> int:
-        first = next(iter(self.plan.models.values())).config
-        return load_config(first, self.run_settings(first)).data.seq_len
+        return self.shared_config.data.seq_len
 
     def evaluate(self) -> dict:
         """ssmlm-eval-length twice over every trained model: 1x-16x with a training-length truncated context, and
@@ -234,8 +245,7 @@ class Study:
         plan, length = self.plan.timing, self.train_length()
         device = torch.device("cpu")
         first_seed = self.plan.seeds[0]
-        batch_size = load_config(next(iter(self.plan.models.values())).config,
-                                 self.run_settings(next(iter(self.plan.models.values())).config)).training.batch_size
+        batch_size = self.shared_config.training.batch_size
         start = time.perf_counter()
         with torch_threads(self.threads or torch.get_num_threads()):
             models = {name: load(self.run_dir(name, first_seed), device, torch.float32)[1]

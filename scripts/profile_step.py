@@ -5,6 +5,7 @@ benchmark's size (ssmlm/benchmark/contenders.py).
 
     python scripts/profile_step.py --model gss --phase train --length 4096
     python scripts/profile_step.py --model gss --phase decode --length 1024 --steps 32   # after a 1k prompt
+    python scripts/profile_step.py --model gss --phase decode --batch 64   # 64 streams at once (bench decode-batch)
     python scripts/profile_step.py --model mega-chunk --phase train --length 16384 --trace trace.json
 
 Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
@@ -20,7 +21,9 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlm.benchmark import MODEL_BUILDERS, Contenders, make_training_step, random_tokens
+from ssmlm.benchmark import MODEL_BUILDERS, Contenders, make_training_step
+from ssmlm.benchmark.batched import prefill, repeat_each_sequence
+from ssmlm.benchmark.measure import cache_of
 from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
 
 
@@ -34,15 +37,17 @@ def profile_training(model, length: int, device: torch.device, warmup: int):
 
 
 @torch.no_grad()
-def profile_decoding(model, prompt_length: int, steps: int, device: torch.device, warmup: int):
-    model.eval()
-    output = model(input_ids=random_tokens(prompt_length, device), use_cache=True, logits_to_keep=1)
-    token = output.logits[:, -1:].argmax(-1)
+def profile_decoding(model, prompt_length: int, steps: int, batch: int, device: torch.device, warmup: int):
+    """Decoding after one prompt, its cache repeated for `batch` streams as `bench.py decode-batch` does."""
+    prefilled = prefill(model, prompt_length, device)
+    repeat_each_sequence(next(iter(prefilled.values())), batch)
+    token = torch.zeros(batch, 1, dtype=torch.long, device=device)
 
     def decode(count):
-        nonlocal output, token
+        nonlocal prefilled, token
         for _ in range(count):
-            output = model(input_ids=token, past_key_values=output.past_key_values, use_cache=True)
+            output = model(input_ids=token, **prefilled, use_cache=True)
+            prefilled = cache_of(output)
             token = output.logits[:, -1:].argmax(-1)
 
     decode(warmup)
@@ -57,6 +62,7 @@ def main(argv=None):
     parser.add_argument("--phase", choices=["train", "decode"], default="train")
     parser.add_argument("--length", type=int, default=1024, help="training length, or the prompt before decoding")
     parser.add_argument("--steps", type=int, default=32, help="decoding steps profiled")
+    parser.add_argument("--batch", type=int, default=1, help="streams decoded at once")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--trace", help="also write a Chrome trace here")
@@ -71,8 +77,8 @@ def main(argv=None):
     if args.phase == "train":
         profiler = profile_training(model, args.length, device, warmup=2)
     else:
-        profiler = profile_decoding(model, args.length, args.steps, device, warmup=4)
-    print(f"{args.model}, {args.phase}, length {args.length}, {args.threads} threads")
+        profiler = profile_decoding(model, args.length, args.steps, args.batch, device, warmup=4)
+    print(f"{args.model}, {args.phase}, length {args.length}, batch {args.batch}, {args.threads} threads")
     print(profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
                                                                  row_limit=args.rows))
     if args.trace:

@@ -553,6 +553,9 @@ def test_batched_decoding_measures_every_batch_and_the_cache_per_sequence(tmp_pa
     rows = {(row["model"], row["prompt_length"], row["batch"]): row for row in result["results"]}
     assert len(rows) == 4 * 2 * 2 and all(row["status"] == "ok" for row in rows.values())
     assert all(row["tokens_per_s"] > 0 and 0 < row["mfu"] for row in rows.values())
+    # The linear layers alone: timed per (model, batch), the same for every prompt.
+    assert all(row["linear_layers_ms_per_step"] > 0 and row["linear_layers_mfu"] > 0 for row in rows.values())
+    assert rows["gss", 16, 3]["linear_layers_mfu"] == rows["gss", 48, 3]["linear_layers_mfu"]
     assert rows["llama", 48, 3]["speedup_vs_baseline"] == 1.0
     cache = {(name, length): rows[name, length, 1]["cache_bytes_per_sequence"] for name, length, _ in rows}
     for name in ("gss", "mamba"):  # a constant state

@@ -5,9 +5,11 @@ Each (model, prompt length) is prefilled once at batch 1; every timed run copies
 (`batch_repeat_interleave`, as generate() does for several sequences per prompt) and decodes `new_tokens` greedy
 steps for all B at once, so the prefill is not timed and every batch size decodes from the same state. All runs
 are interleaved with two matmul timings: the big square one MFU is measured against, and one of a decoding step's
-own shape (B × d by d × 4d at the largest B), the rate a decoding step's matmuls could reach at best. Cache bytes
-are those of one sequence's cache after its prompt: constant for the recurrent models, growing with the prompt
-for Llama's keys and values.
+own shape (B × d by d × 4d at the largest B), the rate a decoding step's matmuls could reach at best. And for each
+model and B, its linear layers alone: every projection and the logits, with the model's own weights, as many
+times as the decoding steps run them: what the step would cost if all the rest (the state update, attention over
+the cache, norms, activations, the framework) were free. Cache bytes are those of one sequence's cache after its
+prompt: constant for the recurrent models, growing with the prompt for Llama's keys and values.
 """
 
 import copy
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from ..tooling.markdown import markdown_table
 from .contenders import BASELINE, Contenders
@@ -26,7 +30,7 @@ from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
 from .size import HIDDEN_SIZE
 
-BIG_MATMUL, DECODING_MATMUL = "matmul", "decoding-shaped matmul"
+BIG_MATMUL, DECODING_MATMUL, LINEAR_LAYERS = "matmul", "decoding-shaped matmul", "linear layers"
 
 
 @dataclass
@@ -106,6 +110,27 @@ def make_batched_decoding(model, prefilled: dict, batch: int, new_tokens: int,
     return decode
 
 
+def make_linear_layers_timing(model, batch: int, new_tokens: int, device: torch.device) -> Callable[[], dict]:
+    """A closure that runs only the matmuls of `new_tokens` decoding steps for `batch` sequences: every nn.Linear
+    of the model, in its order, on a (batch, in_features) input with the layer's own weights."""
+    layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    inputs = [torch.randn(batch, layer.in_features, device=device, dtype=layer.weight.dtype) for layer in layers]
+    flops_per_step = sum(2 * batch * layer.in_features * layer.out_features for layer in layers)
+
+    def timed() -> dict:
+        with torch.no_grad(), autocast(device):
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                for layer, x in zip(layers, inputs):
+                    F.linear(x, layer.weight, layer.bias)
+            synchronize(device)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "flops_per_s": new_tokens * flops_per_step / seconds}
+
+    return timed
+
+
 def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] = print) -> dict:
     device = torch.device(settings.device)
     with torch_threads(settings.threads):
@@ -115,6 +140,8 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
             log(f"{name}: {status}")
         runs, per_sequence, failures = {}, {}, {}
         for name, model in models.items():
+            for batch in settings.batch_sizes:
+                runs[name, LINEAR_LAYERS, batch] = make_linear_layers_timing(model, batch, settings.new_tokens, device)
             for prompt_length in settings.prompt_lengths:
                 try:
                     prefilled = prefill(model, prompt_length, device)
@@ -129,7 +156,7 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
         # A decoding step's feed-forward shape: (B × d) by (d × 4d) at the largest B.
         runs[DECODING_MATMUL] = make_matmul_timing(device, settings.matmul_size,
                                                    (max(settings.batch_sizes), HIDDEN_SIZE, 4 * HIDDEN_SIZE))
-        log(f"decoding {len(runs) - 2} (model, prompt, batch) runs, interleaved, {settings.repeats} repeats")
+        log(f"{len(runs)} runs (decoding, linear layers alone, matmuls), interleaved, {settings.repeats} repeats")
         samples, run_failures = run_interleaved(runs, settings.repeats)
     finish_result(result)
     peak = statistics.median(sample["flops_per_s"] for sample in samples.pop(BIG_MATMUL))
@@ -150,6 +177,7 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
                     continue
                 seconds = [sample["seconds"] for sample in samples[name, prompt_length, batch]]
                 tokens_per_s = batch * settings.new_tokens / statistics.median(seconds)
+                linear = samples.get((name, LINEAR_LAYERS, batch))
                 flops_per_token = generation_flops(models[name], prompt_length, settings.new_tokens)[1]
                 if name == BASELINE:
                     baseline[prompt_length, batch] = tokens_per_s
@@ -162,6 +190,12 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
                     "decode_flops_per_token": flops_per_token,
                     "mfu": flops_per_token * tokens_per_s / peak,
                 })
+                if linear:
+                    rows[-1] |= {
+                        "linear_layers_ms_per_step": 1000 * statistics.median(sample["seconds"] for sample in linear)
+                        / settings.new_tokens,
+                        "linear_layers_mfu": statistics.median(sample["flops_per_s"] for sample in linear) / peak,
+                    }
     for row in rows:
         if row.get("status") == "ok" and (row["prompt_length"], row["batch"]) in baseline:
             row["speedup_vs_baseline"] = row["tokens_per_s"] / baseline[row["prompt_length"], row["batch"]]
@@ -173,11 +207,13 @@ def to_markdown(result: dict) -> str:
     rows = []
     for row in result["results"]:
         if row["status"] != "ok":
-            rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), row["status"], "", "", "", ""])
+            rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), row["status"], *[""] * 6])
             continue
+        linear = ([format_value(row["linear_layers_ms_per_step"]), f"{row['linear_layers_mfu']:.1%}"]
+                  if "linear_layers_mfu" in row else ["-", "-"])
         rows.append([row["model"], str(row["prompt_length"]), str(row["batch"]), format_value(row["tokens_per_s"]),
                      format_ratio(row.get("speedup_vs_baseline")), format_value(row["ms_per_step"]),
-                     f"{row['cache_bytes_per_sequence'] / 2**20:,.2f}", f"{row['mfu']:.1%}"])
+                     f"{row['cache_bytes_per_sequence'] / 2**20:,.2f}", f"{row['mfu']:.1%}", *linear])
     settings, shaped = result["settings"], result["decoding_matmul"]
     lines = [
         "# Batched decoding: many streams at once",
@@ -187,9 +223,10 @@ def to_markdown(result: dict) -> str:
         f"{settings['repeats']} interleaved repetitions. MFU against the {settings['matmul_size']}² matmul of the "
         f"same run ({result['matmul_peak']['flops_per_s'] / 1e9:.1f} GFLOP/s); a {shaped['shape'][0]}×"
         f"{shaped['shape'][1]} by {shaped['shape'][1]}×{shaped['shape'][2]} matmul, a decoding step's shape, "
-        f"reached {shaped['fraction_of_peak']:.0%} of it.",
+        f"reached {shaped['fraction_of_peak']:.0%} of it. \"Linear layers alone\": the model's projections and "
+        "logits with its weights at that batch, nothing else: their ms per step, and the MFU of their FLOPs.",
         "",
-        *markdown_table(["model", "prompt", "batch", "tokens/s", f"× {BASELINE}", "ms/step", "cache MiB/seq", "MFU"],
-                        rows),
+        *markdown_table(["model", "prompt", "batch", "tokens/s", f"× {BASELINE}", "ms/step", "cache MiB/seq", "MFU",
+                         "linear layers alone, ms/step", "their MFU"], rows),
     ]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 from ssmlm.benchmark import Contenders, Settings, cli, contenders, main, public, runs
@@ -26,6 +27,7 @@ from ssmlm.benchmark.compare import compare_results, regression_figures
 from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
 from ssmlm.benchmark.measure import (
     make_training_step,
+    measure_gpu_peak_memory,
     measure_peak_memory,
     measure_training_peak_memory,
     peak_memory_command,
@@ -115,7 +117,7 @@ def test_quick_run_markdown_has_a_row_per_model_and_figure(quick_run):
     assert markdown in printed  # the tables are printed and written alike
     for heading in ("## Models", "## Training", "## Generation"):
         assert heading in markdown
-    assert "| model | length | tokens/s | × llama | MFU | peak MiB |" in markdown
+    assert "| model | length | batch | tokens/s | × llama | MFU | peak MiB |" in markdown
     for name in ("gss", "llama"):
         assert f"| {name} | {LENGTH} |" in markdown
         assert f"| {name} | {result['models'][name]['parameters']:,} |" in markdown
@@ -196,6 +198,55 @@ def test_peak_memory_measurement_reports_an_allocation_failure_as_oom(monkeypatc
     monkeypatch.setitem(contenders.MODEL_BUILDERS, "gss", lambda at_shape: OutOfMemoryModel())
     result = measure_training_peak_memory("gss", 16, Settings(device="cpu", memory_limit_mib=0))
     assert result["status"] == "OOM" and "can't allocate memory" in result["reason"]
+
+
+def test_gpu_peak_memory_is_the_steps_peak_over_what_was_allocated_plus_the_models_own(monkeypatch):
+    """On a GPU the harness's process measures peak memory with the allocator's counters; stood in for here (no
+    GPU in CI): 1 MiB allocated before, a 5 MiB peak during the steps."""
+    counters = {"allocated": 2**20, "peak": 5 * 2**20, "resets": 0}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: counters["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: counters["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: counters.update(resets=1))
+    model = nn.Linear(4, 4)
+    model.forward = lambda input_ids, labels, use_cache: CausalLMOutputWithPast(loss=model.weight.sum())
+    result = measure_gpu_peak_memory(model, 8, 2, CPU)
+    assert counters["resets"] == 1 and result["status"] == "ok"
+    assert result["peak_mib"] == 4 + (16 + 4) * 4 / 2**20  # the steps' 4 MiB, and the weight and bias
+    assert model.weight.grad is None  # the gradients the steps left are dropped
+    oom = measure_gpu_peak_memory(OutOfMemoryModel(), 8, 2, CPU)
+    assert oom["status"] == "OOM" and "can't allocate memory" in oom["reason"]
+
+
+def test_the_training_batch_is_the_tokens_per_step_over_the_length():
+    assert Settings().training_batch(4096) == 1  # the CPU default: batch 1
+    on_gpu = Settings(tokens_per_step=65536)
+    assert [on_gpu.training_batch(length) for length in (2048, 65536, 131072)] == [32, 1, 1]
+
+
+def test_mamba_without_its_fused_kernels_is_not_run_past_its_reference_paths_limit(monkeypatch, tmp_path):
+    limits = {use: contenders.MAMBA_REFERENCE_PATH_MAX_LENGTH[use]["cpu"] for use in ("training", "prompt")}
+    tiny = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1))
+    monkeypatch.setattr(contenders, "mamba_fused_kernels_installed", lambda: False)
+    for training, limit in ((True, limits["training"]), (False, limits["prompt"])):
+        assert contenders.skipped_at_length(tiny, limit, training) is None
+        assert contenders.skipped_at_length(tiny, limit + 1, training).startswith(
+            "skipped: transformers' reference Mamba path")
+    assert contenders.skipped_at_length(nn.Linear(1, 1), 10**6, True) is None  # only Mamba's path has limits
+    # The harness reports the skipped lengths, runs the others, and leaves them out of the regression figures.
+    monkeypatch.setitem(contenders.MAMBA_REFERENCE_PATH_MAX_LENGTH, "prompt", {"cpu": 16})
+    out = tmp_path / "mamba.json"
+    assert main(["all", "--models", "mamba", "--lengths", "16", str(limits["training"] + 1), "--prompt-lengths",
+                 "16", "17", "--new-tokens", "2", "--repeats", "1", "--threads", "1", "--matmul-size", "128",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for phase, length in (("train", "length"), ("generate", "prompt_length")):
+        status = [row["status"] for row in sorted(result[phase], key=lambda row: row[length])]
+        assert status[0] == "ok" and status[1].startswith("skipped: transformers' reference Mamba path")
+    assert regression_figures(result) == regression_figures(result | {"train": result["train"][:1],
+                                                                      "generate": result["generate"][:1]})
+    monkeypatch.setattr(contenders, "mamba_fused_kernels_installed", lambda: True)
+    assert contenders.skipped_at_length(tiny, limits["training"] + 1, True) is None
 
 
 def test_models_still_being_written_are_skipped(monkeypatch):
@@ -403,8 +454,8 @@ class TinyLM(nn.Module):
 
 
 def test_ratio_to_the_public_implementation_in_rows_figures_and_markdown(stub_worker, monkeypatch):
-    monkeypatch.setattr(runs, "measure_peak_memory",
-                        lambda name, length, settings: {"status": "ok", "peak_mib": 1.0, "baseline_mib": 0.0})
+    monkeypatch.setattr(runs, "measure_peak_memory", lambda name, length, settings, model=None: {
+        "status": "ok", "peak_mib": 1.0, "baseline_mib": 0.0})
     worker = Contenders(contenders_dir=stub_worker).build(contenders.LEGACY_MEGA, CPU, threads=1)
     settings = Settings(repeats=2, matmul_size=64, quick=True, lengths=[256])
     try:

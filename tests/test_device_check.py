@@ -24,7 +24,7 @@ def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert " passed" in log and "failed" not in log
     train = json.loads((tmp_path / "train.json").read_text())
     assert {row["model"] for row in train["train"]} == {"gss", "mega-chunk", "hybrid", "llama", "mamba"}
-    assert all(row["status"] == "ok" for row in train["train"])
+    assert all(row["status"] == "ok" and row["batch"] == 2 for row in train["train"])  # 256 tokens a step
     batched = json.loads((tmp_path / "batched.json").read_text())
     assert all(row["status"] == "ok" for row in batched["results"])
     summary = (tmp_path / "device_check.md").read_text()

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..tooling.markdown import markdown_table
-from .contenders import BASELINE, Contenders
+from .contenders import BASELINE, Contenders, skipped_at_length
 from .flops import generation_flops
 from .measure import autocast, cache_of, make_matmul_timing, random_tokens, run_interleaved, synchronize, torch_threads
 from .report import format_ratio, format_value, machine_line
@@ -143,6 +143,9 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
             for batch in settings.batch_sizes:
                 runs[name, LINEAR_LAYERS, batch] = make_linear_layers_timing(model, batch, settings.new_tokens, device)
             for prompt_length in settings.prompt_lengths:
+                if status := skipped_at_length(model, prompt_length, training=False):
+                    failures[name, prompt_length] = status
+                    continue
                 try:
                     prefilled = prefill(model, prompt_length, device)
                 except Exception as error:  # one model that cannot prefill does not stop the others

@@ -1,8 +1,9 @@
 """Speed, memory and FLOPs benchmarks of the ssmlm models against transformers' Llama (sdpa attention), and against
 the public implementations of GSS and Mega-chunk where they are installed (scripts/install_bench_contenders.sh).
 
-    training    tokens/s of forward + backward + AdamW step, batch 1, at several sequence lengths, and the
-                peak memory of each (model, length), each in a process of its own
+    training    tokens/s of forward + backward + AdamW step, batch 1 (on a GPU, 64k tokens a step), at several
+                sequence lengths, and the peak memory of each (model, length): on the CPU each in a process of its
+                own
     generation  prefill time of a prompt (one forward with the cache on) and ms per new token (a greedy loop of
                 one-token forwards reusing the cache), after prompts of several lengths
     MFU         analytic FLOPs per token / time, over the matmul FLOP/s of this machine measured in the same run
@@ -35,7 +36,7 @@ from .settings import GPU_DEFAULTS, QUICK, Settings
 
 # The choices of a run that the command line sets, each left to Settings's default (or QUICK's, or the GPU's) when
 # not given.
-CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size")
+CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size", "tokens_per_step")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for phase, description in phases.items():
         run = commands.add_parser(phase, help=description)
         run.add_argument("--lengths", type=int, nargs="+",
-                         help="training sequence lengths (default 1024 4096 16384; 65536 added on a GPU)")
+                         help="training sequence lengths (default 1024 4096 16384; 2048 8192 16384 65536 on a GPU)")
+        run.add_argument("--tokens-per-step", type=int,
+                         help="training tokens per step: the batch is this over the length, at least 1 (default: "
+                              "batch 1 on the CPU, 65536 tokens on a GPU; 1 gives batch 1)")
         run.add_argument("--prompt-lengths", type=int, nargs="+", help="default 1024 8192 32768")
         run.add_argument("--new-tokens", type=int, help="tokens decoded after each prompt (default 256)")
         run.add_argument("--repeats", type=int, help="measured repetitions per figure, after a warmup (default 5)")
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     child.add_argument("--memory-limit-mib", type=int, default=0)
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
     child.add_argument("--gss-shape", type=int, nargs=2)
+    child.add_argument("--tokens-per-step", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "peak-memory":
         settings = Settings(device=args.device, threads=args.threads, memory_limit_mib=args.memory_limit_mib,
-                            contenders_dir=args.contenders_dir, gss_shape=gss_shape(args))
+                            contenders_dir=args.contenders_dir, gss_shape=gss_shape(args),
+                            tokens_per_step=args.tokens_per_step)
         print(json.dumps(measure_training_peak_memory(args.model, args.length, settings)))
         return 0
     if args.command == "compare":

@@ -7,6 +7,7 @@ A builder raises NotImplementedYet for a model whose block kind is not in the re
 the harness reports it as skipped.
 """
 
+import importlib.util
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +32,7 @@ from .size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_HEADS, NUM_LAYERS, VOCAB_SIZ
 
 BASELINE = "llama"
 MAMBA = "mamba"
-LLAMA_MAX_POSITIONS = 131072  # RoPE needs a bound; above every length benchmarked here
+LLAMA_MAX_POSITIONS = 262144  # RoPE needs a bound; above every length benchmarked here (128k prompts and more)
 HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside chunks of this many tokens
 
 # The public implementations ours are measured against ("× public"): each of ours, and its public counterpart,
@@ -55,8 +56,31 @@ KERNEL_CONTENDERS = {
 }
 
 
+# transformers' Mamba without its fused kernels (mamba_ssm and causal_conv1d, GPU only) runs its reference path: a
+# Python loop over the tokens that keeps (batch, width, length, state) tensors, and in training the autograd graph
+# of every step of the loop. Its time and memory grow so fast with the length that it is not run past these
+# lengths: training lengths, and prompts, by device.
+MAMBA_REFERENCE_PATH_MAX_LENGTH = {"training": {"cpu": 1024, "cuda": 8192}, "prompt": {"cpu": 8192, "cuda": 32768}}
+
+
 class NotImplementedYet(Exception):
     pass
+
+
+def mamba_fused_kernels_installed() -> bool:
+    return all(importlib.util.find_spec(package) for package in ("mamba_ssm", "causal_conv1d"))
+
+
+def skipped_at_length(model: nn.Module | WorkerContender, length: int, training: bool) -> str | None:
+    """Why a contender is not run at a training length, or after a prompt, of `length` tokens; None if it is."""
+    if not isinstance(model, MambaForCausalLM) or mamba_fused_kernels_installed():
+        return None
+    use, device = "training" if training else "prompt", model.device.type
+    limit = MAMBA_REFERENCE_PATH_MAX_LENGTH[use].get(device)
+    if limit is None or length <= limit:
+        return None
+    return (f"skipped: transformers' reference Mamba path (mamba_ssm and causal_conv1d not installed) is not run "
+            f"past {limit:,} tokens ({use}) on {device}")
 
 
 class Contenders:

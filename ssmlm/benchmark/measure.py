@@ -2,6 +2,7 @@
 peak timed among them; and the peak memory of a training step, in a process of its own per (model, length)."""
 
 import contextlib
+import gc
 import json
 import resource
 import signal
@@ -61,7 +62,7 @@ def make_training_step(model: nn.Module | WorkerContender, length: int, device: 
     """A closure that runs one forward + backward + AdamW step over `batch_size` x `length` tokens and returns its
     time."""
     if isinstance(model, WorkerContender):
-        return model.training_step(length)
+        return model.training_step(length, batch_size)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = random_tokens(length, device, vocab_size, batch_size)
@@ -194,23 +195,47 @@ def run_interleaved_with_matmul(runs: dict[str, Callable[[], dict]], settings: S
 
 def measure_training_peak_memory(name: str, length: int, settings: Settings) -> dict:
     """Two training steps (AdamW allocates its state in the first); peak resident memory of this process on the
-    CPU (it includes Python and torch, `baseline_mib` before the model is built), peak allocated on a GPU. Run by
-    the `peak-memory` command, in a process of its own."""
+    CPU (it includes Python and torch, `baseline_mib` before the model is built). Run by the `peak-memory`
+    command, in a process of its own."""
     device = torch.device(settings.device)
-    baseline_mib = process_peak_resident_mib() if device.type == "cpu" else 0.0
+    baseline_mib = process_peak_resident_mib()
     torch.set_num_threads(settings.threads)
     if settings.memory_limit_mib:
         limit = settings.memory_limit_mib * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        step = make_training_step(settings.contenders().build(name, device, settings.threads), length, device)
+        step = make_training_step(settings.contenders().build(name, device, settings.threads), length, device,
+                                  settings.training_batch(length))
         step()
         step()
     except Exception as error:
         return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
-    if device.type == "cuda":
-        return {"status": "ok", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20, "baseline_mib": 0.0}
     return {"status": "ok", "peak_mib": process_peak_resident_mib(), "baseline_mib": baseline_mib}
+
+
+def measure_gpu_peak_memory(model: nn.Module, length: int, batch: int, device: torch.device) -> dict:
+    """Two training steps of a model of the harness's own process on a GPU, where the allocator's peak can be reset
+    and running out of memory is an exception, not a killed process: the peak allocated over what was allocated
+    before, plus the model's own tensors (what a process of its own would have measured)."""
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        step = make_training_step(model, length, device, batch)
+        step()
+        step()
+        peak = torch.cuda.max_memory_allocated(device) - before
+    except Exception as error:
+        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        step = None  # its optimizer's state goes with it
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+    own = sum(tensor.numel() * tensor.element_size() for tensor in [*model.parameters(), *model.buffers()])
+    return {"status": "ok", "peak_mib": (peak + own) / 2**20, "baseline_mib": 0.0}
 
 
 def run_measurement_process(command: list[str]) -> dict:
@@ -235,7 +260,7 @@ def peak_memory_command(name: str, length: int, settings: Settings) -> list[str]
     return [sys.executable, "-m", "ssmlm.cli.bench", "peak-memory", "--model", name, "--length", str(length),
             "--device", settings.device, "--threads", str(settings.threads),
             "--memory-limit-mib", str(settings.memory_limit_mib), "--contenders-dir", str(settings.contenders_dir),
-            *gss_shape]
+            "--tokens-per-step", str(settings.tokens_per_step), *gss_shape]
 
 
 def measure_worker_peak_memory(name: str, length: int, settings: Settings) -> dict:
@@ -245,7 +270,7 @@ def measure_worker_peak_memory(name: str, length: int, settings: Settings) -> di
     try:
         worker = settings.contenders().build(name, torch.device(settings.device), settings.threads,
                                              settings.memory_limit_mib)
-        step = worker.training_step(length)
+        step = worker.training_step(length, settings.training_batch(length))
         step()
         step()
         return {"status": "ok"} | worker.request("memory")
@@ -256,7 +281,11 @@ def measure_worker_peak_memory(name: str, length: int, settings: Settings) -> di
             worker.close()
 
 
-def measure_peak_memory(name: str, length: int, settings: Settings) -> dict:
+def measure_peak_memory(name: str, length: int, settings: Settings, model: nn.Module | None = None) -> dict:
+    """The training peak memory of `name` at `length`: a worker contender in its worker; on a GPU, `model` in this
+    process; on the CPU, in a process of its own."""
     if name in WORKER_CONTENDERS:
         return measure_worker_peak_memory(name, length, settings)
+    if settings.device == "cuda":
+        return measure_gpu_peak_memory(model, length, settings.training_batch(length), torch.device("cuda"))
     return run_measurement_process(peak_memory_command(name, length, settings))

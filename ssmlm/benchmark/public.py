@@ -156,13 +156,13 @@ class WorkerContender:
         last_line = (self.errors.read().strip().splitlines() or ["(no output)"])[-1]
         return WorkerError(f"the worker exited with status {code}: {last_line}")
 
-    def training_step(self, length: int) -> Callable[[], dict]:
+    def training_step(self, length: int, batch_size: int = BATCH_SIZE) -> Callable[[], dict]:
         """The worker's training step at `length` (a fresh AdamW), prepared on the first call: the warmup."""
         prepared = []
 
         def step() -> dict:
             if not prepared:
-                self.request("prepare", length=length, batch_size=BATCH_SIZE)
+                self.request("prepare", length=length, batch_size=batch_size)
                 prepared.append(length)
             return {"seconds": self.request("step")["seconds"]}
 

@@ -78,7 +78,7 @@ def to_markdown(result: dict) -> str:
         f"host allocator: {machine.get('host_allocator', 'system default')}.",
         f"Matmul peak: {matmul['flops_per_s'] / 1e9:.0f} GFLOP/s ({matmul['size']}² {matmul['dtype']}, median of "
         f"{len(matmul['flops_per_s_repeats'])} timed among the models; each MFU is against the matmuls timed in its "
-        f"own rounds). Batch {BATCH_SIZE}; medians of {settings['repeats']} "
+        f"own rounds). Generation at batch {BATCH_SIZE}; medians of {settings['repeats']} "
         f"interleaved repetitions after a warmup; × {BASELINE}: how many times faster than {BASELINE}.",
         "",
         "## Models",
@@ -104,12 +104,13 @@ def to_markdown(result: dict) -> str:
         for row in result["train"]:
             memory = row["peak_memory"]
             peak = format_value(memory.get("peak_mib"), memory["status"])
+            batch = str(row.get("batch", BATCH_SIZE))  # runs before the batch was recorded ran at BATCH_SIZE
             if row["status"] != "ok":
-                rows.append([row["model"], str(row["length"]), row["status"], "", "", peak])
+                rows.append([row["model"], str(row["length"]), batch, row["status"], "", "", peak])
                 continue
-            rows.append([row["model"], str(row["length"]), format_value(row["tokens_per_s"]),
+            rows.append([row["model"], str(row["length"]), batch, format_value(row["tokens_per_s"]),
                          format_ratio(row["speedup_vs_baseline"]), format_percent(row["mfu"]), peak])
-        lines += markdown_table(["model", "length", "tokens/s", f"× {BASELINE}", "MFU", "peak MiB"], rows)
+        lines += markdown_table(["model", "length", "batch", "tokens/s", f"× {BASELINE}", "MFU", "peak MiB"], rows)
         if settings["device"] == "cpu":
             lines += ["Peak MiB: peak resident memory of a process that ran only that model at that length, "
                       "Python and torch included.", ""]

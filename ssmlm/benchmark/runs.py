@@ -18,7 +18,7 @@ import transformers
 
 from ..tooling.memory import keep_freed_host_memory
 from .compare import regression_figures
-from .contenders import BASELINE, PUBLIC_COUNTERPARTS, describe_model
+from .contenders import BASELINE, PUBLIC_COUNTERPARTS, describe_model, skipped_at_length
 from .flops import generation_flops, training_flops_per_token
 from .measure import (
     make_generation,
@@ -30,7 +30,6 @@ from .measure import (
 )
 from .public import REPO_ROOT, WorkerContender
 from .settings import Settings
-from .size import BATCH_SIZE
 
 
 def speedup(value: float | None, baseline: float | None, higher_is_better: bool) -> float | None:
@@ -42,24 +41,32 @@ def speedup(value: float | None, baseline: float | None, higher_is_better: bool)
 
 def benchmark_training(models: dict[str, nn.Module | WorkerContender], settings: Settings, device: torch.device,
                        matmul_rates: list[float], log: Callable[[str], None]) -> list[dict]:
-    jobs = [(name, length) for length in settings.lengths for name in models]
-    # Memory only: CPU contention does not change it, so a quick run measures in parallel to save time.
-    workers = os.cpu_count() if settings.quick else 1
-    log(f"peak memory: {len(jobs)} subprocesses, {workers} at a time")
+    skipped = {(name, length): status for length in settings.lengths for name, model in models.items()
+               if (status := skipped_at_length(model, length, training=True))}
+    jobs = [(name, length) for length in settings.lengths for name in models if (name, length) not in skipped]
+    # Memory only: CPU contention does not change it, so a quick run measures in parallel to save time. On a GPU
+    # the harness's process measures it, one model at a time.
+    workers = os.cpu_count() if settings.quick and device.type == "cpu" else 1
+    log(f"peak memory: {len(jobs)} measurements, {workers} at a time")
     with ThreadPoolExecutor(workers) as pool:
-        memory = dict(zip(jobs, pool.map(lambda job: measure_peak_memory(*job, settings), jobs)))
+        memory = dict(zip(jobs, pool.map(lambda job: measure_peak_memory(*job, settings, models[job[0]]), jobs)))
 
     rows = []
     for length in settings.lengths:
+        batch = settings.training_batch(length)
         # Skip what ran out of memory in its own process: in this one it could take the harness down.
-        runs = {name: make_training_step(model, length, device) for name, model in models.items()
-                if memory[name, length]["status"] != "OOM"}
-        log(f"training at {length} tokens: {', '.join(runs)}")
+        runs = {name: make_training_step(model, length, device, batch) for name, model in models.items()
+                if (name, length) in memory and memory[name, length]["status"] != "OOM"}
+        log(f"training at {length} tokens, batch {batch}: {', '.join(runs)}")
         samples, failures, peak_flops = run_interleaved_with_matmul(runs, settings, device, matmul_rates)
-        tokens_per_s = {name: [BATCH_SIZE * length / s["seconds"] for s in values] for name, values in samples.items()}
+        tokens_per_s = {name: [batch * length / s["seconds"] for s in values] for name, values in samples.items()}
         medians = {name: statistics.median(values) for name, values in tokens_per_s.items()}
         for name, model in models.items():
-            row = {"model": name, "length": length, "peak_memory": memory[name, length]}
+            row = {"model": name, "length": length, "batch": batch}
+            if (name, length) in skipped:
+                rows.append(row | {"status": skipped[name, length], "peak_memory": {"status": "skipped"}})
+                continue
+            row["peak_memory"] = memory[name, length]
             if name in medians:
                 flops_per_token, uncounted = training_flops_per_token(model, length)
                 row |= {
@@ -87,8 +94,9 @@ def benchmark_generation(models: dict[str, nn.Module | WorkerContender], setting
     rows = []
     new_tokens = settings.new_tokens
     for prompt_length in settings.prompt_lengths:
-        unsupported = {name: model.generation_unsupported for name, model in models.items()
-                       if getattr(model, "generation_unsupported", None)}
+        unsupported = {name: status for name, model in models.items()
+                       if (status := getattr(model, "generation_unsupported", None)
+                           or skipped_at_length(model, prompt_length, training=False))}
         runs = {name: make_generation(model, prompt_length, new_tokens, device) for name, model in models.items()
                 if name not in unsupported}
         log(f"generation after {prompt_length} prompt tokens: {', '.join(runs)}")

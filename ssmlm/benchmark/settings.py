@@ -10,7 +10,9 @@ from .public import CONTENDERS_DIR
 from .size import BATCH_SIZE
 
 # What a run on a GPU, and a quick run (tiny sizes, to check the harness), set unless chosen otherwise.
-GPU_DEFAULTS = {"lengths": [1024, 4096, 16384, 65536], "matmul_size": 8192}
+# On a GPU a step holds about 64k tokens, the batch shrinking as the length grows: at batch 1 a 4.6 M-parameter
+# model at 2k tokens leaves the device idle between kernel launches.
+GPU_DEFAULTS = {"lengths": [2048, 8192, 16384, 65536], "matmul_size": 8192, "tokens_per_step": 65536}
 QUICK = {"lengths": [128, 256], "prompt_lengths": [128, 256], "new_tokens": 16, "repeats": 2, "matmul_size": 512}
 
 
@@ -32,7 +34,10 @@ class Settings:
     gss_shape: tuple[int, int] | None = None  # GSS's (H, N); None: SSMLMConfig's
     host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
     quick: bool = False  # tiny sizes, to check the harness
-    batch_size: int = BATCH_SIZE  # not a choice: recorded for whoever reads the JSON
+    tokens_per_step: int = 0  # training batch: tokens_per_step // length sequences (at least 1); 0: BATCH_SIZE
+
+    def training_batch(self, length: int) -> int:
+        return max(1, self.tokens_per_step // length) if self.tokens_per_step else BATCH_SIZE
 
     def contenders(self) -> Contenders:
         return Contenders(self.gss_shape, self.contenders_dir)

@@ -24,7 +24,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from fixtures.tiny_corpus import write_tiny_corpus  # noqa: E402
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM  # noqa: E402
-from ssmlm.data.tokenizer import SPECIAL_TOKENS  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 TEXT_DIR = Path(__file__).parent / "fixtures" / "text"
@@ -63,6 +62,9 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, fixture_texts) -> Path:
     """A byte-level BPE tokenizer (vocabulary 512) saved with save_pretrained, loadable by AutoTokenizer."""
+    # Imported here, not above: ssmlm.data needs `datasets`, which the GPU machine of the device check lacks, and
+    # its tests must collect there.
+    from ssmlm.data.tokenizer import SPECIAL_TOKENS
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -1,5 +1,6 @@
 """scripts/device_check.sh, dry-run on the CPU: the GPU check's every step (the device-marked invariant tests,
-training, decoding and batched-decoding benchmarks, the summary) runs at tiny sizes and writes what it should."""
+training, decoding and batched-decoding benchmarks, the summary) runs at tiny sizes and writes what it should,
+without the packages the GPU machine lacks (fixtures/device_machine/sitecustomize.py)."""
 
 import json
 import os
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DEVICE_MACHINE = Path(__file__).parent / "fixtures" / "device_machine"
 
 
 @pytest.mark.slow
 def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join([str(DEVICE_MACHINE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     run = subprocess.run(["bash", "scripts/device_check.sh", str(tmp_path), "--dry-run"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]

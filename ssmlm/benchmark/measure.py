@@ -1,5 +1,6 @@
 """The measurements: a training step and a generation timed as closures, run interleaved with a warmup; the matmul
-peak timed among them; and the peak memory of a training step, in a process of its own per (model, length)."""
+peak timed among them; and the peak memory of a training step: on the CPU in a process of its own per (model,
+length), on a GPU in the harness's process."""
 
 import contextlib
 import gc

@@ -25,7 +25,13 @@ mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ssmlm-site \
         .whl/*.whl
-    export PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-}
+    # The carried transformers checks the versions of its dependencies at import, against the machine's own ones:
+    # should it refuse them, the check goes on with the machine's transformers (machine.json says which ran).
+    if PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-} "$PYTHON" -c "import transformers"; then
+        export PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-}
+    else
+        echo "the carried wheels do not import here: going on with the machine's own transformers" >&2
+    fi
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
@@ -61,18 +67,24 @@ print(facts)
 PY
 
 status=0
+echo "$(date +%T) invariants"
 # Only the test files that hold device tests: the others import what the GPU machine lacks (datasets, deepspeed),
 # and one module that fails to import stops the whole collection.
 mapfile -t DEVICE_TESTS < <(grep -l "pytest.mark.device" tests/test_*.py)
+[ ${#DEVICE_TESTS[@]} -gt 0 ] || { echo "no test file holds a device test" >&2; exit 1; }
 SSMLM_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -m device -p no:cacheprovider "${SELECT[@]}" "${DEVICE_TESTS[@]}" \
     >"$OUT/invariants.log" 2>&1 || status=1
 tail -n 3 "$OUT/invariants.log"
+# Each benchmark's progress, tables and warnings go to bench.log; a failure's last lines are printed at the end.
+echo "$(date +%T) training benchmark"
 "$PYTHON" scripts/bench.py train --device "$DEVICE" --models "${MODELS[@]}" "${TRAIN[@]}" \
-    --out "$OUT/train.json" --markdown "$OUT/train.md" >/dev/null || status=1
+    --out "$OUT/train.json" --markdown "$OUT/train.md" >>"$OUT/bench.log" 2>&1 || status=1
+echo "$(date +%T) generation benchmark"
 "$PYTHON" scripts/bench.py generate --device "$DEVICE" --models "${MODELS[@]}" "${GENERATE[@]}" \
-    --out "$OUT/generate.json" --markdown "$OUT/generate.md" >/dev/null || status=1
+    --out "$OUT/generate.json" --markdown "$OUT/generate.md" >>"$OUT/bench.log" 2>&1 || status=1
+echo "$(date +%T) batched decoding benchmark"
 "$PYTHON" scripts/bench.py decode-batch --device "$DEVICE" --models "${MODELS[@]}" "${BATCHED[@]}" \
-    --out "$OUT/batched.json" --markdown "$OUT/batched.md" >/dev/null || status=1
+    --out "$OUT/batched.json" --markdown "$OUT/batched.md" >>"$OUT/bench.log" 2>&1 || status=1
 
 {
     echo "# Device check ($DEVICE)"
@@ -89,9 +101,14 @@ tail -n 3 "$OUT/invariants.log"
     echo '```'
     for part in train generate batched; do
         echo
-        sed 's/^#/##/' "$OUT/$part.md"
-        rm "$OUT/$part.md"
+        if [ -f "$OUT/$part.md" ]; then
+            sed 's/^#/##/' "$OUT/$part.md"
+            rm "$OUT/$part.md"
+        else
+            echo "## $part: no results (bench.log has why)"
+        fi
     done
 } >"$OUT/device_check.md"
 echo "wrote $OUT/device_check.md"
+[ $status -eq 0 ] || tail -n 40 "$OUT/bench.log"
 exit $status

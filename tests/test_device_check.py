@@ -22,7 +22,7 @@ def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "batched.json", "device_check.md", "generate.json", "invariants.log", "machine.json", "train.json"]
+        "batched.json", "bench.log", "device_check.md", "generate.json", "invariants.log", "machine.json", "train.json"]
     log = (tmp_path / "invariants.log").read_text()
     assert " passed" in log and "failed" not in log
     train = json.loads((tmp_path / "train.json").read_text())

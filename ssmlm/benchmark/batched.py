@@ -25,7 +25,16 @@ from torch.nn import functional as F
 from ..tooling.markdown import markdown_table
 from .contenders import BASELINE, Contenders, skipped_at_length
 from .flops import generation_flops
-from .measure import autocast, cache_of, make_matmul_timing, random_tokens, run_interleaved, synchronize, torch_threads
+from .measure import (
+    autocast,
+    cache_of,
+    make_matmul_timing,
+    matmul_dtype,
+    random_tokens,
+    run_interleaved,
+    synchronize,
+    torch_threads,
+)
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
 from .size import HIDDEN_SIZE
@@ -114,7 +123,8 @@ def make_linear_layers_timing(model, batch: int, new_tokens: int, device: torch.
     """A closure that runs only the matmuls of `new_tokens` decoding steps for `batch` sequences: every nn.Linear
     of the model, in its order, on a (batch, in_features) input with the layer's own weights."""
     layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    inputs = [torch.randn(batch, layer.in_features, device=device, dtype=layer.weight.dtype) for layer in layers]
+    # In the dtype the matmuls run in (bf16 under a GPU's autocast), so no cast is timed with them.
+    inputs = [torch.randn(batch, layer.in_features, device=device, dtype=matmul_dtype(device)) for layer in layers]
     flops_per_step = sum(2 * batch * layer.in_features * layer.out_features for layer in layers)
 
     def timed() -> dict:
@@ -141,7 +151,9 @@ def run_batched_decoding(settings: BatchedSettings, log: Callable[[str], None] =
         runs, per_sequence, failures = {}, {}, {}
         for name, model in models.items():
             for batch in settings.batch_sizes:
-                runs[name, LINEAR_LAYERS, batch] = make_linear_layers_timing(model, batch, settings.new_tokens, device)
+                if isinstance(model, nn.Module):  # not a contender in a worker process
+                    runs[name, LINEAR_LAYERS, batch] = make_linear_layers_timing(model, batch, settings.new_tokens,
+                                                                                 device)
             for prompt_length in settings.prompt_lengths:
                 if status := skipped_at_length(model, prompt_length, training=False):
                     failures[name, prompt_length] = status

@@ -99,11 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         add_settings_options(harness, settings_class())
         add_output_options(harness)
 
-    child = commands.add_parser("peak-memory", help="one training peak-memory measurement, as JSON on stdout (the "
+    child = commands.add_parser("peak-memory", help="one training peak-memory measurement on the CPU, as JSON on "
+                                                    "stdout (the "
                                                     "benchmark runs this in a process per model and length)")
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
     child.add_argument("--length", type=int, required=True)
-    child.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     child.add_argument("--threads", type=int, default=torch.get_num_threads())
     child.add_argument("--memory-limit-mib", type=int, default=0)
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
@@ -198,7 +198,7 @@ def write_outputs(result: dict, markdown: str, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "peak-memory":
-        settings = Settings(device=args.device, threads=args.threads, memory_limit_mib=args.memory_limit_mib,
+        settings = Settings(threads=args.threads, memory_limit_mib=args.memory_limit_mib,
                             contenders_dir=args.contenders_dir, gss_shape=gss_shape(args),
                             tokens_per_step=args.tokens_per_step)
         print(json.dumps(measure_training_peak_memory(args.model, args.length, settings)))

@@ -7,9 +7,9 @@ A builder raises NotImplementedYet for a model whose block kind is not in the re
 the harness reports it as skipped.
 """
 
-import importlib.util
+import importlib
 from collections.abc import Callable
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import torch
@@ -67,8 +67,16 @@ class NotImplementedYet(Exception):
     pass
 
 
+@cache
 def mamba_fused_kernels_installed() -> bool:
-    return all(importlib.util.find_spec(package) for package in ("mamba_ssm", "causal_conv1d"))
+    """Whether mamba_ssm and causal_conv1d import: transformers falls back to its reference path when they do not
+    (a build for another torch is installed but fails to load)."""
+    try:
+        for package in ("mamba_ssm", "causal_conv1d"):
+            importlib.import_module(package)
+    except Exception:  # any failure to load makes transformers fall back
+        return False
+    return True
 
 
 def skipped_at_length(model: nn.Module | WorkerContender, length: int, training: bool) -> str | None:

@@ -195,10 +195,10 @@ def run_interleaved_with_matmul(runs: dict[str, Callable[[], dict]], settings: S
 
 
 def measure_training_peak_memory(name: str, length: int, settings: Settings) -> dict:
-    """Two training steps (AdamW allocates its state in the first); peak resident memory of this process on the
-    CPU (it includes Python and torch, `baseline_mib` before the model is built). Run by the `peak-memory`
-    command, in a process of its own."""
-    device = torch.device(settings.device)
+    """Two training steps on the CPU (AdamW allocates its state in the first); peak resident memory of this process
+    (it includes Python and torch, `baseline_mib` before the model is built). Run by the `peak-memory` command, in a
+    process of its own."""
+    device = torch.device("cpu")
     baseline_mib = process_peak_resident_mib()
     torch.set_num_threads(settings.threads)
     if settings.memory_limit_mib:
@@ -219,6 +219,11 @@ def measure_gpu_peak_memory(model: nn.Module, length: int, batch: int, device: t
     and running out of memory is an exception, not a killed process: the peak allocated over what was allocated
     before, plus the model's own tensors (what a process of its own would have measured)."""
     model.zero_grad(set_to_none=True)
+    # cuBLAS allocates its workspace at this thread's first matmuls of each kind; made here, it is in `before` for
+    # every measurement, not in the first one's peak alone.
+    with autocast(device):
+        torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)
+    torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)
     gc.collect()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
@@ -259,7 +264,7 @@ def peak_memory_command(name: str, length: int, settings: Settings) -> list[str]
     """The `peak-memory` command of cli.py for one (model, length), with the settings it needs."""
     gss_shape = ["--gss-shape", *map(str, settings.gss_shape)] if settings.gss_shape else []
     return [sys.executable, "-m", "ssmlm.cli.bench", "peak-memory", "--model", name, "--length", str(length),
-            "--device", settings.device, "--threads", str(settings.threads),
+            "--threads", str(settings.threads),
             "--memory-limit-mib", str(settings.memory_limit_mib), "--contenders-dir", str(settings.contenders_dir),
             "--tokens-per-step", str(settings.tokens_per_step), *gss_shape]
 

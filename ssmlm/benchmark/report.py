@@ -114,6 +114,9 @@ def to_markdown(result: dict) -> str:
         if settings["device"] == "cpu":
             lines += ["Peak MiB: peak resident memory of a process that ran only that model at that length, "
                       "Python and torch included.", ""]
+        else:
+            lines += ["Peak MiB: the GPU allocator's peak over two training steps, over what was allocated before "
+                      "them, plus the model's own weights.", ""]
         lines += public_comparison_table(result)
 
     if "generate" in result:

@@ -54,7 +54,8 @@ def benchmark_training(models: dict[str, nn.Module | WorkerContender], settings:
     rows = []
     for length in settings.lengths:
         batch = settings.training_batch(length)
-        # Skip what ran out of memory in its own process: in this one it could take the harness down.
+        # Skip what ran out of memory when measured (on the CPU, in its own process): here it could take the harness
+        # down, or on a GPU only fail again.
         runs = {name: make_training_step(model, length, device, batch) for name, model in models.items()
                 if (name, length) in memory and memory[name, length]["status"] != "OOM"}
         log(f"training at {length} tokens, batch {batch}: {', '.join(runs)}")

@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         add_output_options(harness)
 
     child = commands.add_parser("peak-memory", help="one training peak-memory measurement on the CPU, as JSON on "
-                                                    "stdout (the "
-                                                    "benchmark runs this in a process per model and length)")
+                                                    "stdout (the benchmark runs this in a process per model and "
+                                                    "length)")
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
     child.add_argument("--length", type=int, required=True)
     child.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -87,7 +87,7 @@ def skipped_at_length(model: nn.Module | WorkerContender, length: int, training:
     limit = MAMBA_REFERENCE_PATH_MAX_LENGTH[use].get(device)
     if limit is None or length <= limit:
         return None
-    return (f"skipped: transformers' reference Mamba path (mamba_ssm and causal_conv1d not installed) is not run "
+    return (f"skipped: transformers' reference Mamba path (mamba_ssm and causal_conv1d do not import) is not run "
             f"past {limit:,} tokens ({use}) on {device}")
 
 

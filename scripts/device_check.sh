@@ -27,8 +27,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         .whl/*.whl
     # The carried transformers checks the versions of its dependencies at import, against the machine's own ones:
     # should it refuse them, the check goes on with the machine's transformers (machine.json says which ran).
-    if PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-} "$PYTHON" -c "import transformers"; then
-        export PYTHONPATH=/tmp/ssmlm-site:${PYTHONPATH:-}
+    CARRIED=/tmp/ssmlm-site:${PYTHONPATH:-}
+    if PYTHONPATH=$CARRIED "$PYTHON" -c "import transformers"; then
+        export PYTHONPATH=$CARRIED
     else
         echo "the carried wheels do not import here: going on with the machine's own transformers" >&2
     fi

@@ -123,6 +123,11 @@ def failure_status(error: BaseException) -> str:
     return f"error: {type(error).__name__}: {first_line}"[:200]
 
 
+def failed_measurement(error: BaseException) -> dict:
+    """A peak-memory measurement that failed: its status (OOM or error) and why."""
+    return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+
+
 def run_interleaved(runs: dict[Hashable, Callable[[], dict]],
                     repeats: int) -> tuple[dict[Hashable, list[dict]], dict[Hashable, str]]:
     """Run every closure once as a warmup, then `repeats` rounds that run each once, so noise on the machine hits
@@ -210,7 +215,7 @@ def measure_training_peak_memory(name: str, length: int, settings: Settings) -> 
         step()
         step()
     except Exception as error:
-        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+        return failed_measurement(error)
     return {"status": "ok", "peak_mib": process_peak_resident_mib(), "baseline_mib": baseline_mib}
 
 
@@ -234,7 +239,7 @@ def measure_gpu_peak_memory(model: nn.Module, length: int, batch: int, device: t
         step()
         peak = torch.cuda.max_memory_allocated(device) - before
     except Exception as error:
-        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+        return failed_measurement(error)
     finally:
         step = None  # its optimizer's state goes with it
         model.zero_grad(set_to_none=True)
@@ -281,7 +286,7 @@ def measure_worker_peak_memory(name: str, length: int, settings: Settings) -> di
         step()
         return {"status": "ok"} | worker.request("memory")
     except Exception as error:
-        return {"status": failure_status(error), "reason": f"{type(error).__name__}: {error}"[:300]}
+        return failed_measurement(error)
     finally:
         if worker is not None:
             worker.close()

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ssmlm.benchmark import MODEL_BUILDERS, Contenders, make_training_step
 from ssmlm.benchmark.batched import prefill, repeat_each_sequence
-from ssmlm.benchmark.measure import cache_of
+from ssmlm.compat import returned_cache
 from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
 
 
@@ -47,7 +47,7 @@ def profile_decoding(model, prompt_length: int, steps: int, batch: int, device: 
         nonlocal prefilled, token
         for _ in range(count):
             output = model(input_ids=token, **prefilled, use_cache=True)
-            prefilled = cache_of(output)
+            prefilled = returned_cache(output)
             token = output.logits[:, -1:].argmax(-1)
 
     decode(warmup)

@@ -5,11 +5,15 @@ AutoModelForSequenceClassification, so `AutoModelForCausalLM.from_pretrained(dir
 `pipeline("text-generation", model=dir)` work without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from .compat import check_installed_release
 
-from .cache import SSMLMCache
-from .configuration import SSMLMConfig
-from .modeling import (
+check_installed_release()
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
+
+from .cache import SSMLMCache  # noqa: E402
+from .configuration import SSMLMConfig  # noqa: E402
+from .modeling import (  # noqa: E402
     LORA_TARGET_MODULES,
     SSMLMForCausalLM,
     SSMLMForSequenceClassification,

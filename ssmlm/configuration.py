@@ -31,16 +31,26 @@ REMOTE_MODULE_NAME = "ssmlm_remote"  # the module saved beside a model's weights
 AUTO_CLASSES = {"AutoConfig": "SSMLMConfig", "AutoModel": "SSMLMModel", "AutoModelForCausalLM": "SSMLMForCausalLM",
                 "AutoModelForSequenceClassification": "SSMLMForSequenceClassification"}
 
-# The module every saved config carries (named in its auto_map), so that transformers can load it by path
-# with trust_remote_code=True without the caller importing ssmlm: it imports the installed package, or says what
-# to install.
+# The module every saved config carries (named in its auto_map), so that transformers can load the model by path
+# with trust_remote_code=True in a process that never imported ssmlm: it imports the installed package, or says
+# what to install. Its classes are subclasses defined in the module itself: transformers saves a model (or config)
+# loaded through remote code by copying the file that defines its class, with that file's relative imports, and
+# this file has none (ssmlm's own modules import from a package, which that copy cannot follow).
 REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (trust_remote_code=True)."""
 
 try:
-    from ssmlm import {", ".join(sorted(AUTO_CLASSES.values()))}  # noqa: F401
+    import ssmlm
 except ImportError as error:
     raise ImportError("this model needs the ssmlm package: pip install ssmlm") from error
-'''
+
+
+class SSMLMConfig(ssmlm.SSMLMConfig):
+    pass
+''' + "".join(f'''
+
+class {name}(ssmlm.{name}):
+    config_class = SSMLMConfig
+''' for name in sorted(set(AUTO_CLASSES.values()) - {"SSMLMConfig"}))
 
 
 @strict
@@ -158,10 +168,11 @@ class SSMLMConfig(PreTrainedConfig):
         (Path(save_directory) / f"{REMOTE_MODULE_NAME}.py").write_text(REMOTE_MODULE, encoding="utf-8")
 
     def validate_architecture(self):
-        """Part of `@strict` validation: names the offending field."""
+        """Part of `@strict` validation: names the offending field. A block kind's own settings are checked only
+        when the model has a block of that kind (a GSS model takes any `attention_num_heads`)."""
         super().validate_architecture()
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "ssm_size",
-                     "ssm_state_size", "mega_ema_dim", "mega_z_dim", "mega_v_dim", "mega_max_positions"):
+                     "ssm_state_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
         if len(self.block_types) != self.num_hidden_layers:
@@ -176,6 +187,21 @@ class SSMLMConfig(PreTrainedConfig):
         if self.ssm_kernel not in KERNELS:
             raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {', '.join(KERNELS)}, got {self.ssm_kernel!r}")
         check_options(self.ssm_kernel, self.ssm_kernel_options, "SSMLMConfig.ssm_kernel_options", self.ssm_state_size)
+        for name in ("hidden_dropout", "attention_dropout", "mega_hidden_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"SSMLMConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        kinds = set(self.block_types)
+        if "mega" in kinds:
+            self.check_mega_settings()
+        if "attention" in kinds:
+            self.check_attention_settings()
+        if "h3" in kinds:
+            self.check_h3_settings()
+
+    def check_mega_settings(self):
+        for name in ("mega_ema_dim", "mega_z_dim", "mega_v_dim", "mega_max_positions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
         if self.mega_chunk_size is not None and self.mega_chunk_size <= 0:
             raise ValueError(
                 "SSMLMConfig.mega_chunk_size must be positive, or None / -1 for full attention, "
@@ -191,6 +217,8 @@ class SSMLMConfig(PreTrainedConfig):
             )
         if self.mega_position_bias == "rotary" and self.mega_z_dim % 2:
             raise ValueError(f"SSMLMConfig.mega_z_dim must be even for the rotary bias, got {self.mega_z_dim}")
+
+    def check_attention_settings(self):
         if self.attention_span not in ATTENTION_SPANS:
             raise ValueError(
                 f"SSMLMConfig.attention_span must be one of {ATTENTION_SPANS}, got {self.attention_span!r}"
@@ -210,15 +238,14 @@ class SSMLMConfig(PreTrainedConfig):
                 "SSMLMConfig.attention_num_heads: the head size hidden_size / attention_num_heads must be even for "
                 f"rotary positions, got {self.hidden_size // self.attention_num_heads}"
             )
+
+    def check_h3_settings(self):
         for name in ("h3_head_dim", "h3_shift_size", "h3_state_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.h3_head_dim:
             raise ValueError(f"SSMLMConfig.h3_head_dim ({self.h3_head_dim}) must divide hidden_size "
                              f"({self.hidden_size})")
-        for name in ("hidden_dropout", "attention_dropout", "mega_hidden_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"SSMLMConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 __all__ = ["SSMLMConfig"]

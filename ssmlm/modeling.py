@@ -13,13 +13,17 @@ from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple, logging
 
 from .blocks import BLOCKS
 from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .blocks.mega import QueryKeyScaleOffset
 from .cache import SSMLMCache
+from .compat import CACHE_ARGUMENT, cache_argument
 from .configuration import SSMLMConfig
 from .kernels import SSMKernel
+
+logger = logging.get_logger(__name__)
 
 # Modules with parameters of their own: post_init's `_init_weights` re-initialises them by their reset_parameters().
 CUSTOM_INIT_MODULES = (SSMKernel, QueryKeyScaleOffset, SimpleRelativeBias, RotaryRelativeBias)
@@ -37,7 +41,6 @@ class SSMLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = [block.__name__ for block in BLOCKS.values()]
     supports_gradient_checkpointing = True
-    _is_stateful = True  # no assisted decoding or cache cropping: states cannot be rolled back
     _supports_sdpa = True  # the attention blocks (attention.py) run torch's scaled_dot_product_attention
 
     def __init__(self, config: SSMLMConfig, *args, **kwargs):
@@ -51,11 +54,6 @@ class SSMLMPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CUSTOM_INIT_MODULES):
             module.reset_parameters()
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # generate() must not build a DynamicCache for us: the forward creates an SSMLMCache on first use.
-        return False
 
 
 def check_consistent(config: SSMLMConfig) -> None:
@@ -77,68 +75,81 @@ class SSMLMModel(SSMLMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: SSMLMCache | None = None,
+        cache: SSMLMCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        past_key_values: SSMLMCache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast | tuple:
+    ) -> BaseModelOutputWithPast:
+        """`cache` (or `past_key_values`, its name before transformers 5.24) is the SSMLMCache a previous call
+        returned; the output returns it under the name of the installed release. `output_attentions` gives each
+        attention block's weights (block.attention_weights) and None for the blocks that have none."""
+        cache = cache_argument(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         # Caching costs a state computation per block: on by default for inference, off for training.
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if past_key_values is not None and not isinstance(past_key_values, SSMLMCache):
-            raise TypeError(
-                f"past_key_values must be the SSMLMCache this model returned, got {type(past_key_values).__name__}"
-            )
+        if cache is not None and not isinstance(cache, SSMLMCache):
+            raise TypeError(f"the cache must be the SSMLMCache this model returned, got {type(cache).__name__}")
 
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, length = hidden.shape[:2]
         if length == 0:
             raise ValueError("the input is empty: give at least one token (an empty prompt has nothing to continue)")
-        if use_cache and past_key_values is None:
-            past_key_values = SSMLMCache(len(self.layers))
+        if use_cache and cache is None:
+            cache = SSMLMCache(len(self.layers))
         # The mask may span the cached prefix too (as in generate()); only the current positions matter here.
         padding_mask = None
         if attention_mask is not None and not bool(attention_mask[:, -length:].all()):
             padding_mask = attention_mask[:, -length:]
+        if output_attentions:
+            warn_of_blocks_without_attention(self.layers)
 
         all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for index, block in enumerate(self.layers):
+            state = None
+            if cache is not None:
+                layer = cache.layers[index]
+                state = layer.state if layer.state is not None else block.initial_state(batch_size)
             if output_hidden_states:
                 all_hidden.append(hidden)
-            if past_key_values is None:
-                hidden, _ = block(hidden, None, padding_mask)
-            else:
-                layer = past_key_values.layers[index]
-                state = layer.state if layer.state is not None else block.initial_state(batch_size)
-                hidden, state = block(hidden, state, padding_mask)
+            if output_attentions:
+                # Before the block runs: a decoding step may write its key into the cached window in place.
+                weights = getattr(block, "attention_weights", None)
+                all_attentions.append(None if weights is None else weights(hidden, state, padding_mask))
+            hidden, state = block(hidden, state, padding_mask)
+            if cache is not None:
                 layer.advance(state, length)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
 
-        output = BaseModelOutputWithPast(
+        return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_ARGUMENT: cache if use_cache else None},
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+
+
+def warn_of_blocks_without_attention(layers) -> None:
+    kinds = sorted({kind for kind, block in BLOCKS.items()
+                    if any(type(layer) is block for layer in layers) and not hasattr(block, "attention_weights")})
+    if kinds:
+        logger.warning_once(f"output_attentions: blocks of kind {', '.join(kinds)} do not return attention weights; "
+                            f"their entries in `attentions` are None")
 
 
 class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
@@ -150,40 +161,41 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """generate() prepares an empty transformers cache before the first step (a DynamicCache, which holds keys
+        and values, not block states). Here it becomes an SSMLMCache, which the forward fills and returns, and which
+        generate() passes back at every later step, as it does any model's returned cache."""
+        cache = kwargs.get(CACHE_ARGUMENT)
+        if cache is not None and not isinstance(cache, SSMLMCache):
+            if cache.get_seq_length() > 0:
+                raise TypeError(f"generate() was given a {type(cache).__name__} that already holds tokens; an ssmlm "
+                                f"model continues only from the SSMLMCache it returned")
+            kwargs[CACHE_ARGUMENT] = SSMLMCache(len(self.model.layers))
+        return super().prepare_inputs_for_generation(input_ids, **kwargs)
 
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: SSMLMCache | None = None,
+        cache: SSMLMCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: SSMLMCache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, past_key_values),
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
+            output_attentions=output_attentions,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -191,13 +203,13 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(
+        return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class SSMLMForSequenceClassification(GenericForSequenceClassification, SSMLMPreTrainedModel):

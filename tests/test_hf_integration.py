@@ -152,13 +152,24 @@ def test_text_streamer_streams_the_continuation(tokenizer, model):
         ({"ssm_kernel": "s4d", "ssm_kernel_options": {"step": 1}}, r"ssm_kernel_options\.step: S4DKernel has no"),
         ({"ssm_kernel": "s4d", "s4d_discretization": "x"}, r"ssm_kernel_options\.discretization"),  # a saved config
         ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
-        ({"h3_head_dim": 3}, r"h3_head_dim \(3\) must divide hidden_size \(1024\)"),
-        ({"h3_shift_size": 0}, "h3_shift_size must be positive"),
+        ({"h3_head_dim": 3, "block_types": ["h3"] * 16}, r"h3_head_dim \(3\) must divide hidden_size \(1024\)"),
+        ({"h3_shift_size": 0, "block_types": ["h3"] * 16}, "h3_shift_size must be positive"),
+        ({"hidden_size": 37, "block_types": ["attention"] * 16}, r"attention_num_heads \(4\) must be positive and "),
+        ({"mega_ema_dim": 0, "block_types": ["mega"] * 16}, "mega_ema_dim must be positive"),
     ],
 )
 def test_bad_config_fields_are_named(overrides, field):
     with pytest.raises(StrictDataclassError, match=field):
         SSMLMConfig(**overrides)
+
+
+@pytest.mark.parametrize("block_kind", sorted(set(BLOCKS) - {"attention"}))
+def test_a_block_kinds_settings_are_checked_only_where_the_model_has_that_block(block_kind):
+    """transformers' ConfigTester builds configs of hidden size 37: a model without attention takes it, whatever
+    the (unused) head count; each block kind's settings are checked only where the model has that block."""
+    config = SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8, mega_z_dim=8,
+                         h3_head_dim=1, attention_num_heads=4, mega_chunk_size=0 if block_kind != "mega" else 4)
+    assert config.hidden_size == 37
 
 
 def test_a_config_saved_with_the_former_flat_s4d_fields_still_loads(tmp_path):
@@ -362,8 +373,37 @@ def test_trl_fine_tunes_a_saved_model_by_path(tiny_model_dir, tmp_path):
 def test_a_saved_model_names_its_remote_module_and_carries_it(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "ssmlm_remote.SSMLMForCausalLM"
-    assert "from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMForSequenceClassification, SSMLMModel" in \
-        (tiny_model_dir / "ssmlm_remote.py").read_text()
+    module = (tiny_model_dir / "ssmlm_remote.py").read_text()
+    # Each class is defined in the module itself, which imports nothing relative: transformers' save of a model
+    # loaded through it copies this one file (tests/test_remote_code.py saves through Trainer, TRL and peft).
+    for name in config["auto_map"].values():
+        class_name = name.removeprefix("ssmlm_remote.")
+        assert f"class {class_name}(ssmlm.{class_name}):" in module
+    assert "from ." not in module
+
+
+@pytest.mark.parametrize("span", ["full", "sliding", "chunked"])
+def test_output_attentions_gives_the_attention_blocks_weights(span):
+    """Weights of each attention block (None for the others): rows sum to 1, weights times the values equal the
+    block's attention output, and a prefix read from the cache gives the rows of a whole pass."""
+    torch.manual_seed(0)
+    model = SSMLMForCausalLM(tiny_config(block_types=["gss", "attention"], attention_num_heads=2, attention_span=span,
+                                         attention_window=None if span == "full" else 4)).double().eval()
+    ids = torch.randint(3, VOCAB_SIZE, (2, 10))
+    whole = model(ids, output_attentions=True)
+    assert len(whole.attentions) == 2 and whole.attentions[0] is None
+    weights = whole.attentions[1]
+    assert weights.shape == (2, 2, 10, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 10, dtype=torch.float64))
+    block = model.model.layers[1]
+    hidden = model.model.layers[0](model.model.embed_tokens(ids))[0]
+    q, k, v, *_ = block.queries_keys_values(hidden)
+    torch.testing.assert_close(weights @ v, block._attend_fresh(q, k, v))
+    assert (weights.triu(1) == 0).all()  # causal
+    if span == "full":
+        prefix = model(ids[:, :6], use_cache=True)
+        rest = model(ids[:, 6:], past_key_values=prefix.past_key_values, output_attentions=True)
+        torch.testing.assert_close(rest.attentions[1], weights[:, :, 6:])
 
 
 @pytest.mark.parametrize("block_kind", sorted(BLOCKS))

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..compat import returned_cache
 from ..tooling.markdown import markdown_table
 from .contenders import BASELINE, Contenders, skipped_at_length
 from .flops import generation_flops
 from .measure import (
     autocast,
-    cache_of,
     make_matmul_timing,
     matmul_dtype,
     random_tokens,
@@ -78,10 +78,10 @@ def cache_bytes(cache) -> int:
 
 
 def prefill(model, prompt_length: int, device: torch.device) -> dict:
-    """The cache keyword argument (`cache_of`) after one sequence's prompt."""
+    """The cache keyword argument (`returned_cache`) after one sequence's prompt."""
     model.eval()
     with torch.no_grad(), autocast(device):
-        return cache_of(model(input_ids=random_tokens(prompt_length, device), use_cache=True, logits_to_keep=1))
+        return returned_cache(model(input_ids=random_tokens(prompt_length, device), use_cache=True, logits_to_keep=1))
 
 
 def repeat_each_sequence(cache, batch: int) -> None:
@@ -111,7 +111,7 @@ def make_batched_decoding(model, prefilled: dict, batch: int, new_tokens: int,
             start = time.perf_counter()
             for _ in range(new_tokens):
                 output = model(input_ids=token, **state, use_cache=True)
-                state = cache_of(output)
+                state = returned_cache(output)
                 token = output.logits[:, -1:].argmax(-1)
             synchronize(device)
         return {"seconds": time.perf_counter() - start}

@@ -14,7 +14,8 @@ import torch
 from ..tooling.markdown import markdown_table
 from .batched import cache_bytes, prefill
 from .contenders import Contenders
-from .measure import autocast, cache_of, synchronize, torch_threads
+from ..compat import returned_cache
+from .measure import autocast, synchronize, torch_threads
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
 
@@ -44,7 +45,7 @@ def stream(model, settings: LongStreamSettings, device: torch.device) -> list[di
             began = time.perf_counter()
             for _ in range(min(settings.every, settings.tokens - start)):
                 output = model(input_ids=token, **state, use_cache=True)
-                state = cache_of(output)
+                state = returned_cache(output)
                 token = output.logits[:, -1:].argmax(-1)
             synchronize(device)
             done = min(start + settings.every, settings.tokens)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import nn
 
+from ..compat import returned_cache
 from ..tooling.memory import is_out_of_memory, mentions_out_of_memory, process_peak_resident_mib
 from .contenders import WORKER_CONTENDERS
 from .public import WorkerContender
@@ -82,14 +83,6 @@ def make_training_step(model: nn.Module | WorkerContender, length: int, device: 
     return step
 
 
-def cache_of(output) -> dict:
-    """The keyword argument that hands a model its cache back: transformers' Mamba takes and returns it as
-    `cache_params`, the others as `past_key_values`."""
-    if hasattr(output, "cache_params"):
-        return {"cache_params": output.cache_params}
-    return {"past_key_values": output.past_key_values}
-
-
 def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device,
                     vocab_size: int = VOCAB_SIZE) -> Callable[[], dict]:
     """A closure that prefills a prompt in one forward, then decodes `new_tokens` greedily, one forward per
@@ -107,7 +100,7 @@ def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, devic
             prefill_seconds = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(new_tokens):
-                output = model(input_ids=token, **cache_of(output), use_cache=True)
+                output = model(input_ids=token, **returned_cache(output), use_cache=True)
                 token = output.logits[:, -1:].argmax(-1)
             synchronize(device)
             decode_seconds = time.perf_counter() - start

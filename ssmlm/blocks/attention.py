@@ -69,10 +69,12 @@ class AttentionBlock(Block):
         positions = torch.zeros(batch_size, 0, dtype=torch.long, device=weight.device)
         return empty, empty, positions, torch.zeros(batch_size, dtype=torch.long, device=weight.device)
 
-    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+    def queries_keys_values(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        """q, k, v (batch, heads, length, d) with rotary positions, the positions (batch, length), which tokens are
+        real, and the position the call starts at."""
         batch, length, _ = x.shape
         q, k, v = self.to_qkv(self.norm(x)).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (batch, heads, length, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
         real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
         if padding_mask is not None:
@@ -81,6 +83,28 @@ class AttentionBlock(Block):
         positions = start.unsqueeze(1) + real.long().cumsum(1) - 1  # padding shares its neighbour's position
         q = rotary(q, positions.clamp_min(0), self.rope_theta)
         k = rotary(k, positions.clamp_min(0), self.rope_theta)
+        return q, k, v, positions, real, start
+
+    def attention_weights(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        """softmax(q·kᵀ/√d + span mask) of this call's queries over every key they may see, for
+        `output_attentions`: (batch, heads, length, keys), the keys being the cached ones in the cache's order
+        (for local spans: the window's slots), then this call's. Computed apart from the forward, which runs
+        fused SDPA kernels that return no weights."""
+        q, k, _, positions, real, _ = self.queries_keys_values(x, state, padding_mask)
+        key_positions = torch.where(real, positions, -1)
+        if state is not None:
+            k = torch.cat([state[0], k], dim=2)
+            key_positions = torch.cat([state[2], key_positions], dim=1)
+        length, cached = q.shape[2], k.shape[2] - q.shape[2]
+        visible = self._span_mask(positions.unsqueeze(-1), key_positions.unsqueeze(-2))
+        own = torch.arange(length, device=q.device)
+        visible[:, own, cached + own] = True  # as in _attend: a padded query sees itself
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        return scores.masked_fill(~visible.unsqueeze(1), float("-inf")).softmax(-1)
+
+    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        batch, length, _ = x.shape
+        q, k, v, positions, real, start = self.queries_keys_values(x, state, padding_mask)
         key_positions = torch.where(real, positions, -1)
 
         if state is None and padding_mask is None:

@@ -23,6 +23,7 @@ import statistics
 from dataclasses import asdict, dataclass
 
 import torch
+from ..compat import CACHE_ARGUMENT
 from ..modeling import next_token_losses
 
 from ..tooling.memory import PeakMemory, release_freed_host_memory
@@ -58,8 +59,8 @@ def streaming_losses(model, ids: torch.Tensor, chunk_size: int) -> tuple[torch.T
     cache, cache_bytes = None, 0
     for start in range(0, len(inputs), chunk_size):
         end = start + chunk_size
-        output = model(inputs[None, start:end], past_key_values=cache, use_cache=True)
-        cache = output.past_key_values
+        output = model(inputs[None, start:end], cache=cache, use_cache=True)
+        cache = getattr(output, CACHE_ARGUMENT)
         losses[start:end].copy_(next_token_losses(output.logits[0], targets[start:end]))
         del output  # free this chunk's logits before the next chunk's are made
         cache_bytes = max(cache_bytes, cache.num_bytes())

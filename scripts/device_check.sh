@@ -13,27 +13,13 @@
 # 3. Decoding ms/token after 1k, 32k and 128k-token prompts (bench.py generate), and batched decoding throughput
 #    (bench.py decode-batch).
 #
-# The machine keeps its own Python, torch and transformers. What it lacks, or has at another version than the
-# project pins (transformers), travels as wheels in .whl/ (scripts/prepare_device_wheels.sh makes them where pip
-# reaches an index); they are installed into a folder of their own, put ahead of the machine's packages. The
-# checkout's ssmlm is used, not an installed one.
+# The machine keeps its own Python, torch and transformers (within the range ssmlm supports); the checkout's ssmlm
+# is used, not an installed one.
 set -euo pipefail
 OUT=${1:?usage: scripts/device_check.sh OUT [--dry-run]}
 MODE=${2:-}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ssmlm-site \
-        .whl/*.whl
-    # The carried transformers checks the versions of its dependencies at import, against the machine's own ones:
-    # should it refuse them, the check goes on with the machine's transformers (machine.json says which ran).
-    CARRIED=/tmp/ssmlm-site:${PYTHONPATH:-}
-    if PYTHONPATH=$CARRIED "$PYTHON" -c "import transformers"; then
-        export PYTHONPATH=$CARRIED
-    else
-        echo "the carried wheels do not import here: going on with the machine's own transformers" >&2
-    fi
-fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1  # no network: nothing may wait on the Hub (transformers looks there for Mamba's kernels)

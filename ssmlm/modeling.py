@@ -75,7 +75,6 @@ class SSMLMModel(SSMLMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -85,9 +84,10 @@ class SSMLMModel(SSMLMPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         past_key_values: SSMLMCache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         """`cache` (or `past_key_values`, its name before transformers 5.24) is the SSMLMCache a previous call
         returned; the output returns it under the name of the installed release. `output_attentions` gives each
         attention block's weights (block.attention_weights) and None for the blocks that have none."""
@@ -136,12 +136,15 @@ class SSMLMModel(SSMLMPreTrainedModel):
         if output_hidden_states:
             all_hidden.append(hidden)
 
-        return BaseModelOutputWithPast(
+        output = BaseModelOutputWithPast(
             last_hidden_state=hidden,
             **{CACHE_ARGUMENT: cache if use_cache else None},
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
+        # Not transformers' can_return_tuple, as on the causal LM: a compiled forward would trace its one wrapper
+        # around two functions and compile it again.
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
 
 def warn_of_blocks_without_attention(layers) -> None:
@@ -171,7 +174,13 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
                 raise TypeError(f"generate() was given a {type(cache).__name__} that already holds tokens; an ssmlm "
                                 f"model continues only from the SSMLMCache it returned")
             kwargs[CACHE_ARGUMENT] = SSMLMCache(len(self.model.layers))
-        return super().prepare_inputs_for_generation(input_ids, **kwargs)
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        # A mask without padding says nothing to the blocks; dropped here, outside the forward, it leaves a
+        # compiled forward no data-dependent branch to break its graph at (generate() passes one in some releases).
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and bool(mask.all()):
+            del inputs["attention_mask"]
+        return inputs
 
     @can_return_tuple
     def forward(
@@ -196,6 +205,7 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            return_dict=True,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

@@ -14,6 +14,8 @@ from ssmlm.training import ConfigError
 from invariants import PAD, VOCAB_SIZE, assert_close, tiny_config
 from runs import records, run_in_process, tiny_config_values
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 
 def classifier(name="gss-dss", **overrides):
     torch.manual_seed(0)

@@ -15,6 +15,8 @@ from ssmlm import SSMLMForCausalLM
 from invariants import MODELS, VOCAB_SIZE, assert_close, tiny_config
 from runs import records, run_in_process, tiny_config_values
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 COMPILED = {
     **MODELS,
     "mega-chunk": dict(block_types=["mega", "mega"], mega_chunk_size=16, intermediate_size=64),

@@ -354,6 +354,8 @@ def test_the_lm_eval_command_evaluates_a_saved_model_by_path(tiny_model_dir, fix
 TRL_FINE_TUNE = """
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
+
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 data = Dataset.from_dict({"text": ["To be, or not to be, that is the question. " * 4] * 8})
 args = SFTConfig(output_dir=OUT, max_steps=2, per_device_train_batch_size=2, max_length=64, report_to=[],
                  model_init_kwargs={"trust_remote_code": True}, use_cpu=True, save_strategy="no")
@@ -457,3 +459,23 @@ def test_push_to_hub_uploads_the_remote_module_with_the_weights(tmp_path, monkey
     monkeypatch.setattr(SSMLMForCausalLM, "_upload_modified_files", record_upload)
     SSMLMForCausalLM(tiny_config()).save_pretrained(tmp_path / "tiny-gss", push_to_hub=True)
     assert {"config.json", "model.safetensors", "ssmlm_remote.py"} <= uploaded["user/tiny-gss"]
+
+
+def test_stop_strings_end_generation_where_the_text_first_shows_the_string(tokenizer, model):
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    free = model.generate(**inputs, max_new_tokens=30, do_sample=False)
+    text = tokenizer.decode(free[0, inputs.input_ids.shape[1]:])
+    stop = text[len(text) // 3:len(text) // 3 + 3]  # a piece of what greedy decoding writes anyway
+    stopped = model.generate(**inputs, max_new_tokens=30, do_sample=False, stop_strings=[stop], tokenizer=tokenizer)
+    assert stopped.shape[1] < free.shape[1]
+    torch.testing.assert_close(stopped[0], free[0, :stopped.shape[1]])  # the same tokens, cut short
+    continuation = tokenizer.decode(stopped[0, inputs.input_ids.shape[1]:])
+    assert stop in continuation and stop not in tokenizer.decode(stopped[0, inputs.input_ids.shape[1]:-1])
+
+
+def test_assisted_generation_is_refused_in_one_line(tokenizer, model):
+    """Assisted decoding rolls the cache back after rejected draft tokens; a recurrent state keeps no history to roll
+    back to. Each release says so in its own words, before any output: a ValueError naming cropping."""
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with pytest.raises(ValueError, match="crop"):
+        model.generate(**inputs, max_new_tokens=5, do_sample=False, assistant_model=model)

@@ -14,6 +14,8 @@ from ssmlm.kernels import KERNELS
 from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
 from invariants import DEVICE, MODELS, left_padded, run_in_pieces, tiny_config
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
     return SSMLMForCausalLM(tiny_config(**overrides)).to(dtype).eval()

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+import transformers_common  # noqa: E402
 from fixtures.tiny_corpus import write_tiny_corpus  # noqa: E402
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM  # noqa: E402
@@ -33,6 +34,10 @@ TEXT_DIR = Path(__file__).parent / "fixtures" / "text"
 # its number of examples.
 settings.register_profile("ssmlm", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.load_profile("ssmlm")
+
+
+def pytest_configure(config):
+    transformers_common.PYTEST_CONFIG = config  # transformers' common tests declare their marks with it
 
 
 def pytest_unconfigure(config):

@@ -56,12 +56,19 @@ def blockwise_legs(modes: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]
         return lam.repeat(blocks), torch.block_diag(*[vectors[:, keep]] * blocks)
 
 
+def default_blocks(state_size: int) -> int:
+    """The reference's 8 blocks, or the largest count below it that divides the state size (which need not be a
+    multiple of 8: any hidden size sets a default state size)."""
+    return max(blocks for blocks in range(1, 9) if state_size % blocks == 0)
+
+
 class S5Kernel(SSMKernel):
     OPTIONS = {"blocks": int, "dt_min": float, "dt_max": float, "clip_eigs": bool}
 
-    def __init__(self, channels: int, state_size: int, blocks: int = 8, dt_min: float = 1e-3, dt_max: float = 1e-1,
+    def __init__(self, channels: int, state_size: int, blocks: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  clip_eigs: bool = True):
         super().__init__(channels, state_size)
+        blocks = default_blocks(state_size) if blocks is None else blocks
         options = dict(blocks=blocks, dt_min=dt_min, dt_max=dt_max, clip_eigs=clip_eigs)
         self.validate_options(options)
         self.check_state_size(state_size, options)
@@ -77,7 +84,7 @@ class S5Kernel(SSMKernel):
 
     @classmethod
     def check_options(cls, options):
-        if options.get("blocks", 8) < 1:
+        if options.get("blocks", 1) < 1:
             raise ValueError(f"blocks must be at least 1, got {options['blocks']}")
         check_dt_range(options, 1e-3, 1e-1)
 
@@ -99,7 +106,7 @@ class S5Kernel(SSMKernel):
 
     @classmethod
     def check_state_size(cls, state_size: int, options: dict) -> None:
-        blocks = options.get("blocks", 8)
+        blocks = options.get("blocks", default_blocks(state_size))
         if state_size % blocks:
             raise ValueError(f"blocks: S5's {2 * state_size} states (ssm_state_size = {state_size} conjugate "
                              f"pairs) must divide into {blocks} blocks of an even size; choose blocks dividing "

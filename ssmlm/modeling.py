@@ -227,6 +227,16 @@ class SSMLMForSequenceClassification(GenericForSequenceClassification, SSMLMPreT
     at the sequence's last token that is not padding. For a causal model that state has read the whole sequence;
     left or right padding gives the same label (padding is zeroed before the SSMs)."""
 
+    def __init__(self, config: SSMLMConfig):
+        # The backbone is built here, not by the generic head's AutoModel.from_config(config): that looks the
+        # config's class up in AutoModel's registry, where the config class of a model loaded with
+        # trust_remote_code (ssmlm_remote.SSMLMConfig, a subclass) is not, so it asked for trust_remote_code again.
+        SSMLMPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = SSMLMModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
 
 def next_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The next-token loss (nats) at every position, in float32: logits (..., T, V) predict targets (..., T). Its mean

@@ -213,7 +213,8 @@ def test_attention_config_errors_name_the_field():
     with pytest.raises(Exception, match="attention_window"):
         SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_span="sliding")
     with pytest.raises(Exception, match="attention_num_heads"):
-        SSMLMConfig(hidden_size=32, num_hidden_layers=1, attention_num_heads=5)
+        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_num_heads=5)
+    SSMLMConfig(hidden_size=32, num_hidden_layers=1, attention_num_heads=5)  # no attention block: not used, not checked
 
 
 def test_the_key_value_window_keeps_the_latest_tokens_at_their_slots():

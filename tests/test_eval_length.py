@@ -287,7 +287,7 @@ class ForgetfulModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, cache=None, use_cache=False):
         return self.model(input_ids, use_cache=use_cache)
 
 

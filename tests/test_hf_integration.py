@@ -351,27 +351,6 @@ def test_the_lm_eval_command_evaluates_a_saved_model_by_path(tiny_model_dir, fix
     assert 0 < bits < 8  # the trained tiny model: better than a byte drawn at random
 
 
-TRL_FINE_TUNE = """
-from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
-
-pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
-data = Dataset.from_dict({"text": ["To be, or not to be, that is the question. " * 4] * 8})
-args = SFTConfig(output_dir=OUT, max_steps=2, per_device_train_batch_size=2, max_length=64, report_to=[],
-                 model_init_kwargs={"trust_remote_code": True}, use_cpu=True, save_strategy="no")
-trainer = SFTTrainer(model=DIR, args=args, train_dataset=data)
-print(type(trainer.model).__name__, trainer.train().training_loss)
-"""
-
-
-@pytest.mark.slow
-def test_trl_fine_tunes_a_saved_model_by_path(tiny_model_dir, tmp_path):
-    run = run_fresh(f"OUT = {str(tmp_path)!r}\n" + TRL_FINE_TUNE, tiny_model_dir)
-    assert run.returncode == 0, run.stderr[-3000:]
-    name, loss = run.stdout.strip().splitlines()[-1].split()
-    assert name == "SSMLMForCausalLM" and 0 < float(loss) < 10
-
-
 def test_a_saved_model_names_its_remote_module_and_carries_it(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "ssmlm_remote.SSMLMForCausalLM"

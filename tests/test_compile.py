@@ -6,6 +6,7 @@ Most tests trace with a counting backend that runs the traced graph without indu
 sees in seconds; the training run compiles with inductor for real."""
 
 import pytest
+from safetensors import safe_open
 import torch
 import torch._dynamo as dynamo
 from torch._dynamo.testing import CompileCounter
@@ -92,13 +93,17 @@ def test_training_compiled_with_inductor_and_with_gradient_checkpointing(corpus,
     values["output"] |= {"save_every": 3}
     run_in_process(values)
     losses = {}
+    with safe_open(tmp_path / "eager" / "model.safetensors", framework="pt") as saved:
+        saved_names = set(saved.keys())
     for name, option in (("eager", None), ("compiled", "compile"), ("checkpointed", "gradient_checkpointing")):
         if option:
             values["output"]["dir"] = str(tmp_path / name)
             run_in_process(values, f"training.{option}=true")
         losses[name] = [r["train/loss"] for r in records(tmp_path / name) if "train/loss" in r]
-        reloaded = SSMLMForCausalLM.from_pretrained(tmp_path / name)
-        assert not [key for key in reloaded.state_dict() if "_orig_mod" in key]
+        with safe_open(tmp_path / name / "model.safetensors", framework="pt") as saved:
+            assert set(saved.keys()) == saved_names, name  # a plain model's names: none carries `_orig_mod.`
+        reloaded, loading = SSMLMForCausalLM.from_pretrained(tmp_path / name, output_loading_info=True)
+        assert not loading["missing_keys"] and not loading["unexpected_keys"], name
     assert len(losses["eager"]) == 3
     for name in ("compiled", "checkpointed"):
         assert losses[name] == pytest.approx(losses["eager"], rel=1e-4), name

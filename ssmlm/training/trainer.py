@@ -517,9 +517,9 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
     if not weights_finite(model, accelerator):
         raise TrainingDiverged(f"the final weights are not finite; no final model was saved; {last_good(output_dir)}")
     accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).save_pretrained(
+    accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
         output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(model))
+        state_dict=plain_names(accelerator.get_state_dict(model)))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         card = model_card(config, accelerator.unwrap_model(model), metrics, training.max_steps * tokens_per_step,
@@ -538,3 +538,10 @@ def last_good(output_dir: Path) -> str:
     if is_unfinished_replacement(output_dir):
         return f"no checkpoint was written; the run this one replaces is still in {replaced_path(output_dir)}"
     return "no checkpoint was written"
+
+
+def plain_names(state_dict: dict) -> dict:
+    """The weights under the names of the plain model: Accelerate's state dict of a compiled model (training.compile)
+    keeps torch.compile's wrapper, whose `_orig_mod.` prefix on every name would leave from_pretrained, pipeline()
+    and init_from with nothing they recognise, and so with random weights."""
+    return {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}

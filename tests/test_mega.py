@@ -247,6 +247,75 @@ def test_left_padded_batch_equals_each_prompt_alone(chunk_size):
         assert_close(pieces[row, width - len(prompt):], alone_logits, torch.float64)
 
 
+# ---- attention weights (output_attentions) ----
+
+def record_attention(model, monkeypatch):
+    """Each block's attend() calls, as (this call's values, the cached values, the attention output): the values
+    cloned first, since a decoding step writes into the cached ones in place."""
+    calls = {block: [] for block in model.model.layers}
+    for block, recorded in calls.items():
+        def attend(query, key, value, cache, padding_mask, attend=block.attend, recorded=recorded):
+            cached_values = cache[1].clone()
+            out, cache = attend(query, key, value, cache, padding_mask)
+            recorded.append((value, cached_values, out))
+            return out, cache
+        monkeypatch.setattr(block, "attend", attend)
+    return calls
+
+
+def visible_keys(length, chunk_size):
+    """(query, key) pairs a query sees: causal, inside its chunk."""
+    position = torch.arange(length)
+    visible = position.unsqueeze(1) >= position
+    if chunk_size is not None:
+        visible &= (position // chunk_size).unsqueeze(1) == position // chunk_size
+    return visible
+
+
+@pytest.mark.parametrize("prefix", [3, 7, 9])
+@pytest.mark.parametrize("attention", ["softmax", "laplace"])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_attention_weights_times_the_values_give_the_attention_output(chunk_size, attention, prefix, monkeypatch):
+    """Weights (batch, 1, queries, keys) of a whole pass and of the rest after a cached prefix (a long call across
+    a chunk boundary, a few rows, a decoding step): times the values they give attend()'s output, they vanish
+    where a key is not visible, softmax rows sum to 1, and the rest's rows are the whole pass's, its keys being
+    the cache's slots then its own tokens."""
+    model = mega_model(chunk_size=chunk_size, mega_attention=attention)
+    ids = torch.randint(3, 61, (2, 10))
+    calls = record_attention(model, monkeypatch)
+    with torch.no_grad():
+        whole = model(ids, output_attentions=True).attentions
+        cache = model(ids[:, :prefix], use_cache=True).past_key_values
+        rest = model(ids[:, prefix:], past_key_values=cache, output_attentions=True).attentions
+    window = prefix if chunk_size is None else chunk_size  # cached slots
+    chunk_start = 0 if chunk_size is None else prefix - prefix % chunk_size  # the position of slot 0
+    for block, whole_weights, rest_weights in zip(model.model.layers, whole, rest):
+        assert whole_weights.shape == (2, 1, 10, 10) and rest_weights.shape == (2, 1, 10 - prefix, window + 10 - prefix)
+        (value, _, out), _, (rest_value, cached_values, rest_out) = calls[block]
+        torch.testing.assert_close(whole_weights[:, 0] @ value, out)
+        torch.testing.assert_close(rest_weights[:, 0] @ torch.cat([cached_values, rest_value], dim=1), rest_out)
+        assert (whole_weights[:, :, ~visible_keys(10, chunk_size)] == 0).all()
+        if attention == "softmax":
+            torch.testing.assert_close(whole_weights.sum(-1), torch.ones(2, 1, 10, dtype=torch.float64))
+        expected = whole_weights.new_zeros(rest_weights.shape)
+        expected[..., :prefix - chunk_start] = whole_weights[:, :, prefix:, chunk_start:prefix]  # later slots: stale
+        expected[..., window:] = whole_weights[:, :, prefix:, prefix:]
+        torch.testing.assert_close(rest_weights, expected)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_attention_weights_of_a_left_padded_prompt_equal_its_own_and_skip_the_padding(chunk_size):
+    model = mega_model(chunk_size=chunk_size)
+    prompts = [torch.randint(3, 61, (n,)) for n in (5, 10)]
+    batch, mask = left_padded(prompts, PAD)
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask, output_attentions=True).attentions
+        alone = model(prompts[0].unsqueeze(0), output_attentions=True).attentions
+    for padded_weights, alone_weights in zip(padded, alone):
+        assert (padded_weights[0, :, 5:, :5] == 0).all()
+        torch.testing.assert_close(padded_weights[0, :, 5:, 5:], alone_weights[0])
+
+
 # ---- generation ----
 
 @pytest.mark.device

@@ -122,7 +122,9 @@ class MegaBlock(Block):
             torch.zeros(batch_size, dtype=torch.long, device=weight.device),
         )
 
-    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+    def queries_keys_values(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        """Q, K, V of this call's tokens, and what the rest of the block takes from X': the reset gate γ, the update
+        gate before its sigmoid, X' W_h + b_h, and the EMA state that continues `state`."""
         normed = self.norm(x)
         ema_input = normed if padding_mask is None else normed * padding_mask.unsqueeze(-1).to(normed.dtype)
         ema_state = None if state is None else state[0]
@@ -133,18 +135,43 @@ class MegaBlock(Block):
         z, reset = F.silu(z_and_reset).split([self.z_dim, self.v_dim], dim=-1)
         query, key = self.query_key(z)
         value = self.hidden_dropout(F.silu(self.to_values(normed)))
+        return query, key, value, reset, update, from_shared, ema_state
+
+    def attention_weights(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        """f(Q K^T / τ + b_rel) of this call's queries over every key they may see, for `output_attentions`:
+        (batch, 1, length, keys), the keys being the cached slots in the cache's order, then this call's tokens;
+        zero where a key is not visible (another chunk, the future, padding, a stale slot). Computed beside the
+        forward, which batches whole chunks in slots of its own; a padded query's row means nothing."""
+        query, key, *_ = self.queries_keys_values(x, state, padding_mask)
+        cached_keys, _, seen = self._no_keys(x.shape[0]) if state is None else state[1:]
+        real, valid_before, slot = self._new_slots(query, seen, padding_mask)
+        cached_slot = torch.arange(cached_keys.shape[1], device=slot.device).expand(slot.shape[0], -1)
+        key_slot = torch.cat([cached_slot, slot], dim=1)
+        key_valid = torch.cat([cached_slot < valid_before.unsqueeze(1), real], dim=1)
+        keys = torch.cat([cached_keys.to(key.dtype), key], dim=1)
+        return self.attention(query, keys, *self._row_bias_and_mask(slot, key_slot, key_valid)).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
+        query, key, value, reset, update, from_shared, ema_state = self.queries_keys_values(x, state, padding_mask)
         cache = self._no_keys(x.shape[0]) if state is None else state[1:]
         attended, cache = self.attend(query, key, value, cache, padding_mask)
         hidden = self.dropout(F.silu(from_shared + self.from_attention(attended * reset)))  # Ĥ
         out = x + torch.sigmoid(update) * (hidden - x)  # φ ⊙ Ĥ + (1 - φ) ⊙ X
         return self.ffn(out), None if state is None else (ema_state, *cache)
 
+    def _new_slots(self, query, seen, padding_mask):
+        """Which of this call's tokens are real, the valid slots before it, and the slot of each new token (a
+        padded one shares its real neighbour's)."""
+        real = query.new_ones(query.shape[:2], dtype=torch.bool) if padding_mask is None else padding_mask.bool()
+        valid_before = seen if self.chunk_size is None else seen % self.chunk_size
+        return real, valid_before, valid_before.unsqueeze(1) + real.cumsum(1) - 1
+
     def attend(self, query, key, value, cache, padding_mask):
         """Causal attention inside chunks (or over the whole sequence), continuing from `cache` = (slot keys, slot
         values, tokens seen). Returns the output for each new token and the cache that continues it."""
         cached_keys, cached_values, seen = cache
         chunk = self.chunk_size
-        batch, length = query.shape[:2]
+        length = query.shape[1]
         if self._steps_in_place(cached_keys, length, padding_mask):
             slot = seen % chunk
             write_token(cached_keys, key, slot, dim=1)
@@ -153,9 +180,7 @@ class MegaBlock(Block):
             key_valid = torch.arange(chunk, device=slot.device) <= slot
             out = self._attend_rows(query, slot, cached_keys, cached_values, key_valid)
             return out, (cached_keys, cached_values, seen + 1)
-        real = query.new_ones(batch, length, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
-        valid_before = seen if chunk is None else seen % chunk
-        slot = valid_before.unsqueeze(1) + real.cumsum(1) - 1  # the slot of each new token (unused for pads)
+        real, valid_before, slot = self._new_slots(query, seen, padding_mask)
         valid_after = valid_before + real.sum(1)
 
         span = cached_keys.shape[1] + length  # slots this call can touch
@@ -216,30 +241,37 @@ class MegaBlock(Block):
         allowed = causal & key_valid.view(batch, chunks, 1, block)
         bias = lower_toeplitz(self.position_bias.table(block))
         visible = torch.arange(1, block + 1, device=query.device).unsqueeze(-1)
-        return self.attention(query, keys, values, bias, allowed, visible).reshape(batch, span, -1)
+        weights = self.attention(query, keys, bias, allowed, visible)
+        return (self.attention_dropout(weights) @ values).reshape(batch, span, -1)
 
     def _attend_rows(self, query, slot, keys, values, key_valid):
         """A few new tokens against all slots: for single steps, where a whole chunk of queries would be waste."""
-        chunk = self.chunk_size
         key_slot = torch.arange(keys.shape[1], device=slot.device)
-        distance = slot.unsqueeze(-1) - key_slot
+        weights = self.attention(query, keys, *self._row_bias_and_mask(slot, key_slot, key_valid))
+        return self.attention_dropout(weights) @ values
+
+    def _row_bias_and_mask(self, slot, key_slot, key_valid):
+        """For queries at slots `slot` (batch, length) and keys at `key_slot` ((keys,) or (batch, keys)), of which
+        `key_valid` (batch, keys) hold tokens: the relative position bias, the keys each query may see (causal, in
+        its own chunk), and how many it sees."""
+        chunk = self.chunk_size
+        distance = slot.unsqueeze(-1) - key_slot.unsqueeze(-2)
         allowed = (distance >= 0) & key_valid.unsqueeze(1)
         if chunk is not None:
-            allowed &= (slot // chunk).unsqueeze(-1) == key_slot // chunk
-        table_length = chunk or keys.shape[1]
+            allowed &= (slot // chunk).unsqueeze(-1) == (key_slot // chunk).unsqueeze(-2)
+        table_length = chunk or key_slot.shape[-1]
         bias = self.position_bias.table(table_length)[distance.clamp(0, table_length - 1)]
         position_in_chunk = slot if chunk is None else slot % chunk
         visible = (position_in_chunk + 1).clamp(min=1).unsqueeze(-1)
-        return self.attention(query, keys, values, bias, allowed, visible)
+        return bias, allowed, visible
 
-    def attention(self, query, keys, values, bias, allowed, visible):
-        """O = f(Q K^T / τ + b_rel) V (Sec. 3.2) over the allowed keys. Softmax: τ = √z. Laplace (Sec. 3.4): τ is
-        the number of keys the query sees, as the reference code normalises a causal row."""
+    def attention(self, query, keys, bias, allowed, visible):
+        """f(Q K^T / τ + b_rel) (Sec. 3.2) over the allowed keys, the weights that multiply the values. Softmax:
+        τ = √z. Laplace (Sec. 3.4): τ is the number of keys the query sees, as the reference code normalises a
+        causal row."""
         scores = query @ keys.transpose(-1, -2)
         if self.attention_function == "softmax":
             scores = scores * self.z_dim ** -0.5 + bias
             # A finite fill: a padded query that sees no key gets harmless uniform weights instead of NaN.
-            weights = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
-        else:
-            weights = laplace(scores / visible + bias) * allowed
-        return self.attention_dropout(weights) @ values
+            return torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
+        return laplace(scores / visible + bias) * allowed

@@ -432,6 +432,11 @@ def test_resume_refuses_a_changed_config_unless_the_change_is_allowed(stopped_ru
                     "--allow-change", "training.learning_rate")
     assert code == 0, err
     assert yaml.safe_load((run / "train_config.yaml").read_text())["training"]["learning_rate"] == 1e-3
+    # Applied, not only recorded: at the resumed step 7 (of 8) the matrices' rate is 1e-3 on the schedule the SSM
+    # group's unchanged rate follows (3e-3 on it before: what a checkpoint's restored optimizer state would keep).
+    (step_7,) = [r for r in records(run) if r.get("step") == 7 and "lr/decay" in r]
+    ssm_rate = yaml.safe_load((run / "train_config.yaml").read_text())["training"]["ssm_learning_rate"]
+    assert step_7["lr/decay"] / step_7["lr/ssm"] == pytest.approx(1e-3 / ssm_rate)
     earlier = yaml.safe_load((run / "train_config.until-step-6.yaml").read_text())
     assert earlier["training"]["learning_rate"] == 3e-3  # the earlier segment's config is kept
 

@@ -207,12 +207,31 @@ def parameter_groups(model: torch.nn.Module, training) -> list[dict]:
         if parameter.requires_grad:
             kind = "ssm" if id(parameter) in ssm else "decay" if parameter.ndim >= 2 else "no_decay"
             groups[kind].append(parameter)
-    settings = {
-        "decay": {"weight_decay": training.weight_decay},
-        "no_decay": {"weight_decay": 0.0},
-        "ssm": {"weight_decay": 0.0, "lr": training.ssm_learning_rate},
-    }
+    settings = group_settings(training)
     return [{"params": params, "name": kind, **settings[kind]} for kind, params in groups.items() if params]
+
+
+def group_settings(training) -> dict[str, dict]:
+    """Each AdamW group's learning rate, weight decay and betas, as the config says."""
+    betas = (training.adam_beta1, training.adam_beta2)
+    return {
+        "decay": {"lr": training.learning_rate, "weight_decay": training.weight_decay, "betas": betas},
+        "no_decay": {"lr": training.learning_rate, "weight_decay": 0.0, "betas": betas},
+        "ssm": {"lr": training.ssm_learning_rate, "weight_decay": 0.0, "betas": betas},
+    }
+
+
+def apply_optimizer_settings(optimizer, scheduler, training) -> None:
+    """The config's optimizer settings over those a resumed checkpoint's optimizer and scheduler state brought back
+    (a resume may change them with --allow-change): each group's weight decay and betas, and the schedule's base
+    rates, with the current rate where the schedule stands. Unchanged settings give back the same numbers."""
+    settings = group_settings(training)
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # Accelerate's wrapper holds the LambdaLR
+    for index, group in enumerate(optimizer.param_groups):
+        wanted = settings[group["name"]]
+        group.update(weight_decay=wanted["weight_decay"], betas=wanted["betas"], initial_lr=wanted["lr"])
+        scheduler.base_lrs[index] = wanted["lr"]
+        group["lr"] = wanted["lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
 
 
 def micro_batches(loader, start_batch: int):
@@ -303,9 +322,9 @@ class StopRequests:
 
 
 def resume_checkpoint(accelerator: Accelerator, config: TrainConfig, candidates: list[Path],
-                      allow_changes: tuple[str, ...]) -> int:
+                      allow_changes: tuple[str, ...], optimizer, scheduler) -> int:
     """Load the first intact checkpoint of `candidates` into the prepared objects, once it is known to fit the
-    config; return its step."""
+    config, with the config's optimizer settings applied over the checkpoint's; return its step."""
     checkpoint, state = checkpoints.first_intact(candidates, lambda text: warn(accelerator, text))
     start_step = state["step"]
     saved_config = checkpoints.read_config(checkpoint)
@@ -319,6 +338,7 @@ def resume_checkpoint(accelerator: Accelerator, config: TrainConfig, candidates:
         raise ConfigError(f"training.max_steps={config.training.max_steps}, and {checkpoint.name} is at step "
                           f"{start_step}: nothing left to train; raise training.max_steps to train further")
     checkpoints.load(accelerator, checkpoint)
+    apply_optimizer_settings(optimizer, scheduler, config.training)
     saved_steps = (saved_config or {}).get("training", {}).get("max_steps")
     if saved_steps not in (None, config.training.max_steps):
         warn(accelerator, f"note: training.max_steps was {saved_steps} and is {config.training.max_steps}: the "
@@ -363,8 +383,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     if training.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     num_parameters = model.num_parameters()  # before ZeRO-3 or FSDP shard them
-    optimizer = torch.optim.AdamW(parameter_groups(model, training), lr=training.learning_rate,
-                                  betas=(training.adam_beta1, training.adam_beta2))
+    optimizer = torch.optim.AdamW(parameter_groups(model, training))
     scheduler = get_cosine_schedule_with_warmup(optimizer, training.warmup_steps, training.max_steps)
     train_loader = DataLoader(train_blocks, batch_size=training.batch_size, shuffle=True, drop_last=True)
     validation_loaders = {domain: DataLoader(blocks, batch_size=training.batch_size)
@@ -376,7 +395,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
 
     start_step = 0
     if mode == "continue":
-        start_step = resume_checkpoint(accelerator, config, resume_candidates, allow_changes)
+        start_step = resume_checkpoint(accelerator, config, resume_candidates, allow_changes, optimizer, scheduler)
 
     # Everything is checked: only now is the output directory touched.
     lock = None

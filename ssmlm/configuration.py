@@ -168,8 +168,9 @@ class SSMLMConfig(PreTrainedConfig):
         (Path(save_directory) / f"{REMOTE_MODULE_NAME}.py").write_text(REMOTE_MODULE, encoding="utf-8")
 
     def validate_architecture(self):
-        """Part of `@strict` validation: names the offending field. A block kind's own settings are checked only
-        when the model has a block of that kind (a GSS model takes any `attention_num_heads`)."""
+        """Part of `@strict` validation: names the offending field. The settings of Mega, the attention block and
+        H3 are checked only when the model has a block of that kind (a GSS model takes any `attention_num_heads`);
+        the SSM's (ssm_size, ssm_state_size, ssm_kernel and its options) always."""
         super().validate_architecture()
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "ssm_size",
                      "ssm_state_size"):

@@ -127,8 +127,7 @@ class SSMLMModel(SSMLMPreTrainedModel):
                 all_hidden.append(hidden)
             if output_attentions:
                 # Before the block runs: a decoding step may write its key into the cached window in place.
-                weights = getattr(block, "attention_weights", None)
-                all_attentions.append(None if weights is None else weights(hidden, state, padding_mask))
+                all_attentions.append(attention_weights(block, hidden, state, padding_mask))
             hidden, state = block(hidden, state, padding_mask)
             if cache is not None:
                 layer.advance(state, length)
@@ -145,6 +144,16 @@ class SSMLMModel(SSMLMPreTrainedModel):
         # Not transformers' can_return_tuple, as on the causal LM: a compiled forward would trace its one wrapper
         # around two functions and compile it again.
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+def attention_weights(block, hidden, state, padding_mask):
+    """The block's attention weights for `output_attentions` (None for a block without attention), computed apart
+    from its forward with the random state set back after, so that asking for them leaves the forward's dropout, and
+    so its output, as it would be."""
+    if not hasattr(block, "attention_weights"):
+        return None
+    with torch.random.fork_rng(devices=[hidden.device] if hidden.device.type == "cuda" else []):
+        return block.attention_weights(hidden, state, padding_mask)
 
 
 def warn_of_blocks_without_attention(layers) -> None:
@@ -168,15 +177,17 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         """generate() prepares an empty transformers cache before the first step (a DynamicCache, which holds keys
         and values, not block states). Here it becomes an SSMLMCache, which the forward fills and returns, and which
         generate() passes back at every later step, as it does any model's returned cache."""
-        cache = kwargs.get(CACHE_ARGUMENT)
+        cache = cache_argument(kwargs.pop("cache", None), kwargs.pop("past_key_values", None))
         if cache is not None and not isinstance(cache, SSMLMCache):
             if cache.get_seq_length() > 0:
                 raise TypeError(f"generate() was given a {type(cache).__name__} that already holds tokens; an ssmlm "
                                 f"model continues only from the SSMLMCache it returned")
-            kwargs[CACHE_ARGUMENT] = SSMLMCache(len(self.model.layers))
+            cache = SSMLMCache(len(self.model.layers))
+        if cache is not None:
+            kwargs[CACHE_ARGUMENT] = cache
         inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         # A mask without padding says nothing to the blocks; dropped here, outside the forward, it leaves a
-        # compiled forward no data-dependent branch to break its graph at (generate() passes one in some releases).
+        # compiled forward no data-dependent branch to break its graph at.
         mask = inputs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and bool(mask.all()):
             del inputs["attention_mask"]

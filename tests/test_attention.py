@@ -13,6 +13,8 @@ from ssmlm.blocks.attention import AttentionBlock, rotary
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
 from invariants import DEVICE, VOCAB_SIZE, run_in_pieces, tiny_config
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 SPANS = {
     "full": (None, lambda i, j: j <= i),
     "sliding": (5, lambda i, j: (j <= i) & (j > i - 5)),

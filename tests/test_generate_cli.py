@@ -18,6 +18,8 @@ import torch
 from ssmlm.cli.generate import build_parser, main
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Alice was beginning to get very tired of"
 NEW_TOKENS = "24"

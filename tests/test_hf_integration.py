@@ -18,7 +18,9 @@ from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
-from invariants import VOCAB_SIZE, tiny_config
+from invariants import VOCAB_SIZE, decode_by_full_reforward, tiny_config
+
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 
 PROMPT = "To be, or not to be"
 
@@ -167,9 +169,14 @@ def test_bad_config_fields_are_named(overrides, field):
 def test_a_block_kinds_settings_are_checked_only_where_the_model_has_that_block(block_kind):
     """transformers' ConfigTester builds configs of hidden size 37: a model without attention takes it, whatever
     the (unused) head count; each block kind's settings are checked only where the model has that block."""
-    config = SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8, mega_z_dim=8,
-                         h3_head_dim=1, attention_num_heads=4, mega_chunk_size=0 if block_kind != "mega" else 4)
+    unused = {"attention_num_heads": 5, "h3_head_dim": 3, "mega_ema_dim": 0, "mega_chunk_size": 0}  # each refused
+    own = {"h3": ["h3_head_dim"], "mega": ["mega_ema_dim", "mega_chunk_size"]}.get(block_kind, [])
+    config = SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8,
+                         **{key: value for key, value in unused.items() if key not in own})
     assert config.hidden_size == 37
+    for key in own:
+        with pytest.raises(StrictDataclassError, match=key):
+            SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8, **{key: unused[key]})
 
 
 def test_a_config_saved_with_the_former_flat_s4d_fields_still_loads(tmp_path):
@@ -408,7 +415,10 @@ def test_lora_targets_name_every_linear_layer_but_the_output_head(block_kind):
     ids = torch.randint(3, VOCAB_SIZE, (2, 12))
     tuned(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for name, p in tuned.named_parameters() if p.requires_grad)
-    assert tuned.generate(ids, max_new_tokens=3, do_sample=False).shape == (2, 15)
+    tuned.eval()
+    # Through peft's generate, the cache carries the state: the same tokens as re-running the prefix each step.
+    assert torch.equal(tuned.generate(input_ids=ids, max_new_tokens=3, do_sample=False),
+                       decode_by_full_reforward(tuned, ids, 3))
 
 
 def test_every_lora_target_is_a_layer_of_some_block_kind():
@@ -454,7 +464,8 @@ def test_stop_strings_end_generation_where_the_text_first_shows_the_string(token
 
 def test_assisted_generation_is_refused_in_one_line(tokenizer, model):
     """Assisted decoding rolls the cache back after rejected draft tokens; a recurrent state keeps no history to roll
-    back to. Each release says so in its own words, before any output: a ValueError naming cropping."""
+    back to. Each release says so in its own words, a ValueError naming cropping (5.25 after the prefill, 5.17 at the
+    first roll-back), and generate() returns nothing."""
     inputs = tokenizer(PROMPT, return_tensors="pt")
     with pytest.raises(ValueError, match="crop"):
         model.generate(**inputs, max_new_tokens=5, do_sample=False, assistant_model=model)

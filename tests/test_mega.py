@@ -21,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
 from invariants import DEVICE, PAD, logits_in_pieces, run_in_pieces, tiny_config
 
+pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("softmax", "laplace")
             for bias in ("simple", "rotary")]
 
@@ -393,7 +395,7 @@ def test_training_is_causal_reaches_every_parameter_and_allows_checkpointing():
     for name, gradient in gradients.items():
         assert gradient is not None and gradient.abs().sum() > 0, name
     model.zero_grad(set_to_none=True)
-    model.activation_checkpointing_enable()
+    model.gradient_checkpointing_enable()  # also in 5.17, before its activation_ rename
     model(ids, labels=ids).loss.backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, gradients[name], rtol=1e-12, atol=1e-12)

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import torch
 
+from ..compat import returned_cache
 from ..tooling.markdown import markdown_table
 from .batched import cache_bytes, prefill
 from .contenders import Contenders
-from ..compat import returned_cache
 from .measure import autocast, synchronize, torch_threads
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result

@@ -23,9 +23,9 @@ import statistics
 from dataclasses import asdict, dataclass
 
 import torch
+
 from ..compat import CACHE_ARGUMENT
 from ..modeling import next_token_losses
-
 from ..tooling.memory import PeakMemory, release_freed_host_memory
 
 LN2 = math.log(2)

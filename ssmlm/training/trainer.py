@@ -541,7 +541,7 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         state_dict=plain_names(accelerator.get_state_dict(model)))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
-        card = model_card(config, accelerator.unwrap_model(model), metrics, training.max_steps * tokens_per_step,
+        card = model_card(config, accelerator.unwrap_model(model, keep_torch_compile=False), metrics, training.max_steps * tokens_per_step,
                           output_dir)
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         readable_by_all(output_dir)

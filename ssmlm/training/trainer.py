@@ -559,8 +559,11 @@ def last_good(output_dir: Path) -> str:
     return "no checkpoint was written"
 
 
-def plain_names(state_dict: dict) -> dict:
+def plain_names(state_dict: dict | None) -> dict | None:
     """The weights under the names of the plain model: Accelerate's state dict of a compiled model (training.compile)
     keeps torch.compile's wrapper, whose `_orig_mod.` prefix on every name would leave from_pretrained, pipeline()
-    and init_from with nothing they recognise, and so with random weights."""
+    and init_from with nothing they recognise, and so with random weights. (DeepSpeed ZeRO-3 gathers the weights on
+    the main process only: the others have None, and save nothing.)"""
+    if state_dict is None:
+        return None
     return {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}

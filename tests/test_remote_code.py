@@ -96,14 +96,26 @@ record(trainer.model, "final")
 print("TRAINED", type(trainer.model).__module__, flush=True)
 """
 
-# TRL's save settings left at their defaults (a checkpoint every save_steps), with save_steps within max_steps.
+# TRL's save settings left at their defaults (a checkpoint every save_steps), with save_steps within max_steps. TRL 1.x
+# (1.16 tested) loads the model and its tokenizer by path with the flag; TRL 0.29 (the oldest venv's: the newest that
+# accelerate 1.10 allows) builds a model from a path by a transformers class name, which a remote-code model has not,
+# and loads the tokenizer without the flag, so there both are loaded with trust_remote_code and handed to it.
 TRL_SFT = """
+import trl
 from datasets import Dataset
+from packaging.version import Version
+from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 data = Dataset.from_dict({"text": [TEXT * 4] * 8})
 args = SFTConfig(output_dir=OUT, max_steps=2, save_steps=1, per_device_train_batch_size=2, max_length=64,
                  learning_rate=1e-2, report_to=[], model_init_kwargs={"trust_remote_code": True}, use_cpu=True)
-trainer = SFTTrainer(model=DIR, args=args, train_dataset=data, callbacks=[RecordAtSave()])
+if Version(trl.__version__) >= Version("1.0"):
+    trainer = SFTTrainer(model=DIR, args=args, train_dataset=data, callbacks=[RecordAtSave()])
+else:
+    args.model_init_kwargs = None
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True), args=args,
+                         train_dataset=data, processing_class=AutoTokenizer.from_pretrained(DIR, trust_remote_code=True),
+                         callbacks=[RecordAtSave()])
 print("SAVE", args.save_strategy, args.save_steps, "bf16", args.bf16, flush=True)
 trainer.train()
 print("TRAINED", type(trainer.model).__module__, flush=True)

@@ -75,7 +75,9 @@ trainer.train()
 trainer.save_model(os.path.join(OUT, "final"))
 if trainer.is_world_process_zero():
     record(trainer.model, "final")
-print("TRAINED", trainer.args.process_index, trainer.args.world_size, type(trainer.model).__module__, flush=True)
+# One file per rank: under accelerate launch both ranks share one stdout, where their lines can interleave.
+with open(os.path.join(REFS, f"trained-{trainer.args.process_index}.txt"), "w") as file:
+    file.write(f"{trainer.args.process_index} {trainer.args.world_size} {type(trainer.model).__module__}")
 """
 
 TRAINER_CLASSIFICATION = """
@@ -172,6 +174,11 @@ def marked_line(stdout: str, mark: str) -> str:
     return lines[-1].removeprefix(mark + " ")
 
 
+def trained_ranks(refs: Path) -> list[list[str]]:
+    """What each rank of TRAINER_CAUSAL_LM wrote when it finished: [process index, world size, model's module]."""
+    return [path.read_text().split() for path in sorted(refs.glob("trained-*.txt"))]
+
+
 def check_saved_folder(folder: Path) -> None:
     """The folder carries ssmlm's remote module, and no other (a copied ssmlm module would not import), and a
     config.json whose auto_map names its classes."""
@@ -211,8 +218,9 @@ def refs(tmp_path) -> Path:
 @pytest.mark.slow
 def test_trainer_checkpoints_and_saves_a_causal_lm_loaded_by_path(tiny_model_dir, tmp_path, refs):
     out = tmp_path / "out"
-    stdout = fresh_output(RECORDING + TRAINER_CAUSAL_LM, tiny_model_dir, OUT=str(out), REFS=str(refs), TEXT=TEXT)
-    assert marked_line(stdout, "TRAINED").split()[-1].endswith(REMOTE_CLASSES)
+    fresh_output(RECORDING + TRAINER_CAUSAL_LM, tiny_model_dir, OUT=str(out), REFS=str(refs), TEXT=TEXT)
+    [(index, world_size, module)] = trained_ranks(refs)
+    assert (index, world_size) == ("0", "1") and module.endswith(REMOTE_CLASSES)
     folders = [out / "checkpoint-1", out / "checkpoint-2", out / "final"]
     assert not torch.equal(recorded(refs, "checkpoint-1"), recorded(refs, "checkpoint-2"))  # the steps trained
     check_reloads(tiny_model_dir, [(folder, "AutoModelForCausalLM") for folder in folders], refs, "SSMLMForCausalLM")
@@ -278,7 +286,7 @@ def test_trainer_under_accelerate_launch_on_two_cpu_ranks_saves_a_model_loaded_b
         stdout, stderr = launch.communicate()
         pytest.fail(f"accelerate launch still running after {LAUNCH_TIMEOUT} s:\n{stdout[-2000:]}{stderr[-3000:]}")
     assert launch.returncode == 0, stdout[-2000:] + stderr[-4000:]
-    ranks = sorted(line.split()[1:] for line in stdout.splitlines() if line.startswith("TRAINED "))
+    ranks = trained_ranks(refs)
     assert [rank[:2] for rank in ranks] == [["0", "2"], ["1", "2"]], stdout[-2000:]
     assert all(rank[2].endswith(REMOTE_CLASSES) for rank in ranks), ranks
     folders = [out / "checkpoint-1", out / "checkpoint-2", out / "final"]

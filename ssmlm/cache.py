@@ -100,3 +100,14 @@ class SSMLMCache(Cache):
     def num_bytes(self) -> int:
         """Memory held by the cached states: flat in the generated length for recurrent blocks."""
         return sum(layer.num_bytes() for layer in self.layers)
+
+    def check_fits(self, num_layers: int, batch_size: int) -> None:
+        """Refuse a cache of another model or another batch: a state of batch 1 would broadcast over a batch of
+        2 (and one of 2 over 1), continuing every sequence from the wrong prefix without an error."""
+        if len(self.layers) != num_layers:
+            raise ValueError(f"the cache holds {len(self.layers)} block states but the model has {num_layers} "
+                             f"blocks: it is another model's")
+        cached = {layer.batch_size for layer in self.layers if layer.state is not None}
+        if cached and cached != {batch_size}:
+            raise ValueError(f"the cache holds the state of a batch of {min(cached)} sequences but the input is a "
+                             f"batch of {batch_size}; continue each batch with its own cache")

@@ -1,15 +1,20 @@
 """SSMLMConfig: one Hugging Face config for every ssmlm model, its layers listed by block kind."""
 
+import dataclasses
+import difflib
 from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
+from transformers.utils import logging
 
 from .blocks import BLOCKS
 from .kernels import KERNELS, check_options
 
 # Configs saved before kernels took their options in one field: S4D's were flat fields.
+logger = logging.get_logger(__name__)
+
 LEGACY_KERNEL_FIELDS = {"s4d_init": "init", "s4d_discretization": "discretization", "s4d_dt_min": "dt_min",
                         "s4d_dt_max": "dt_max"}
 
@@ -51,6 +56,33 @@ class SSMLMConfig(ssmlm.SSMLMConfig):
 class {name}(ssmlm.{name}):
     config_class = SSMLMConfig
 ''' for name in sorted(set(AUTO_CLASSES.values()) - {"SSMLMConfig"}))
+
+
+# Keyword arguments that are no field of SSMLMConfig and yet legitimate: what transformers itself passes when it
+# builds a config from a saved one or from from_pretrained's arguments (PreTrainedConfig.__post_init__ takes them).
+TRANSFORMERS_EXTRA_SETTINGS = {
+    "auto_map", "model_type", "name_or_path", "num_labels", "torch_dtype", "transformers_version", "output_attentions",
+    "attn_implementation", "experts_implementation", "per_layer_config", "rope_scaling", "quantization_config",
+}
+
+
+def check_extra_settings(kwargs: dict) -> None:
+    """Refuse a setting that SSMLMConfig does not have: PreTrainedConfig would keep `hiden_size=64` as an attribute
+    nobody reads and build the default width. A saved config (it names its model_type) may carry attributes that
+    other tools added: those load, with a warning naming them."""
+    unknown = sorted(key for key in kwargs if key not in TRANSFORMERS_EXTRA_SETTINGS and not key.startswith("_")
+                     and key not in GenerationConfig._get_default_generation_params())
+    if not unknown:
+        return
+    fields = [field.name for field in dataclasses.fields(SSMLMConfig)]
+    described = ", ".join(
+        key + "".join(f" (did you mean {close!r}?)" for close in difflib.get_close_matches(key, fields, n=1))
+        for key in unknown)
+    if "model_type" in kwargs:
+        logger.warning(f"SSMLMConfig: the saved config has settings ssmlm does not know, kept as attributes and "
+                       f"unused: {described}")
+    else:
+        raise ValueError(f"SSMLMConfig has no setting {described}")
 
 
 @strict
@@ -142,16 +174,23 @@ class SSMLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         legacy = {key: kwargs.pop(key) for key in LEGACY_KERNEL_FIELDS if key in kwargs}
+        check_extra_settings(kwargs)
         upgraded = upgrade_legacy_fields({**legacy, "ssm_kernel": self.ssm_kernel,
                                           "ssm_kernel_options": self.ssm_kernel_options})
         self.ssm_kernel_options = dict(upgraded.get("ssm_kernel_options") or {})
-        self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
-        self.ssm_size = self.ssm_size or max(1, self.hidden_size // 4)
-        kernel_default = getattr(KERNELS.get(self.ssm_kernel), "DEFAULT_STATE_SIZE", None)
-        self.ssm_state_size = self.ssm_state_size or kernel_default or 2 * self.ssm_size
-        self.block_types = list(self.block_types or ["gss"] * self.num_hidden_layers)
-        self.mega_z_dim = self.mega_z_dim or max(1, self.hidden_size // 4)
-        self.mega_v_dim = self.mega_v_dim or 2 * self.hidden_size
+        # Defaults only for what was left unset (None): a 0 or an empty list is the user's value, refused below.
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.ssm_size is None:
+            self.ssm_size = max(1, self.hidden_size // 4)
+        if self.ssm_state_size is None:
+            kernel_default = getattr(KERNELS.get(self.ssm_kernel), "DEFAULT_STATE_SIZE", None)
+            self.ssm_state_size = kernel_default or 2 * self.ssm_size
+        self.block_types = list(["gss"] * self.num_hidden_layers if self.block_types is None else self.block_types)
+        if self.mega_z_dim is None:
+            self.mega_z_dim = max(1, self.hidden_size // 4)
+        if self.mega_v_dim is None:
+            self.mega_v_dim = 2 * self.hidden_size
         if self.mega_chunk_size == -1:
             self.mega_chunk_size = None  # the reference code's spelling of full attention
         super().__post_init__(**kwargs)

@@ -109,6 +109,8 @@ class SSMLMModel(SSMLMPreTrainedModel):
             raise ValueError("the input is empty: give at least one token (an empty prompt has nothing to continue)")
         if use_cache and cache is None:
             cache = SSMLMCache(len(self.layers))
+        if cache is not None:
+            cache.check_fits(len(self.layers), batch_size)
         # The mask may span the cached prefix too (as in generate()); only the current positions matter here.
         padding_mask = None
         if attention_mask is not None and not bool(attention_mask[:, -length:].all()):

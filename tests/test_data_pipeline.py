@@ -12,7 +12,7 @@ from fixtures.tiny_corpus import TEXT_DIR, write_tiny_corpus
 
 from ssmlm.data import packing, sources, tokenizer as tokenizers
 from ssmlm.data.sources import DataError, load_split
-from ssmlm.training.config import SourceConfig, TokenizerConfig
+from ssmlm.training.config import DataConfig, SourceConfig, TokenizerConfig
 from transformers import AutoTokenizer
 
 
@@ -84,6 +84,22 @@ def test_missing_empty_and_non_utf8_files_are_named(tmp_path, cache_dir):
     table = tmp_path / "table.csv"
     table.write_text("a,b\n")
     assert "table.csv: unsupported file type; expected .txt, .text, .jsonl, .json" in load_error(cache_dir, str(table))
+
+
+def test_an_entry_of_a_list_of_files_that_does_not_exist_is_named(corpus, tmp_path, cache_dir):
+    present = str(corpus / "books" / "train.jsonl")
+    assert load_error(cache_dir, [present, str(tmp_path / "notes")]) == (
+        f"data.sources.books.train: not found: {tmp_path / 'notes'} (a list holds local files; a Hub dataset is "
+        f"given alone)")
+
+
+def test_validation_data_that_is_also_training_data_is_reported(corpus):
+    books, code = str(corpus / "books" / "train.jsonl"), str(corpus / "code" / "train.jsonl")
+    data = DataConfig(sources={"books": SourceConfig(train=[books, code], validation=books),
+                               "code": SourceConfig(train=code, validation=str(corpus / "code" / "validation.jsonl"))})
+    assert sources.shared_files(data) == [
+        f"warning: data.sources.books: {Path(books).resolve()} is in both train and validation; the validation loss "
+        f"will not show overfitting"]
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -3,9 +3,11 @@ config validation."""
 
 import copy
 import json
+import logging
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from safetensors import safe_open
 
 from ssmlm import LORA_TARGET_MODULES, SSMLMConfig, SSMLMForCausalLM, SSMLMModel
 from ssmlm.blocks import BLOCKS
+from ssmlm.compat import returned_cache
 from ssmlm.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
@@ -163,6 +166,56 @@ def test_text_streamer_streams_the_continuation(tokenizer, model):
 def test_bad_config_fields_are_named(overrides, field):
     with pytest.raises(StrictDataclassError, match=field):
         SSMLMConfig(**overrides)
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"ssm_state_size": 0}, "ssm_state_size must be positive, got 0"),  # not the default 2H in its place
+    ({"intermediate_size": 0}, "intermediate_size must be positive, got 0"),
+    ({"ssm_size": 0}, "ssm_size must be positive, got 0"),
+    ({"block_types": []}, "block_types has 0 entries but num_hidden_layers is 16"),  # not 16 GSS blocks
+    ({"mega_z_dim": 0, "block_types": ["mega"] * 16}, "mega_z_dim must be positive, got 0"),
+    ({"mega_v_dim": 0, "block_types": ["mega"] * 16}, "mega_v_dim must be positive, got 0"),
+])
+def test_a_zero_or_empty_setting_is_refused_not_replaced_by_its_default(settings, field):
+    with pytest.raises(StrictDataclassError, match=field):
+        SSMLMConfig(**settings)
+    with pytest.raises(StrictDataclassError, match=field):
+        AutoConfig.for_model("ssmlm", **settings)
+
+
+@pytest.mark.parametrize("build", [SSMLMConfig, partial(AutoConfig.for_model, "ssmlm")])
+def test_an_unknown_setting_is_refused_with_the_field_it_resembles(build):
+    with pytest.raises(ValueError, match=r"^SSMLMConfig has no setting hiden_size \(did you mean 'hidden_size'\?\)$"):
+        build(hiden_size=64)
+    with pytest.raises(ValueError, match="^SSMLMConfig has no setting colour$"):
+        build(colour="red")
+    assert build(num_labels=3, output_attentions=True, attn_implementation="eager").num_labels == 3
+
+
+def test_a_saved_config_with_attributes_another_tool_added_loads_with_a_warning(tmp_path, caplog):
+    config = tiny_config()
+    config.added_by_some_tool = 7  # what a tool may set before saving; the saved model must still load
+    config.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.added_by_some_tool == 7
+    assert "settings ssmlm does not know, kept as attributes and unused: added_by_some_tool" in caplog.text
+
+
+def test_a_cache_of_another_batch_or_model_is_refused():
+    model = SSMLMForCausalLM(tiny_config()).eval()
+    ids = torch.randint(3, VOCAB_SIZE, (2, 5))
+    with torch.no_grad():
+        one = returned_cache(model(ids[:1], use_cache=True))
+        two = returned_cache(model(ids, use_cache=True))
+        with pytest.raises(ValueError, match="^the cache holds the state of a batch of 1 sequences but the input is a "
+                                             "batch of 2"):
+            model(ids[:, -1:], **one, use_cache=True)
+        with pytest.raises(ValueError, match="batch of 2 sequences but the input is a batch of 1"):
+            model(ids[:1, -1:], **two, use_cache=True)
+        other = SSMLMForCausalLM(tiny_config(num_hidden_layers=1)).eval()
+        with pytest.raises(ValueError, match="^the cache holds 2 block states but the model has 1 blocks"):
+            other(ids[:1, -1:], **one, use_cache=True)
 
 
 @pytest.mark.parametrize("block_kind", sorted(set(BLOCKS) - {"attention"}))

@@ -94,6 +94,31 @@ def test_yaml_file_errors(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize("text, value", [
+    ("010", 10), ("0o17", 15), ("0x1F", 31), ("-5", -5), ("+7", 7),  # YAML 1.2 ints: a leading zero is decimal
+    ("1e-3", 1e-3), ("2.5E+2", 250.0), (".5", 0.5), ("3.", 3.0),  # floats, with or without a dot
+    ("6_000_000", 6_000_000), ("1_000.5", 1000.5),  # digits grouped as in Python
+    ("1:30", "1:30"), ("1:30.5", "1:30.5"), ("1__0", "1__0"), ("_1", "_1"),  # YAML 1.1's base 60; odd underscores
+    ("no", "no"), ("off", "off"), ("true", True), ("null", None),
+])
+def test_yaml_reads_numbers_and_booleans_as_yaml_1_2(text, value):
+    assert parse_yaml(f"key: {text}", "test") == {"key": value}
+
+
+def test_a_number_yaml_1_1_would_read_otherwise_is_read_as_yaml_1_2_or_refused_by_name():
+    assert build(["training.max_steps=010"]).training.max_steps == 10  # not 8 (octal)
+    assert "training.max_steps: expected int, got str '1:30'" in error_of(["training.max_steps=1:30"])  # not 90
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("training:\n  max_steps: 5\noutput:\n  dir: out\ntraining:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \('training' is given twice in one mapping "
+                                          r"\(the second would silently replace the first\).* line 5"):
+        load_config(twice)
+    assert "'max_steps' is given twice" in error_of(["training={max_steps: 1, max_steps: 2}"])
+
+
 def test_dump_round_trips():
     config = build(["model.hidden_size=64", "training.learning_rate=3e-4"])
     assert config_from_dict(parse_yaml(dump_config(config), "dump")) == config

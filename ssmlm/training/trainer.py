@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.sources import is_local, matching_paths
+from ..data.sources import is_local, matching_paths, shared_files
 from ..kernels import SSMKernel
 from ..tooling.memory import keep_freed_host_memory
 from . import checkpoints
@@ -368,6 +368,8 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
         datasets.disable_progress_bars()
     # The main process tokenizes and packs first; the others then read its cache.
     task = TASKS[config.task]
+    for warning in shared_files(config.data):
+        warn(accelerator, warning)
     with accelerator.main_process_first():
         data = task.prepare_data(config)
     tokenizer, train_blocks, validation_blocks = data.tokenizer, data.train, data.validation

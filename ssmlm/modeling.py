@@ -22,6 +22,7 @@ from .cache import SSMLMCache
 from .compat import CACHE_ARGUMENT, cache_argument
 from .configuration import SSMLMConfig
 from .kernels import SSMKernel
+from .ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -166,13 +167,25 @@ def warn_of_blocks_without_attention(layers) -> None:
                             f"their entries in `attentions` are None")
 
 
+class LanguageModelHead(nn.Linear):
+    """The output projection to the vocabulary. Given `targets`, it returns the cross-entropy of its logits against
+    them instead of the logits, computed from its weight a chunk of positions at a time (ops.linear_cross_entropy),
+    so that the (positions × vocabulary) logits and their gradient never exist. Either way it runs as a module call,
+    so wrappers that gather a module's weights when it runs (DeepSpeed ZeRO-3) gather this one."""
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "sum"):
+        if targets is None:
+            return super().forward(hidden)
+        return linear_cross_entropy(hidden, self.weight, targets, reduction=reduction)
+
+
 class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: SSMLMConfig):
         super().__init__(config)
         self.model = SSMLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def prepare_inputs_for_generation(self, input_ids, **kwargs):
@@ -208,8 +221,24 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: SSMLMCache | None = None,
+        return_logits: bool = True,
+        loss_per_position: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """As any transformers causal LM: with `labels`, `loss` is the mean next-token cross-entropy (labels are
+        shifted here; -100 marks positions without a loss; `num_items_in_batch`, as the Trainer passes it, divides
+        the sum instead). `return_logits=False` with `labels` computes that loss with the fused linear
+        cross-entropy (LanguageModelHead) and returns no logits (`logits` is None): the (tokens × vocabulary)
+        logits and their gradient are never built, which at long lengths is most of a training step's time and
+        memory. ssmlm's trainer does so; call with the default to have the logits. With `loss_per_position=True`
+        as well, `loss` is each position's next-token loss, (batch, length), 0 where there is none (the last
+        position, -100 labels), computed without gradients: ssmlm's validation and evaluation score with it. Either
+        takes transformers' `shift_labels` (targets already shifted) in place of `labels`."""
+        targets = kwargs.get("shift_labels")
+        if not return_logits and labels is None and targets is None:
+            raise ValueError("return_logits=False computes the loss without the logits: it needs labels")
+        if loss_per_position and return_logits:
+            raise ValueError("loss_per_position=True is for return_logits=False")
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -221,11 +250,24 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         hidden = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits = loss = None
+        if return_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden[:, keep, :])
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        else:
+            # transformers' causal-LM loss (ForCausalLMLoss) without its logits: targets are the labels shifted
+            # left, the last position ignored.
+            if targets is None:
+                targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+            targets = targets.to(hidden.device)
+            if loss_per_position:
+                loss = self.lm_head(hidden, targets=targets, reduction="none")
+            else:
+                count = kwargs.get("num_items_in_batch")
+                count = (targets != IGNORE_INDEX).sum() if count is None else count
+                loss = self.lm_head(hidden, targets=targets) / count
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

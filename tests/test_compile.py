@@ -63,6 +63,29 @@ def test_training_is_one_graph_for_every_length(name):
         assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+def test_the_loss_without_logits_compiles_without_a_graph_break_and_equals_eager(monkeypatch):
+    """The trainer's loss (the fused linear cross-entropy): its loop over chunks of positions is unrolled in the
+    graph, so a new graph comes with a new number of chunks (a training run's blocks all have one length)."""
+    from ssmlm.ops import linear_cross_entropy
+
+    monkeypatch.setattr(linear_cross_entropy, "CHUNK_ELEMENTS", 64 * VOCAB_SIZE)  # 2 chunks at 2 x 40 and 2 x 57
+    model = tiny_model("gss-dss").train()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True)
+    for length in LENGTHS[:2]:
+        ids = torch.randint(3, VOCAB_SIZE, (2, length))
+        loss = compiled(input_ids=ids, labels=ids, use_cache=False, return_logits=False).loss
+        gradients = torch.autograd.grad(loss, list(model.parameters()))
+        expected = model(input_ids=ids, labels=ids, use_cache=False, return_logits=False).loss
+        expected_gradients = torch.autograd.grad(expected, list(model.parameters()))
+        assert_close(loss.detach(), expected.detach(), torch.float32)
+        for got, want in zip(gradients, expected_gradients):
+            assert_close(got, want, torch.float32)
+    assert counter.frame_count == 1
+    explanation = dynamo.explain(model)(input_ids=ids, labels=ids, use_cache=False, return_logits=False)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 @pytest.mark.parametrize("name", COMPILED)
 def test_the_decode_step_compiles_without_a_graph_break(name):
     model = tiny_model(name)

@@ -287,8 +287,8 @@ class ForgetfulModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, cache=None, use_cache=False):
-        return self.model(input_ids, use_cache=use_cache)
+    def forward(self, input_ids, cache=None, use_cache=False, **options):
+        return self.model(input_ids, use_cache=use_cache, **options)
 
 
 def test_a_state_lost_at_chunk_boundaries_disagrees_even_where_the_stream_chunk_exceeds_the_window(

@@ -5,7 +5,8 @@ A window is L + 1 token ids: the model reads the first L and is scored on the la
 -log p(ids[t + 1] | ids[0..t]) — the loss of the document's t-th token given everything before it.
 
     window     one forward of the whole window in convolutional mode (no cache): FFT convolutions, full or
-               chunked attention over all L positions at once; memory grows with L (the logits alone are L × V)
+               chunked attention over all L positions at once; memory grows with L (the losses are computed
+               without the L × V logits, a chunk of positions at a time)
     streaming  the same tokens in chunks with the recurrent state carried from chunk to chunk; only the losses
                are kept, so memory is one chunk's activations plus the cache: independent of L for recurrent
                and chunked blocks (full attention still caches every key)
@@ -25,7 +26,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..compat import CACHE_ARGUMENT
-from ..modeling import next_token_losses
 from ..tooling.memory import PeakMemory, release_freed_host_memory
 
 LN2 = math.log(2)
@@ -42,27 +42,30 @@ AGREEMENT_RULE = (
 )
 
 
+def output_with_losses(model, inputs: torch.Tensor, targets: torch.Tensor, **options):
+    """The model's output on `inputs` whose `loss` is the loss of each position predicting `targets` (same shape),
+    computed without the logits (SSMLMForCausalLM's fused cross-entropy)."""
+    return model(inputs, shift_labels=targets, return_logits=False, loss_per_position=True, **options)
+
+
 @torch.no_grad()
 def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """(L,) float64 losses of a window of L + 1 ids from one convolutional forward over all L inputs."""
-    logits = model(ids[None, :-1], use_cache=False).logits[0]
-    return next_token_losses(logits, ids[1:]).double().cpu()
+    return output_with_losses(model, ids[None, :-1], ids[None, 1:], use_cache=False).loss[0].double().cpu()
 
 
 @torch.no_grad()
 def streaming_losses(model, ids: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
     """(L,) float64 losses of a window of L + 1 ids read in chunks of `chunk_size` with the cache carried, and the
-    largest the cache grew (bytes). Only one chunk's logits exist at a time, and nothing of a chunk but its losses
-    outlives it."""
+    largest the cache grew (bytes). Nothing of a chunk but its losses outlives it."""
     inputs, targets = ids[:-1], ids[1:]
     losses = torch.empty(len(inputs), dtype=torch.float64)
     cache, cache_bytes = None, 0
     for start in range(0, len(inputs), chunk_size):
         end = start + chunk_size
-        output = model(inputs[None, start:end], cache=cache, use_cache=True)
+        output = output_with_losses(model, inputs[None, start:end], targets[None, start:end], cache=cache, use_cache=True)
         cache = getattr(output, CACHE_ARGUMENT)
-        losses[start:end].copy_(next_token_losses(output.logits[0], targets[start:end]))
-        del output  # free this chunk's logits before the next chunk's are made
+        losses[start:end].copy_(output.loss[0])
         cache_bytes = max(cache_bytes, cache.num_bytes())
         # The cache's small tensors live on between the chunks' large ones; without handing freed pages back, the
         # process grows with the stream though it uses no more.
@@ -86,9 +89,7 @@ def truncated_context_losses(model, ids: torch.Tensor, context: int, stride: int
     for batch_start in range(0, len(ends), per_batch):
         batch_ends = ends[batch_start:batch_start + per_batch]
         pieces = torch.stack([ids[end - context:end + 1] for end in batch_ends])  # (pieces, C + 1)
-        logits = model(pieces[:, :-1], use_cache=False).logits
-        piece_losses = next_token_losses(logits, pieces[:, 1:])  # (pieces, C)
-        del logits
+        piece_losses = output_with_losses(model, pieces[:, :-1], pieces[:, 1:], use_cache=False).loss  # (pieces, C)
         for row, end in zip(piece_losses, batch_ends):
             losses[scored:end].copy_(row[context - (end - scored):])  # piece position j is window position end-C+j
             scored = end

@@ -27,7 +27,7 @@ from ..data.packing import pack_documents, window_documents
 from ..data.sources import load_documents
 from ..data.tokenizer import get_tokenizer
 from ..configuration import SSMLMConfig
-from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification, next_token_losses
+from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification
 from .config import ConfigError, TokenizerConfig, TrainConfig
 
 
@@ -109,7 +109,7 @@ class CausalLanguageModeling(Task):
 
     def loss(self, model, batch) -> torch.Tensor:
         ids = batch["input_ids"]
-        return model(input_ids=ids, labels=ids, use_cache=False).loss
+        return model(input_ids=ids, labels=ids, use_cache=False, return_logits=False).loss
 
     @torch.no_grad()
     def evaluate(self, model, loaders: dict, accelerator: Accelerator) -> dict[str, float]:
@@ -119,8 +119,9 @@ class CausalLanguageModeling(Task):
             losses = []
             for batch in loader:
                 ids = batch["input_ids"]
-                logits = model(input_ids=ids, use_cache=False).logits
-                per_block = next_token_losses(logits[:, :-1], ids[:, 1:]).mean(1)
+                losses_per_position = model(input_ids=ids, labels=ids, use_cache=False, return_logits=False,
+                                            loss_per_position=True).loss
+                per_block = losses_per_position[:, :-1].mean(1)  # the last position has no next token
                 losses.append(accelerator.gather_for_metrics(per_block))
             block_losses[domain] = torch.cat(losses)
         metrics = {}

@@ -156,6 +156,14 @@ def build_gss(contenders: Contenders) -> PreTrainedModel:
     return SSMLMForCausalLM(contenders.ssmlm_config())
 
 
+class GSSWithLogitsLoss(SSMLMForCausalLM):
+    """GSS whose training loss is computed from its logits (transformers' path: the logits, then cross-entropy),
+    where ssmlm's trainer, and the benchmark for every ssmlm model, uses the fused loss: its baseline."""
+
+    def forward(self, *args, return_logits: bool = True, **kwargs):
+        return super().forward(*args, return_logits=True, **kwargs)
+
+
 def gss_with_kernel(name: str) -> Callable[[Contenders], PreTrainedModel]:
     return lambda contenders: SSMLMForCausalLM(
         contenders.ssmlm_config(**(KERNEL_CONTENDERS[name] | contenders.gss_shape_fields)))
@@ -233,6 +241,7 @@ def matched(model_with: Callable[[Contenders, int], PreTrainedModel]) -> Callabl
 # The contenders built in the harness's process from the model library and transformers.
 MODEL_BUILDERS: dict[str, Callable[[Contenders], PreTrainedModel]] = {
     "gss": build_gss,
+    "gss-logits-loss": lambda contenders: GSSWithLogitsLoss(contenders.ssmlm_config()),
     **{name: gss_with_kernel(name) for name in KERNEL_CONTENDERS},
     "s4-lm": matched(s4_lm_with),
     "h3": matched(h3_with),
@@ -242,7 +251,7 @@ MODEL_BUILDERS: dict[str, Callable[[Contenders], PreTrainedModel]] = {
     BASELINE: matched(llama_with),
     MAMBA: matched(mamba_with),
 }
-MODEL_NAMES = ["gss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA,
+MODEL_NAMES = ["gss", "gss-logits-loss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA,
                "hybrid", BASELINE, MAMBA]  # the order of the tables
 assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | {GSS_PORT, LEGACY_MEGA}
 

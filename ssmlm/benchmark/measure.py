@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..compat import returned_cache
+from ..modeling import SSMLMForCausalLM
 from ..tooling.memory import is_out_of_memory, mentions_out_of_memory, process_peak_resident_mib
 from .contenders import WORKER_CONTENDERS
 from .public import WorkerContender
@@ -68,12 +69,14 @@ def make_training_step(model: nn.Module | WorkerContender, length: int, device: 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = random_tokens(length, device, vocab_size, batch_size)
+    # ssmlm's models compute the loss as ssmlm's trainer does, without the logits (the fused cross-entropy)
+    options = {"return_logits": False} if isinstance(model, SSMLMForCausalLM) else {}
 
     def step() -> dict:
         synchronize(device)
         start = time.perf_counter()
         with autocast(device):
-            loss = model(input_ids=tokens, labels=tokens, use_cache=False).loss
+            loss = model(input_ids=tokens, labels=tokens, use_cache=False, **options).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

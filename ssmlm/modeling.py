@@ -178,6 +178,13 @@ class LanguageModelHead(nn.Linear):
             return super().forward(hidden)
         return linear_cross_entropy(hidden, self.weight, targets, reduction=reduction)
 
+    @classmethod
+    def taking_over(cls, linear: nn.Linear) -> "LanguageModelHead":
+        """A head with the parameters of a plain linear layer (what transformers' resize_token_embeddings makes)."""
+        head = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        head.weight, head.bias = linear.weight, linear.bias
+        return head
+
 
 class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -187,6 +194,10 @@ class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):
         self.model = SSMLMModel(config)
         self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings if isinstance(new_embeddings, LanguageModelHead) else \
+            LanguageModelHead.taking_over(new_embeddings)
 
     def prepare_inputs_for_generation(self, input_ids, **kwargs):
         """generate() prepares an empty transformers cache before the first step (a DynamicCache, which holds keys

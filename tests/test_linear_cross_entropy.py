@@ -136,3 +136,16 @@ def test_a_training_step_without_logits_never_holds_a_tensor_of_the_logits_size(
         model(input_ids=ids, labels=ids, use_cache=False, return_logits=return_logits).loss.backward()
     logits_size = ids.numel() * vocabulary
     assert (largest.most >= logits_size) == return_logits, (largest.most, logits_size)
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_after_resize_token_embeddings_the_loss_without_logits_still_works(tie_word_embeddings):
+    """transformers' resize_token_embeddings puts a plain nn.Linear in place of an untied head."""
+    model = SSMLMForCausalLM(tiny_config(tie_word_embeddings=tie_word_embeddings)).train()
+    model.resize_token_embeddings(VOCAB_SIZE + 5)
+    assert type(model.lm_head).__name__ == "LanguageModelHead" and model.lm_head.weight.shape[0] == VOCAB_SIZE + 5
+    ids = torch.randint(3, VOCAB_SIZE + 5, (2, 12))
+    without = model(input_ids=ids, labels=ids, return_logits=False).loss
+    torch.testing.assert_close(without, model(input_ids=ids, labels=ids).loss, rtol=1e-5, atol=0)
+    without.backward()
+    assert model.lm_head.weight.grad is not None

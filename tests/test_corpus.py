@@ -461,7 +461,7 @@ def test_a_missing_or_unreachable_file_is_one_line_naming_it_and_nothing_is_cach
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv(fetch.PYPI_INDEX_VARIABLE, closed)
-    sdist = pin_for(tmp_path / "www" / "debian" / "pool", "0" * 64)
+    sdist = SourcePin("pypi-sdist", "hamlet", "1.0", "hamlet-1.0.tar.gz", "0" * 64, 1000, "public domain")
     with pytest.raises(fetch.SourceFetchError) as unreachable:
         fetch_source(sdist, tmp_path / "cache")
     message = str(unreachable.value)

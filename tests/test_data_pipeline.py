@@ -12,7 +12,7 @@ from fixtures.tiny_corpus import TEXT_DIR, write_tiny_corpus
 
 from ssmlm.data import packing, sources, tokenizer as tokenizers
 from ssmlm.data.sources import DataError, load_split
-from ssmlm.training.config import DataConfig, SourceConfig, TokenizerConfig
+from ssmlm.training.config import DataConfig, SourceConfig, TokenizerConfig, load_config
 from transformers import AutoTokenizer
 
 
@@ -117,6 +117,36 @@ def test_local_or_hub_is_decided_by_the_value(tmp_path):
     assert sources.is_local("corpus/*/train.txt")
     assert not sources.is_local("emozilla/pg19")
     assert not sources.is_local("codeparrot/codeparrot-clean-valid:train")
+
+
+def own_data_overrides(corpus: Path) -> list[str]:
+    """Every source of the shipped configs pointed at the user's own files (here the tiny corpus)."""
+    return [f"data.sources.{domain}.{split}={corpus / domain / f'{split}.jsonl'}"
+            for domain in ("books", "code", "math") for split in ("train", "validation")]
+
+
+def test_the_default_corpus_is_built_only_while_a_source_reads_from_it(corpus, cache_dir, tmp_path, monkeypatch):
+    """Every shipped config sets data.build_corpus; a run on the user's own files must neither build the default
+    corpus nor need it."""
+    monkeypatch.chdir(tmp_path)  # where the shipped configs' relative data/corpus would be built
+    shipped = load_config("gss-small").data
+    assert shipped.build_corpus == "data/corpus" and sources.reads_default_corpus(shipped)
+    own = load_config("gss-small", own_data_overrides(corpus) + [f"data.cache_dir={cache_dir}"]).data
+    assert not sources.reads_default_corpus(own)
+    # One source left on the default corpus still needs it, however its path is spelled.
+    for spec in ("data/corpus/books/validation.jsonl", str(tmp_path / "data/corpus/*/validation.jsonl"),
+                 "./data/./corpus/books/validation.jsonl"):
+        mixed = load_config("gss-small", own_data_overrides(corpus) + [f"data.sources.books.validation={spec}"])
+        assert sources.reads_default_corpus(mixed.data), spec
+    # A folder beside it whose name starts the same is not inside it; a Hub dataset never is.
+    beside = load_config("gss-small", own_data_overrides(corpus) + ["data.sources.books.train=data/corpus2/a.txt",
+                                                                     "data.sources.code.train=emozilla/pg19"])
+    assert not sources.reads_default_corpus(beside.data)
+
+    monkeypatch.setattr(sources, "ensure_corpus", lambda directory: pytest.fail(f"built the corpus in {directory}"))
+    documents = sources.load_documents(own)
+    assert sorted(documents) == ["books", "code", "math"] and len(documents["books"]["train"]) > 0
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

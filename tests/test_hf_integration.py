@@ -375,8 +375,11 @@ def test_without_ssmlm_installed_the_error_says_what_to_install(tiny_model_dir):
     run = run_fresh("sys.modules['ssmlm'] = None; AutoConfig.from_pretrained(DIR, trust_remote_code=True)",
                     tiny_model_dir)
     assert run.returncode != 0
-    assert run.stderr.strip().splitlines()[-1] == \
-        "ImportError: this model needs the ssmlm package: pip install ssmlm"
+    last_line = run.stderr.strip().splitlines()[-1]
+    # ssmlm is installed from its source or a wheel built there: "pip install ssmlm" would look for it on the index.
+    assert last_line.startswith("ImportError: this model needs the ssmlm package, which is not on the package index")
+    assert "pip install PATH/TO/ssmlm (a checkout)" in last_line and "pip install ssmlm-VERSION-py3-none-any.whl" \
+        in last_line
 
 
 LM_EVAL_TASK = """task: ssmlm_fixture_text

@@ -111,13 +111,18 @@ def test_the_installed_commands_train_and_generate_outside_a_checkout(venv, tmp_
 
     sources = [f"data.sources.{domain}.{split}={corpus / domain / f'{split}.jsonl'}"
                for domain in ("books", "code", "math") for split in ("train", "validation")]
-    trained = run(venv, work, "ssmlm-train", "--config", "gss-small", *sources, "data.build_corpus=null",
-                  "data.seq_len=64", "data.num_proc=1", "model.hidden_size=32", "model.num_hidden_layers=2",
+    # gss-small sets data.build_corpus; with every source on the user's own files it is not built.
+    trained = run(venv, work, "ssmlm-train", "--config", "gss-small", *sources, "data.seq_len=64", "data.num_proc=1", "model.hidden_size=32", "model.num_hidden_layers=2",
                   "tokenizer.vocab_size=512", "training.max_steps=3", "training.warmup_steps=1",
                   "training.eval_every=3", "training.eval_blocks=4", "output.dir=run", "output.save_every=3",
                   "output.tracker=null")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert (work / "run" / "config.json").is_file() and (work / "run" / "README.md").is_file()
+    assert (work / "run" / "config.json").is_file() and os.listdir(work / "data") == ["cache"]  # no data/corpus
+    model_dir = (work / "run").resolve()
+    assert trained.stdout.splitlines()[-1] == \
+        f'model saved to {model_dir}; generate with: ssmlm-generate --model {model_dir} --prompt "Once upon a time"'
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert "trained by `ssmlm-train`" in card and "default corpus" not in card
 
     generated = run(venv, work, "ssmlm-generate", "--model", "run", "--prompt", "To be", "--greedy",
                     "--max-new-tokens", "4")

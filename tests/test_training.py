@@ -58,6 +58,22 @@ def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys)
     assert capsys.readouterr().out.startswith("The")
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
 
+    # The final model carries the size and SHA-256 of each of its files (not of the editable model card), and a
+    # bit flipped in its weights afterwards is refused in one line naming the file, not generated from.
+    recorded = json.loads((output_dir / "ssmlm-files.json").read_text())["files"]
+    assert sorted(recorded) == ["config.json", "generation_config.json", "model.safetensors", "ssmlm_remote.py",
+                                "tokenizer.json", "tokenizer_config.json"]
+    assert recorded["model.safetensors"]["size"] == (output_dir / "model.safetensors").stat().st_size
+    weights = bytearray((output_dir / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 0x01
+    (output_dir / "model.safetensors").write_bytes(bytes(weights))
+    assert generate_main(["--model", str(output_dir), "--prompt", "The", "--max-new-tokens", "8", "--greedy"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.endswith(
+        f"error: the model in {output_dir} is damaged: model.safetensors does not match its checksum (the sizes and "
+        f"SHA-256 of its files are in ssmlm-files.json, written when it was saved; restore the file, or delete "
+        f"ssmlm-files.json if you changed it on purpose)\n")
+
     # Its model card is written from the run's own records.
     card = (output_dir / "README.md").read_text(encoding="utf-8")
     assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card and "2 × gss" in card

@@ -21,6 +21,7 @@ from runs import REPO, TRAIN_PY, cli, records, run_in_process, tiny_config_value
 from runs import two_rank_command, write_config
 
 from ssmlm.cli.generate import main as generate_main
+from ssmlm.tooling.saved_models import load
 from ssmlm.training import latest_checkpoint, trainer
 from ssmlm.training.config import read_config_values
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,8 +181,10 @@ def test_two_ranks_reproduce_one_rank(backend, one_rank_reference, corpus, cache
     assert validation(output_dir)[6]["val/loss"] == pytest.approx(validation(one_rank_reference)[6]["val/loss"],
                                                                   rel=1e-5)
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
-    # The final weights (gathered from the shards under ZeRO-3) are those of the one-rank run.
-    final, reference_model = (AutoModelForCausalLM.from_pretrained(d) for d in (output_dir, one_rank_reference))
+    # The final weights (gathered from the shards under ZeRO-3) are those of the one-rank run, under a plain model's
+    # names and matching their record: the strict loader takes them whole.
+    final = load(output_dir, torch.device("cpu"), torch.float32)[1]
+    reference_model = AutoModelForCausalLM.from_pretrained(one_rank_reference)
     for (name, weight), reference_weight in zip(final.state_dict().items(), reference_model.state_dict().values()):
         assert torch.allclose(weight, reference_weight, rtol=1e-4, atol=1e-6), name
 

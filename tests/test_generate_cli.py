@@ -190,6 +190,26 @@ def test_directory_with_damaged_weights(capsys, tmp_path, tiny_model_dir):
     expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT], f"cannot load the model in {directory}")
 
 
+class Planted:
+    """Unpickled, it would create the file `path`: what a malicious pytorch_model.bin could do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_pickled_weights_that_hold_more_than_tensors_are_refused_unrun(capsys, tmp_path, tiny_model_dir):
+    directory = copy_model_files(tiny_model_dir, tmp_path / "pickled", "config.json", "tokenizer.json",
+                                 "tokenizer_config.json")
+    torch.save({"model.embed_tokens.weight": Planted(tmp_path / "ran")}, directory / "pytorch_model.bin")
+    expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT],
+                 f"cannot load the model in {directory}: its pickled weights (pytorch_model.bin) hold objects besides "
+                 f"tensors, which are not loaded, as they could run code; save the weights as model.safetensors")
+    assert not (tmp_path / "ran").exists()
+
+
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 

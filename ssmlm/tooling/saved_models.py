@@ -10,6 +10,7 @@ must match it; a folder without it (a model saved by save_pretrained elsewhere) 
 
 import json
 import os
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -147,6 +148,10 @@ def load_model(model_dir: Path, model_class, dtype, task_head: dict | None = Non
         transformers_logging.disable_progress_bar()
         model, loading = model_class.from_pretrained(model_dir, config=config, dtype=dtype,
                                                      ignore_mismatched_sizes=True, output_loading_info=True)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met an object: nothing of it ran
+        raise UsageError(f"cannot load the model in {model_dir}: its pickled weights (pytorch_model.bin) hold "
+                         f"objects besides tensors, which are not loaded, as they could run code; save the weights "
+                         f"as model.safetensors") from None
     except LOAD_ERRORS as error:
         raise UsageError(f"cannot load the model in {model_dir}: {one_line(error)}") from None
     finally:

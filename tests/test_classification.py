@@ -3,12 +3,14 @@ either side, save → load), and the trainer's domain-classification task, from 
 language model."""
 
 import json
+import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from ssmlm import SSMLMForSequenceClassification
+from ssmlm.tooling.saved_models import UsageError, load_model
 from ssmlm.training import ConfigError
 
 from invariants import PAD, VOCAB_SIZE, assert_close, tiny_config
@@ -85,6 +87,27 @@ def test_the_domain_task_trains_from_scratch_and_fine_tunes_a_language_model(cor
     assert len(AutoTokenizer.from_pretrained(tmp_path / "tuned")) == len(AutoTokenizer.from_pretrained(tiny_model_dir))
 
 
+def test_a_language_model_becomes_a_classifier_with_a_new_head_and_nothing_else_new(tiny_model_dir, tmp_path):
+    """What init_from does for the domain task: the strict loader lets the head the language model lacks start new,
+    and only that: a tool's load (no task head) refuses the missing head, and a missing backbone tensor is refused
+    either way."""
+    head = {"num_labels": 2, "id2label": {0: "books", 1: "code"}, "label2id": {"books": 0, "code": 1}}
+    tuned = load_model(tiny_model_dir, SSMLMForSequenceClassification, torch.float32, task_head=head)
+    language_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert tuned.config.id2label == head["id2label"] and tuned.score.weight.shape == (2, 32)
+    for name, tensor in language_model.model.state_dict().items():
+        assert torch.equal(tuned.model.state_dict()[name], tensor), name
+    with pytest.raises(UsageError, match=r"do not match its config.json: tensors 1 missing \(score.weight\)$"):
+        load_model(tiny_model_dir, SSMLMForSequenceClassification, torch.float32)
+
+    shutil.copytree(tiny_model_dir, tmp_path / "deeper")
+    config = json.loads((tmp_path / "deeper" / "config.json").read_text())
+    (tmp_path / "deeper" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3,
+                                                                 "block_types": ["gss"] * 3}))
+    with pytest.raises(UsageError, match=r"tensors 13 missing \(model.layers.2."):
+        load_model(tmp_path / "deeper", SSMLMForSequenceClassification, torch.float32, task_head=head)
+
+
 def test_task_mistakes_are_one_line_config_errors(corpus, cache_dir, tmp_path, tiny_model_dir):
     values = tiny_config_values(corpus, cache_dir, tmp_path / "run")
     values["task"] = "domain-classification"
@@ -92,8 +115,8 @@ def test_task_mistakes_are_one_line_config_errors(corpus, cache_dir, tmp_path, t
                                           r"training.init_from=.*; leave it out$"):
         run_in_process(values, f"training.init_from={tiny_model_dir}", "tokenizer.path=null",
                        "model.num_hidden_layers=3")
-    with pytest.raises(ConfigError, match=r"^training.init_from: .*missing is not a saved ssmlm model \(.*\); train "
-                                          r"it first, or set training.init_from to null"):
+    with pytest.raises(ConfigError, match=r"^training.init_from: no model directory .*missing; train one first, or "
+                                          r"set training.init_from to null"):
         run_in_process(values, f"training.init_from={tmp_path / 'missing'}")
     values["data"]["sources"] = {"books": values["data"]["sources"]["books"]}
     with pytest.raises(ConfigError, match=r"^task: domain-classification needs at least two data.sources"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ssmlm.cli.generate import build_parser, main
+from ssmlm.tooling.saved_models import MANIFEST, write_manifest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
@@ -139,7 +140,7 @@ def test_missing_model_directory(capsys, tmp_path):
 
 def test_model_path_is_a_file(capsys, tiny_model_dir):
     path = tiny_model_dir / "config.json"
-    expect_error(capsys, ["--model", str(path), "--prompt", PROMPT], "must be a directory")
+    expect_error(capsys, ["--model", str(path), "--prompt", PROMPT], f"{path} is a file, not a model directory")
 
 
 def test_directory_without_config(capsys, tmp_path, tiny_model_dir):
@@ -189,6 +190,26 @@ def test_directory_with_damaged_weights(capsys, tmp_path, tiny_model_dir):
     expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT], f"cannot load the model in {directory}")
 
 
+class Planted:
+    """Unpickled, it would create the file `path`: what a malicious pytorch_model.bin could do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_pickled_weights_that_hold_more_than_tensors_are_refused_unrun(capsys, tmp_path, tiny_model_dir):
+    directory = copy_model_files(tiny_model_dir, tmp_path / "pickled", "config.json", "tokenizer.json",
+                                 "tokenizer_config.json")
+    torch.save({"model.embed_tokens.weight": Planted(tmp_path / "ran")}, directory / "pytorch_model.bin")
+    expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT],
+                 f"cannot load the model in {directory}: its pickled weights (pytorch_model.bin) hold objects besides "
+                 f"tensors, which are not loaded, as they could run code; save the weights as model.safetensors")
+    assert not (tmp_path / "ran").exists()
+
+
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -215,6 +236,41 @@ def test_weights_that_are_not_finite_are_refused(capsys, tmp_path, tiny_model_di
     expect_error(capsys, ["--model", str(tmp_path / "diverged"), "--prompt", PROMPT],
                  "are not finite (1 tensors hold NaN or infinity, e.g. model.layers.1.to_out.weight): the run that "
                  "saved them diverged")
+
+
+def recorded_copy(tiny_model_dir: Path, target: Path) -> Path:
+    """A copy of the tiny model with the record of its files the trainer writes beside a final model."""
+    shutil.copytree(tiny_model_dir, target)
+    write_manifest(target, [path.name for path in target.iterdir()])
+    return target
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: flip_a_bit(d / "model.safetensors"), "model.safetensors does not match its checksum (the sizes "
+                                                    "and SHA-256 of its files are in ssmlm-files.json"),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json has 2 bytes, not "),
+    (lambda d: (d / "generation_config.json").unlink(), "generation_config.json is missing"),
+], ids=["bit-flipped weights", "replaced tokenizer", "missing file"])
+def test_files_that_differ_from_their_record_are_refused(damage, message, capsys, tmp_path, tiny_model_dir,
+                                                         reference):
+    directory = recorded_copy(tiny_model_dir, tmp_path / "model")
+    assert run(capsys, directory, "--prompt", PROMPT, "--greedy") == expected_text(reference, do_sample=False)
+    damage(directory)
+    expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT],
+                 f"the model in {directory} is damaged: {message}")
+
+
+def test_an_unreadable_record_of_the_files_is_refused(capsys, tmp_path, tiny_model_dir):
+    directory = recorded_copy(tiny_model_dir, tmp_path / "model")
+    (directory / MANIFEST).write_text('{"files": {"model.safetensors": 1}}')
+    expect_error(capsys, ["--model", str(directory), "--prompt", PROMPT],
+                 f"{directory / MANIFEST} is not readable: the record of the model's files is damaged")
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n\t "])

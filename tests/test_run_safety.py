@@ -8,6 +8,7 @@ careless user, an unlucky machine or a bad learning rate would.
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -22,6 +23,10 @@ import yaml
 from runs import TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, two_rank_command
 from runs import wait_for_logged_steps, write_config
 
+from safetensors.torch import load_file, save_file
+
+from ssmlm.tooling.checksums import record_files
+from ssmlm.tooling.saved_models import write_manifest
 from ssmlm.training import TrainingDiverged, checkpoints, latest_checkpoint
 from ssmlm.training.config import ConfigError
 from ssmlm.training.run_dir import MARKER, RunLock, check_replaceable, finish_run, is_run, read_marker
@@ -89,6 +94,10 @@ def protected_case(case: str, tmp_path: Path, corpus: Path, cache_dir: Path, mon
     elif case == "config folder":
         folder, output, refusal = tmp_path / "configs", str(tmp_path / "configs"), "config.yaml, which this run reads"
         folder.mkdir()
+    elif case == "init_from folder":
+        folder, output, refusal = tmp_path / "models", str(tmp_path / "models"), "base, which this run reads"
+        (folder / "base").mkdir(parents=True)
+        values["training"]["init_from"] = str(folder / "base")
     elif case == "symbolic link":
         folder, output, refusal = tmp_path / "target", str(tmp_path / "link"), "it is a symbolic link"
         folder.mkdir()
@@ -102,7 +111,7 @@ def protected_case(case: str, tmp_path: Path, corpus: Path, cache_dir: Path, mon
 
 
 @pytest.mark.parametrize("case", ["working directory", "parent of the working directory", "home", "data folder",
-                                  "config folder", "symbolic link"])
+                                  "config folder", "init_from folder", "symbolic link"])
 def test_overwrite_never_deletes_what_is_not_a_run_of_its_own(case, tmp_path, corpus, cache_dir, monkeypatch,
                                                                capsys):
     folder, config, refusal = protected_case(case, tmp_path, corpus, cache_dir, monkeypatch)
@@ -325,8 +334,9 @@ def flip_a_byte(path: Path) -> None:
 
 
 def edit_state(checkpoint: Path, **fields) -> None:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    (checkpoint / "trainer_state.json").write_text(json.dumps({**state, **fields}))
+    """Set the fields of the checkpoint's trainer state; a field set to None is removed."""
+    state = {**json.loads((checkpoint / "trainer_state.json").read_text()), **fields}
+    (checkpoint / "trainer_state.json").write_text(json.dumps({k: v for k, v in state.items() if v is not None}))
 
 
 DAMAGES = {
@@ -349,6 +359,12 @@ DAMAGES = {
     "a file outside the checkpoint": (lambda c: edit_state(c, files={"../x": {"size": 1, "sha256": "0"}}),
                                       "trainer_state.json is not readable"),
     "launch as a list": (lambda c: edit_state(c, launch=[]), "trainer_state.json is not readable"),
+    "no file list": (lambda c: edit_state(c, files=None), "trainer_state.json lists no files to verify"),
+    "no file list, no format": (lambda c: edit_state(c, files=None, format=None),
+                                "trainer_state.json lists no files to verify"),
+    "format as a string": (lambda c: edit_state(c, format="2"), "trainer_state.json is not readable"),
+    "a newer format": (lambda c: edit_state(c, format=3),
+                       "trainer_state.json is of format 3, newer than this version of ssmlm reads (2)"),
 }
 
 
@@ -359,8 +375,63 @@ def test_every_kind_of_damage_is_detected(damage, six_steps, tmp_path):
     assert checkpoints.read_state(checkpoint)["step"] == 6
     make, message = DAMAGES[damage]
     make(checkpoint)
-    with pytest.raises(checkpoints.DamagedCheckpoint, match=message.replace("(", r"\(")):
+    with pytest.raises(checkpoints.DamagedCheckpoint, match=re.escape(message)):
         checkpoints.read_state(checkpoint)
+
+
+def test_only_a_checkpoint_of_ssmlm_0_1_0_goes_without_a_file_list(stopped_run, capsys):
+    """Its state is {"step": N}: resumed, saying that its files cannot be verified (a state of this version without
+    its file list is damaged: DAMAGES)."""
+    run, config = stopped_run
+    checkpoint = run / "checkpoints" / "checkpoint-6"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["format"] == checkpoints.FORMAT == 2
+    (checkpoint / "trainer_state.json").write_text('{"step": 6}')  # what ssmlm 0.1.0 wrote
+    code, err = cli(capsys, "--config", config, "--resume")
+    assert code == 0, err
+    assert ("note: checkpoint-6 was written by ssmlm 0.1.0, which recorded no checksums: its files cannot be "
+            "verified") in err
+    assert sorted(train_losses(run)) == list(range(1, 9))
+
+
+def test_a_refused_resume_still_says_which_newer_checkpoints_were_damaged(stopped_run, capsys):
+    run, config = stopped_run
+    flip_a_byte(run / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    code, err = cli(capsys, "--config", config, "--resume", "training.batch_size=4")
+    assert code == 2
+    assert "checkpoint-4 was trained with other settings: training.batch_size (8 -> 4)" in one_line_error(err)
+    assert "warning: skipped damaged checkpoint checkpoint-6: model.safetensors does not match its checksum" in err
+
+
+def put_nan_in_the_weights(checkpoint: Path) -> None:
+    """A NaN in one weight of the checkpoint, recorded in its state as if it had been saved so: a checkpoint that
+    passes every file check."""
+    weights = load_file(checkpoint / "model.safetensors")
+    weights[sorted(weights)[0]].view(-1)[0] = float("nan")
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["files"]["model.safetensors"] = record_files(checkpoint, ["model.safetensors"])["model.safetensors"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_a_checkpoint_holding_non_finite_weights_is_damaged(stopped_run, eight_steps, capsys):
+    """Never resumed and then reported as a divergence: skipped like any damaged checkpoint, with --resume for the
+    previous one; refused in one line where it is the one named."""
+    run, config = stopped_run
+    put_nan_in_the_weights(run / "checkpoints" / "checkpoint-6")
+    before = snapshot(run)
+    code, err = cli(capsys, "--config", config, "--resume-from", run / "checkpoints" / "checkpoint-6")
+    assert code == 2 and one_line_error(err).endswith(
+        "no intact checkpoint to resume from: checkpoint-6: it holds non-finite weights (NaN or infinity): the run "
+        "diverged before it was saved")
+    assert snapshot(run) == before
+    code, err = cli(capsys, "--config", config, "--resume")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [
+        "warning: skipped damaged checkpoint checkpoint-6: it holds non-finite weights (NaN or infinity): the run "
+        "diverged before it was saved"]
+    losses, reference = train_losses(run), train_losses(eight_steps)
+    assert [losses[step] for step in range(5, 9)] == pytest.approx([reference[step] for step in range(5, 9)],
+                                                                   rel=1e-6)
 
 
 def test_resume_skips_a_damaged_newest_checkpoint_and_continues_exactly(stopped_run, eight_steps, capsys):
@@ -513,3 +584,74 @@ def test_in_process_divergence_raises_training_diverged(corpus, cache_dir, tmp_p
     with pytest.raises(TrainingDiverged, match="training diverged at step"):
         run_in_process(tiny_config_values(corpus, cache_dir, tmp_path / "run"), *DIVERGING)
     assert json.loads((tmp_path / "run" / MARKER).read_text())["ssmlm_version"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. training.init_from: loaded by generate.py's strict loader, each problem one line before anything is written.
+
+
+def copy_of(source: Path, target: Path, *names: str) -> Path:
+    target.mkdir()
+    for name in names:
+        shutil.copy(source / name, target / name)
+    return target
+
+
+def init_from_case(case: str, model: Path, tokenizer: Path, tmp_path: Path) -> tuple[str, str]:
+    """(training.init_from, its refusal after "training.init_from: ") for each folder a run must not start from."""
+    if case == "missing tensors":
+        folder = copy_of(model, tmp_path / "deeper", *(path.name for path in model.iterdir()))
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3, "block_types": ["gss"] * 3}))
+        return str(folder), f"the weights in {folder} do not match its config.json: tensors 13 missing (model.layers.2."
+    if case == "non-finite weights":
+        folder = copy_of(model, tmp_path / "diverged", *(path.name for path in model.iterdir()))
+        weights = load_file(folder / "model.safetensors")
+        weights["model.layers.1.to_out.weight"][3, 5] = float("nan")
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        return str(folder), f"the weights in {folder} are not finite (1 tensors hold NaN or infinity, e.g. model.layers"
+    if case == "bit-flipped weights":
+        folder = copy_of(model, tmp_path / "flipped", *(path.name for path in model.iterdir()))
+        write_manifest(folder, [path.name for path in folder.iterdir()])
+        flip_a_byte(folder / "model.safetensors")
+        return str(folder), f"the model in {folder} is damaged: model.safetensors does not match its checksum"
+    if case == "no config.json":
+        folder = copy_of(model, tmp_path / "no-config", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+        return str(folder), f"{folder} holds no ssmlm model: no config.json"
+    if case == "a tokenizer only":
+        return str(tokenizer), f"{tokenizer} holds no ssmlm model: no config.json"
+    if case == "a missing path":
+        return str(tmp_path / "nowhere"), f"no model directory {tmp_path / 'nowhere'}; train one first"
+    if case == "a missing relative path":  # its first part exists here: a path, never a Hub repository
+        (tmp_path / "runs").mkdir()
+        return "runs/gss-smal", "no model directory runs/gss-smal; train one first"
+    if case == "a Hub repository, offline":
+        return "someone/ssmlm-model", "someone/ssmlm-model is no directory here, and not a model on the Hugging Face Hub"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing tensors", "non-finite weights", "bit-flipped weights", "no config.json",
+                                  "a tokenizer only", "a missing path", "a missing relative path",
+                                  "a Hub repository, offline"])
+def test_init_from_is_loaded_as_strictly_as_generate_does(case, corpus, cache_dir, tmp_path, tiny_model_dir,
+                                                          tokenizer_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "run")
+    values["tokenizer"] = {}  # the saved model's
+    start, refusal = init_from_case(case, tiny_model_dir, tokenizer_dir, tmp_path)
+    code, err = cli(capsys, "--config", write_config(values, tmp_path / "config.yaml"), f"training.init_from={start}")
+    assert code == 2 and f"train.py: error: training.init_from: {refusal}" in one_line_error(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_a_trained_model_trains_on_from_its_weights(corpus, cache_dir, tmp_path, tiny_model_dir, capsys):
+    """A folder with the record of its files, as the trainer writes it, passes; the run starts from its weights."""
+    folder = copy_of(tiny_model_dir, tmp_path / "base", *(path.name for path in tiny_model_dir.iterdir()))
+    write_manifest(folder, [path.name for path in folder.iterdir()])
+    values = tiny_config_values(corpus, cache_dir, tmp_path / "run")
+    values["tokenizer"] = {}
+    code, err = cli(capsys, "--config", write_config(values, tmp_path / "config.yaml"), *SHORT,
+                    f"training.init_from={folder}")
+    assert code == 0, err
+    first = records(tmp_path / "run")[0]
+    assert first["step"] == 0 and first["val/loss"] < 0.8 * math.log(512)  # not a new model's uniform guess

@@ -24,6 +24,7 @@ from runs import train_losses, validation
 from runs import two_rank_command, write_config
 
 from ssmlm.cli.generate import main as generate_main
+from ssmlm.tooling.saved_models import load
 from ssmlm.training import latest_checkpoint, trainer
 from ssmlm.training.config import read_config_values
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,6 +61,22 @@ def test_end_to_end_tiny_corpus_to_generate(corpus, cache_dir, tmp_path, capsys)
     assert generate_main(["--model", str(output_dir), "--prompt", "The", "--max-new-tokens", "8", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith("The")
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
+
+    # The final model carries the size and SHA-256 of each of its files (not of the editable model card), and a
+    # bit flipped in its weights afterwards is refused in one line naming the file, not generated from.
+    recorded = json.loads((output_dir / "ssmlm-files.json").read_text())["files"]
+    assert sorted(recorded) == ["config.json", "generation_config.json", "model.safetensors", "ssmlm_remote.py",
+                                "tokenizer.json", "tokenizer_config.json"]
+    assert recorded["model.safetensors"]["size"] == (output_dir / "model.safetensors").stat().st_size
+    weights = bytearray((output_dir / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 0x01
+    (output_dir / "model.safetensors").write_bytes(bytes(weights))
+    assert generate_main(["--model", str(output_dir), "--prompt", "The", "--max-new-tokens", "8", "--greedy"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.endswith(
+        f"error: the model in {output_dir} is damaged: model.safetensors does not match its checksum (the sizes and "
+        f"SHA-256 of its files are in ssmlm-files.json, written when it was saved; restore the file, or delete "
+        f"ssmlm-files.json if you changed it on purpose)\n")
 
     # Its model card is written from the run's own records.
     card = (output_dir / "README.md").read_text(encoding="utf-8")
@@ -233,8 +250,10 @@ def test_two_ranks_reproduce_one_rank(backend, one_rank_reference, corpus, cache
     assert validation(output_dir)[6]["val/loss"] == pytest.approx(validation(one_rank_reference)[6]["val/loss"],
                                                                   rel=1e-5)
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
-    # The final weights (gathered from the shards under ZeRO-3) are those of the one-rank run.
-    final, reference_model = (AutoModelForCausalLM.from_pretrained(d) for d in (output_dir, one_rank_reference))
+    # The final weights (gathered from the shards under ZeRO-3) are those of the one-rank run, under a plain model's
+    # names and matching their record: the strict loader takes them whole.
+    final = load(output_dir, torch.device("cpu"), torch.float32)[1]
+    reference_model = AutoModelForCausalLM.from_pretrained(one_rank_reference)
     for (name, weight), reference_weight in zip(final.state_dict().items(), reference_model.state_dict().values()):
         assert torch.allclose(weight, reference_weight, rtol=1e-4, atol=1e-6), name
 

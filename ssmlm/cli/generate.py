@@ -17,7 +17,7 @@ import torch
 
 from transformers import TextStreamer, set_seed
 
-from ..tooling.saved_models import UsageError, check_model_dir, load, pick_device
+from ..tooling.saved_models import UsageError, load, pick_device
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -126,11 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     try:
-        model_dir = Path(args.model)
-        check_model_dir(model_dir)
         prompt = read_prompt(args)
         device = pick_device(args.device)
-        tokenizer, model = load(model_dir, device, DTYPES[args.dtype])
+        tokenizer, model = load(Path(args.model), device, DTYPES[args.dtype])
         with torch.inference_mode():
             generate(args, prompt, tokenizer, model)
     except UsageError as error:

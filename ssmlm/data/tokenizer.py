@@ -106,9 +106,13 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     except (OSError, ValueError) as error:
         raise DataError(f"tokenizer.path: cannot load a tokenizer from {name_or_path!r} "
                         f"({' '.join(str(error).split())[:300]})") from None
+    return tokenizer_for_packing(tokenizer, f"tokenizer.path: {name_or_path!r}")
+
+
+def tokenizer_for_packing(tokenizer: PreTrainedTokenizerBase, what: str) -> PreTrainedTokenizerBase:
+    """`tokenizer`, if it has the end-of-text token packing puts between documents; `what` names it in the error."""
     if tokenizer.eos_token_id is None:
-        raise DataError(f"tokenizer.path: {name_or_path!r} has no end-of-text token; packing needs one between "
-                        f"documents")
+        raise DataError(f"{what} has no end-of-text token; packing needs one between documents")
     return tokenizer
 
 

@@ -4,11 +4,14 @@
                                 train_config.yaml (the config that trained it) and trainer_state.json
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete; `trainer_state.json` is written last and
-holds the step, the launch (processes, threads) and the size and SHA-256 of every other file. A checkpoint is
-intact only if that file parses, its step is the N of its name, and every file is there with its size and hash:
-a truncated, missing or bit-flipped file, or a state that disagrees with its name, makes it damaged. `--resume`
-reports a damaged newest checkpoint in one line and takes the newest intact one; once the run is checked, the
-checkpoints of later steps than the one it goes on from are renamed checkpoint-N.set-aside, never deleted.
+holds the format (FORMAT), the step, the launch (processes, threads) and the size and SHA-256 of every other file.
+A checkpoint is intact only if that file parses, its step is the N of its name, and every file is there with its
+size and hash: a truncated, missing or bit-flipped file, or a state that disagrees with its name, makes it damaged.
+A state of this format without its file list is damaged too: only a checkpoint of ssmlm 0.1.0, whose state is
+{"step": N} and nothing else, lists no files, and it is resumed with a note that its files cannot be verified.
+`--resume` reports a damaged newest checkpoint in one line and takes the newest intact one (the trainer also
+treats one whose weights are not finite as damaged); once the run is checked, the checkpoints of later steps than
+the one it goes on from are renamed checkpoint-N.set-aside, never deleted.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import yaml
 from accelerate import Accelerator
 
 from ..configuration import upgrade_legacy_fields
-from ..data.corpus import sha256_file
+from ..tooling.checksums import first_difference, is_record, record_files
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .run_dir import free_path, readable_by_all
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
+# The format of the trainer state this version writes. States without a "format" were written before it: by ssmlm
+# 0.1.0 ({"step": N} alone) or by development versions that already listed the files ({"step", "launch", "files"}).
+FORMAT = 2
 CONFIG_FILE = "train_config.yaml"
 # Settings a resumed run may change without saying so: they do not change what is trained, only how long, how
 # often it is checked and saved, where the data cache is, and how the same math is run (compiled, recomputed).
@@ -68,28 +74,26 @@ def read_state(checkpoint: Path) -> dict:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise DamagedCheckpoint(f"{STATE_FILE} is not readable") from None
-    files = state.get("files", {}) if isinstance(state, dict) else None  # checkpoints of ssmlm 0.1.0 list none
-    if not (isinstance(state, dict) and type(state.get("step")) is int and isinstance(state.get("launch", {}), dict)
-            and isinstance(files, dict) and all(valid_entry(name, entry) for name, entry in files.items())):
+    version = state.get("format") if isinstance(state, dict) else None
+    if type(version) is int and version > FORMAT:
+        raise DamagedCheckpoint(f"{STATE_FILE} is of format {version}, newer than this version of ssmlm reads "
+                                f"({FORMAT})")
+    if not (isinstance(state, dict) and ("format" not in state or type(version) is int and version == FORMAT)
+            and type(state.get("step")) is int and isinstance(state.get("launch", {}), dict)
+            and is_record(state.get("files", {}))):
         raise DamagedCheckpoint(f"{STATE_FILE} is not readable")
+    if "files" not in state and not is_0_1_0_state(state):
+        raise DamagedCheckpoint(f"{STATE_FILE} lists no files to verify")
     if checkpoint.name != f"{PREFIX}{state['step']}":
         raise DamagedCheckpoint(f"{STATE_FILE} says step {state['step']}, not the step of its name")
-    for name, expected in files.items():
-        path = checkpoint / name
-        if not path.is_file():
-            raise DamagedCheckpoint(f"{name} is missing")
-        if path.stat().st_size != expected["size"]:
-            raise DamagedCheckpoint(f"{name} has {path.stat().st_size} bytes, not {expected['size']}")
-        if sha256_file(path) != expected["sha256"]:
-            raise DamagedCheckpoint(f"{name} does not match its checksum")
+    if difference := first_difference(checkpoint, state.get("files", {})):
+        raise DamagedCheckpoint(difference)
     return state
 
 
-def valid_entry(name, entry) -> bool:
-    """A file entry of a trainer state: a relative path inside the checkpoint, its size and its SHA-256."""
-    parts = Path(name).parts
-    return (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)
-            and bool(parts) and not Path(name).is_absolute() and ".." not in parts)
+def is_0_1_0_state(state: dict) -> bool:
+    """A trainer state of ssmlm 0.1.0, the one kind that lists no files: {"step": N}, nothing else."""
+    return state.keys() == {"step"}
 
 
 def read_config(checkpoint: Path) -> dict | None:
@@ -113,18 +117,23 @@ def candidates(output_dir: Path, resume_from: str | None) -> list[Path]:
     return found
 
 
-def first_intact(paths: list[Path], report: Callable[[str], None]) -> tuple[Path, dict]:
-    """The first checkpoint of `paths` that passes verification, and its state. Every damaged one on the way is
-    reported in one line; none intact is a ConfigError naming each problem."""
-    problems = []
+def first_intact(paths: list[Path], report: Callable[[str], None],
+                 load_verified: Callable[[Path, dict], None]) -> tuple[Path, dict]:
+    """The first checkpoint of `paths` that passes verification and then `load_verified(path, state)`, which loads
+    it and raises DamagedCheckpoint for what only the loaded checkpoint shows; and its state. Every damaged one on
+    the way is reported in one line; none intact is a ConfigError naming each problem."""
+    problems, reported = [], 0
     for path in paths:
         try:
             state = read_state(path)
+            # Said before this one loads: its refusal (other settings) must not hide why the newer ones were skipped.
+            for problem in problems[reported:]:
+                report(f"warning: skipped damaged checkpoint {problem}")
+            reported = len(problems)
+            load_verified(path, state)
         except DamagedCheckpoint as error:
             problems.append(f"{path.name}: {error}")
             continue
-        for problem in problems:
-            report(f"warning: skipped damaged checkpoint {problem}")
         return path, state
     raise ConfigError("no intact checkpoint to resume from: " + "; ".join(problems))
 
@@ -173,9 +182,8 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, config: TrainCon
     if accelerator.is_main_process:
         readable_by_all(partial)
         (partial / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
-        files = {str(path.relative_to(partial)): {"size": path.stat().st_size, "sha256": sha256_file(path)}
-                 for path in sorted(partial.rglob("*")) if path.is_file()}
-        state = {"step": step, "launch": launch_facts(accelerator), "files": files}
+        files = record_files(partial, [str(path.relative_to(partial)) for path in partial.rglob("*") if path.is_file()])
+        state = {"format": FORMAT, "step": step, "launch": launch_facts(accelerator), "files": files}
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)

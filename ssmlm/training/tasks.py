@@ -10,25 +10,31 @@ validation data. The loop around them (trainer.py: devices, processes, checkpoin
                             the smallest, so chance is 1 / the number of domains.
 
 `training.init_from` starts either task from a saved ssmlm model (its architecture, weights and, unless
-`tokenizer.path` says otherwise, its tokenizer): fine-tuning a pretrained language model as a classifier. A
-`model` setting that differs from the saved model's is an error.
+`tokenizer.path` says otherwise, its tokenizer): fine-tuning a pretrained language model as a classifier. It is
+loaded by the tools' strict loader (tooling/saved_models.py): its files must match their record, every tensor
+must be there, used, of its shape and finite, except those of a task head the saved model lacks (a language
+model's, fine-tuned as a classifier), which start new. A local path is never looked for on the Hub; only a
+"namespace/name" that is no path here is. A `model` setting that differs from the saved model's is an error.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
 from accelerate import Accelerator
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from ..data.packing import pack_documents, window_documents
 from ..data.sources import load_documents
-from ..data.tokenizer import get_tokenizer
-from ..configuration import SSMLMConfig
+from ..data.tokenizer import get_tokenizer, looks_like_a_path, tokenizer_for_packing
 from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification
-from .config import ConfigError, TokenizerConfig, TrainConfig
+from ..tooling.saved_models import UsageError, check_model_dir, load_model, load_tokenizer, one_line
+from .config import ConfigError, TrainConfig
 
 # The model card's usage snippets load by path with trust_remote_code, so that they work in any process where ssmlm
 # is installed, whether or not it imported ssmlm.
@@ -56,35 +62,56 @@ class Task:
     pipeline_tag: str  # the Hugging Face pipeline that uses the model, for the model card's metadata
 
     def load_documents_and_tokenizer(self, config: TrainConfig):
-        start = config.training.init_from
-        if start:  # found out now, before the data is prepared
-            try:
-                SSMLMConfig.from_pretrained(start)
-            except (OSError, ValueError) as error:
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise ConfigError(f"training.init_from: {start} is not a saved ssmlm model ({reason}); train it "
-                                  f"first, or set training.init_from to null to start from scratch") from None
+        model_dir = init_from_dir(config.training.init_from) if config.training.init_from else None
+        if model_dir:  # found out now, before the data is prepared
+            init_from_checked(check_model_dir, model_dir, tokenizer=not config.tokenizer.path)
         documents = load_documents(config.data)
-        tokenizer_config = config.tokenizer
-        if config.training.init_from and not tokenizer_config.path:
-            tokenizer_config = TokenizerConfig(path=config.training.init_from)
-        tokenizer = get_tokenizer(tokenizer_config, {domain: splits["train"] for domain, splits in documents.items()},
-                                  config.data.cache_dir)
+        if model_dir and not config.tokenizer.path:
+            tokenizer = tokenizer_for_packing(init_from_checked(load_tokenizer, model_dir),
+                                              f"training.init_from: the tokenizer in {model_dir}")
+        else:
+            tokenizer = get_tokenizer(config.tokenizer, {domain: splits["train"] for domain, splits in
+                                                         documents.items()}, config.data.cache_dir)
         return documents, tokenizer
 
     def model_from(self, config: TrainConfig, tokenizer, **head):
         """A new model of the config, or the one of training.init_from; `head` are the task head's settings."""
-        if not config.training.init_from:
+        start = config.training.init_from
+        if not start:
             return self.model_class(config.model_config(tokenizer, **head))
-        model = self.model_class.from_pretrained(config.training.init_from, **head)
+        model = init_from_checked(load_model, init_from_dir(start), self.model_class, torch.float32, task_head=head)
         for key, value in config.model.items():  # the architecture is the saved model's
             if getattr(model.config, key, None) != value:
                 raise ConfigError(f"model.{key}: {value!r} here, but {getattr(model.config, key, None)!r} in the "
-                                  f"model of training.init_from={config.training.init_from}; leave it out")
+                                  f"model of training.init_from={start}; leave it out")
         if model.config.vocab_size != len(tokenizer):
             raise ConfigError(f"tokenizer.path: its {len(tokenizer)} tokens are not the {model.config.vocab_size} of "
-                              f"the model in training.init_from={config.training.init_from}")
+                              f"the model in training.init_from={start}")
         return model
+
+
+def init_from_dir(name: str) -> Path:
+    """The folder of training.init_from: the local directory, or the snapshot of a Hub repository for a
+    "namespace/name" that is no path here (a missing local path is reported at once, never looked for on the Hub)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if looks_like_a_path(name) or name.count("/") != 1:
+        raise ConfigError(f"training.init_from: no model directory {name}; train one first, or set "
+                          f"training.init_from to null to start from scratch")
+    try:
+        return Path(snapshot_download(name))
+    except (OSError, ValueError, HfHubHTTPError) as error:
+        raise ConfigError(f"training.init_from: {name} is no directory here, and not a model on the Hugging Face "
+                          f"Hub ({one_line(error)[:300]})") from None
+
+
+def init_from_checked(action, *args, **kwargs):
+    """`action` of the strict loader, its UsageError a ConfigError naming training.init_from."""
+    try:
+        return action(*args, **kwargs)
+    except UsageError as error:
+        raise ConfigError(f"training.init_from: {error}") from None
 
 
 class CausalLanguageModeling(Task):

@@ -19,6 +19,8 @@ Output directory:
     train_config.yaml           the configuration of the latest segment; an earlier segment's, if it differs, is
                                 kept as train_config.until-step-N.yaml
     config.json, model.safetensors, tokenizer files: the final model, for from_pretrained / generate.py
+    ssmlm-files.json            the size and SHA-256 of each file of the final model, written last; every loader of
+                                ssmlm checks them (tooling/saved_models.py)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.sources import is_local, matching_paths, shared_files
 from ..kernels import SSMKernel
 from ..tooling.memory import keep_freed_host_memory
+from ..tooling.saved_models import model_files, write_manifest
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .model_card import model_card
@@ -92,12 +95,12 @@ def start_mode(output_dir: Path, resume: bool, resume_from: str | None, overwrit
 
 def read_paths(config: TrainConfig, config_file: str | None) -> list[Path]:
     """What this run reads and `--overwrite` must never delete: local data files, the config, the tokenizer, the
-    data cache and the corpus folder."""
+    data cache, the corpus folder and the model it starts from."""
     paths = [Path(config.data.cache_dir)]
     for source in config.data.sources.values():
         for specs in (source.train, source.validation):
             paths += matching_paths([spec for spec in ([specs] if isinstance(specs, str) else specs) if is_local(spec)])
-    for path in (config_file, config.tokenizer.path, config.data.build_corpus):
+    for path in (config_file, config.tokenizer.path, config.data.build_corpus, config.training.init_from):
         if path:
             paths.append(Path(path))
     return paths
@@ -322,24 +325,34 @@ class StopRequests:
 
 
 def resume_checkpoint(accelerator: Accelerator, config: TrainConfig, candidates: list[Path],
-                      allow_changes: tuple[str, ...], optimizer, scheduler) -> int:
+                      allow_changes: tuple[str, ...], model, optimizer, scheduler) -> int:
     """Load the first intact checkpoint of `candidates` into the prepared objects, once it is known to fit the
-    config, with the config's optimizer settings applied over the checkpoint's; return its step."""
-    checkpoint, state = checkpoints.first_intact(candidates, lambda text: warn(accelerator, text))
+    config, with the config's optimizer settings applied over the checkpoint's; return its step. A checkpoint whose
+    weights are not finite is damaged, like one whose files are: the next one is tried."""
+
+    def load_verified(checkpoint: Path, state: dict) -> None:
+        saved_config = checkpoints.read_config(checkpoint)
+        changes = checkpoints.launch_changes(state, checkpoints.launch_facts(accelerator), allow_changes)
+        changes += checkpoints.config_changes(saved_config, config, allow_changes) if saved_config else []
+        if changes:
+            keys = ",".join(change.split(" ")[0] for change in changes)
+            raise ConfigError(f"{checkpoint.name} was trained with other settings: {'; '.join(changes)}; to resume "
+                              f"with them anyway, pass --allow-change {keys}")
+        if state["step"] >= config.training.max_steps:
+            raise ConfigError(f"training.max_steps={config.training.max_steps}, and {checkpoint.name} is at step "
+                              f"{state['step']}: nothing left to train; raise training.max_steps to train further")
+        checkpoints.load(accelerator, checkpoint)
+        if not weights_finite(model, accelerator):
+            raise checkpoints.DamagedCheckpoint("it holds non-finite weights (NaN or infinity): the run diverged "
+                                                "before it was saved")
+
+    checkpoint, state = checkpoints.first_intact(candidates, lambda text: warn(accelerator, text), load_verified)
     start_step = state["step"]
-    saved_config = checkpoints.read_config(checkpoint)
-    changes = checkpoints.launch_changes(state, checkpoints.launch_facts(accelerator), allow_changes)
-    changes += checkpoints.config_changes(saved_config, config, allow_changes) if saved_config else []
-    if changes:
-        keys = ",".join(change.split(" ")[0] for change in changes)
-        raise ConfigError(f"{checkpoint.name} was trained with other settings: {'; '.join(changes)}; to resume "
-                          f"with them anyway, pass --allow-change {keys}")
-    if start_step >= config.training.max_steps:
-        raise ConfigError(f"training.max_steps={config.training.max_steps}, and {checkpoint.name} is at step "
-                          f"{start_step}: nothing left to train; raise training.max_steps to train further")
-    checkpoints.load(accelerator, checkpoint)
+    if "files" not in state:
+        warn(accelerator, f"note: {checkpoint.name} was written by ssmlm 0.1.0, which recorded no checksums: its "
+                          f"files cannot be verified")
     apply_optimizer_settings(optimizer, scheduler, config.training)
-    saved_steps = (saved_config or {}).get("training", {}).get("max_steps")
+    saved_steps = (checkpoints.read_config(checkpoint) or {}).get("training", {}).get("max_steps")
     if saved_steps not in (None, config.training.max_steps):
         warn(accelerator, f"note: training.max_steps was {saved_steps} and is {config.training.max_steps}: the "
                           f"learning rate follows the cosine schedule to the new end from here, not the old one")
@@ -397,7 +410,8 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
 
     start_step = 0
     if mode == "continue":
-        start_step = resume_checkpoint(accelerator, config, resume_candidates, allow_changes, optimizer, scheduler)
+        start_step = resume_checkpoint(accelerator, config, resume_candidates, allow_changes, model, optimizer,
+                                       scheduler)
 
     # Everything is checked: only now is the output directory touched.
     lock = None
@@ -542,11 +556,12 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
         state_dict=plain_names(accelerator.get_state_dict(model)))
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
+        tokenizer_files = [Path(path).name for path in tokenizer.save_pretrained(output_dir)]
         card = model_card(config, accelerator.unwrap_model(model, keep_torch_compile=False), metrics, training.max_steps * tokens_per_step,
                           output_dir)
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         readable_by_all(output_dir)
+        write_manifest(output_dir, [*model_files(output_dir), *tokenizer_files])
     save_checkpoint(training.max_steps)
     return metrics
 

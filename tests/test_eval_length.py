@@ -9,8 +9,10 @@ Four tiny untrained models (GSS, Mega-chunk, full-attention Mega limited to 64 p
 hybrid) share the session tokenizer; they are scored on the real fixture text at 32, 64 and 128 tokens, once
 in-process; the command line runs once as a subprocess."""
 
+import errno
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -30,10 +32,11 @@ from ssmlm.evaluation.extrapolation import (
     concatenated_windows,
     evaluate,
     evaluate_length,
-    main,
     render_markdown,
     tokenize,
 )
+from ssmlm.cli.eval_length import main
+from ssmlm.evaluation import extrapolation
 from ssmlm.evaluation.perplexity import Agreement, streaming_losses, truncated_context_losses, window_losses
 from ssmlm.tooling.memory import PeakMemory
 from transformers import AutoTokenizer
@@ -64,12 +67,6 @@ def save_model(path: Path, tokenizer, seed: int = 0, **config) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def program_name(monkeypatch):
-    """main() runs in-process as `python scripts/eval_length.py` would: its messages name eval_length.py."""
-    monkeypatch.setattr(sys, "argv", ["eval_length.py"])
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +250,7 @@ def test_bad_inputs_give_one_line_errors(change, message, model_dirs, eval_file,
     code = main([*argv, "--lengths", "32", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
     assert code == 2
-    assert error.startswith("eval_length.py: error: ") and message in error and "\n" not in error
+    assert error.startswith("ssmlm-eval-length: error: ") and message in error and "\n" not in error
     assert not (tmp_path / "out").exists()
 
 
@@ -266,7 +263,7 @@ def test_a_model_whose_weights_do_not_match_its_config_is_refused(model_dirs, ev
                  str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert error.startswith(f"eval_length.py: error: the weights in {directory} do not match its config.json: "
+    assert error.startswith(f"ssmlm-eval-length: error: the weights in {directory} do not match its config.json: "
                             f"tensors 13 missing (model.layers.2.")
 
 
@@ -429,11 +426,40 @@ def test_a_passes_peak_memory_does_not_depend_on_what_ran_before_it():
      "--baseline-stride 33 is longer than the truncated context 32"),
     (["--lengths", "32", "--baseline-stride", "8"], "--baseline-stride needs --baseline-context or --train-length"),
     (["--train-length", "32", "--bucket-size", "0"], "--bucket-size must be positive, got 0"),
+    (["--train-length", "32", "--multipliers", "0", "1"], "--lengths / --multipliers must be positive, got 0"),
 ])
 def test_bad_numbers_give_one_line_errors_naming_the_option(options, message, model_dirs, eval_file, tmp_path,
                                                             capsys):
     code = main(["--model", str(model_dirs["gss"]), "--data", f"text={eval_file}", *options, "--out",
                  str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
-    assert code == 2 and error.startswith(f"eval_length.py: error: {message}")
+    assert code == 2 and error.startswith(f"ssmlm-eval-length: error: {message}")
     assert "\n" not in error and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("results.txt", "--out {out} is a file; give a directory for results.json, results.md and perplexity.png"),
+    ("results.txt/sub", "--out {out}: {tmp_path}/results.txt is a file, not a directory"),
+])
+def test_an_out_that_cannot_be_a_directory_is_refused_before_the_evaluation(out, message, model_dirs, eval_file,
+                                                                            tmp_path, capsys, monkeypatch):
+    (tmp_path / "results.txt").write_text("kept")
+    monkeypatch.setattr(extrapolation, "evaluate", lambda *args: pytest.fail("the evaluation ran"))
+    code = main(["--model", str(model_dirs["gss"]), "--data", f"text={eval_file}", "--lengths", "32", "--out",
+                 str(tmp_path / out)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error == f"ssmlm-eval-length: error: {message.format(out=tmp_path / out, tmp_path=tmp_path)}"
+    assert (tmp_path / "results.txt").read_text() == "kept"
+
+
+def test_a_full_disk_while_writing_the_results_is_one_line_and_exit_code_74(model_dirs, eval_file, tmp_path, capsys,
+                                                                            monkeypatch):
+    def full_disk(results, out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "results.json"))
+
+    monkeypatch.setattr(extrapolation, "write_outputs", full_disk)
+    code = main(["--model", str(model_dirs["gss"]), "--data", f"text={eval_file}", "--lengths", "32",
+                 "--max-documents", "1", "--regimes", "streaming", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert code == 74
+    assert error == f"ssmlm-eval-length: error: {tmp_path / 'out' / 'results.json'}: No space left on device"

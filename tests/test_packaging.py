@@ -5,6 +5,8 @@ scripts; installed into a fresh venv and run outside any checkout, `ssmlm-train 
 The fresh venv gets only the wheel (no dependencies, no index): the dependencies already installed for the tests
 are put on its path with a .pth file, so nothing is downloaded and the ssmlm it imports is the wheel's."""
 
+import argparse
+import importlib
 import os
 import shutil
 import subprocess
@@ -34,11 +36,56 @@ def test_a_shipped_config_is_addressed_by_name(tmp_path, monkeypatch):
         config_path("gss-smal")
     with pytest.raises(ConfigError, match=r"^config file not found: sub/gss-small$"):
         config_path("sub/gss-small")
+    (tmp_path / "experiments").mkdir()
+    with pytest.raises(ConfigError, match=r"^config file experiments is a directory; give a YAML file"):
+        config_path("experiments")
 
 
 def test_the_checkout_configs_folder_is_the_shipped_one():
     """configs/ in a checkout is a link to the package data, not a second copy."""
     assert (REPO / "configs").resolve() == (REPO / "ssmlm" / "configs").resolve()
+
+
+# Each command's module, and the program name its messages give.
+COMMAND_MODULES = {f"ssmlm.cli.{command.replace('-', '_')}": f"ssmlm-{command}" for command in COMMANDS}
+HEAVY_MODULES = ("torch", "transformers", "accelerate", "datasets")
+
+
+@pytest.mark.parametrize("module, prog", COMMAND_MODULES.items())
+def test_every_help_answers_before_importing_torch_and_names_no_file_of_a_checkout(module, prog):
+    """--help builds the parser and answers before the heavy libraries load (a timing would be noise: what is
+    imported is what takes the time), as `python -m` prints the command's name, and cites only what a pip user has."""
+    code = (f"import sys; from {module} import main; code = main(['--help']); "
+            f"print('imported:', *[name for name in {HEAVY_MODULES!r} if name in sys.modules], file=sys.stderr); "
+            f"sys.exit(code)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert shown.returncode == 0 and shown.stderr.strip() == "imported:", shown.stderr
+    assert shown.stdout.startswith(f"usage: {prog} ")
+    assert "docs/" not in shown.stdout and "scripts/" not in shown.stdout
+    as_module = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert as_module.returncode == 0 and as_module.stdout == shown.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "all", "compare", "mega-chunk", "compile", "decode-batch",
+                                     "long-stream"])
+def test_every_bench_command_help_names_no_file_of_a_checkout(command, capsys):
+    from ssmlm.cli.bench import main
+
+    assert main([command, "--help"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: ssmlm-bench {command} ") and "docs/" not in shown and "scripts/" not in shown
+
+
+@pytest.mark.parametrize("module, prog", COMMAND_MODULES.items())
+def test_ctrl_c_while_a_command_imports_is_one_line_and_exit_code_130(module, prog, monkeypatch, capsys):
+    """Every command imports its libraries after parsing, inside its entry point's handling of Ctrl-C."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_intermixed_args", interrupted)
+    assert importlib.import_module(module).main(["--help"]) == 130
+    assert capsys.readouterr().err == f"{prog}: interrupted\n"
 
 
 @pytest.fixture(scope="module")

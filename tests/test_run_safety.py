@@ -6,6 +6,7 @@ configs refused), and Ctrl-C that stops after a step with a checkpoint. Each tes
 careless user, an unlucky machine or a bad learning rate would.
 """
 
+import errno
 import importlib.util
 import json
 import math
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from runs import TRAIN_PY, cli, records, run_in_process, tiny_config_values, train_losses, two_rank_command
 from runs import wait_for_logged_steps, write_config
 
@@ -27,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ssmlm.tooling.checksums import record_files
 from ssmlm.tooling.saved_models import write_manifest
-from ssmlm.training import TrainingDiverged, checkpoints, latest_checkpoint
+from ssmlm.training import TrainingDiverged, checkpoints, latest_checkpoint, run_dir, trainer
 from ssmlm.training.config import ConfigError
 from ssmlm.training.run_dir import MARKER, RunLock, check_replaceable, finish_run, is_run, read_marker
 
@@ -203,10 +205,9 @@ def test_an_output_directory_that_cannot_be_made_is_a_one_line_error(output, mes
 
 
 def test_allow_change_without_resume_is_refused(config_file, capsys):
-    with pytest.raises(SystemExit) as exit_status:
-        cli(capsys, "--config", config_file, "--allow-change", "training.learning_rate")
-    assert exit_status.value.code == 2
-    assert "--allow-change applies only with --resume or --resume-from" in capsys.readouterr().err
+    code, err = cli(capsys, "--config", config_file, "--allow-change", "training.learning_rate")
+    assert code == 2 and one_line_error(err) == "train.py: error: --allow-change applies only with --resume or " \
+                                                "--resume-from"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -655,3 +656,70 @@ def test_init_from_a_trained_model_trains_on_from_its_weights(corpus, cache_dir,
     assert code == 0, err
     first = records(tmp_path / "run")[0]
     assert first["step"] == 0 and first["val/loss"] < 0.8 * math.log(512)  # not a new model's uniform guess
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. A full disk: one line naming the path and exit code 74; a start that failed leaves nothing in the way of the same
+# command, and a failed checkpoint leaves the newest intact one as it was.
+
+
+def full_disk(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def marker_write_fails(cls, run_dir, **fields):
+    (run_dir / MARKER).touch()  # created, then the write fails: what a full disk does to the marker
+    raise full_disk(run_dir / MARKER)
+
+
+def config_write_fails(output_dir, config, start_step):
+    (output_dir / "train_config.yaml").write_text("training:\n")
+    raise full_disk(output_dir / "train_config.yaml")
+
+
+@pytest.mark.parametrize("replacing", [False, True], ids=["new", "overwrite"])
+@pytest.mark.parametrize("failing, written", [
+    ((run_dir.RunLock, "create", classmethod(marker_write_fails)), MARKER),
+    ((trainer, "keep_config", config_write_fails), "train_config.yaml"),
+], ids=["marker", "config"])
+def test_a_start_that_hits_a_full_disk_leaves_nothing_in_the_way(failing, written, replacing, config_file, tmp_path,
+                                                                  capsys, monkeypatch):
+    run = tmp_path / "run"
+    if replacing:
+        assert cli(capsys, "--config", config_file, *SHORT)[0] == 0
+        before = snapshot(run)
+    options = ("--overwrite",) if replacing else ()
+    with monkeypatch.context() as patch:
+        patch.setattr(*failing)
+        code, err = cli(capsys, "--config", config_file, *SHORT, *options)
+    assert code == 74 and one_line_error(err) == f"train.py: error: {run / written}: No space left on device"
+    assert snapshot(run) == (before if replacing else {}) and not (tmp_path / "run.replaced").exists()
+    assert cli(capsys, "--config", config_file, *SHORT, *options)[0] == 0  # the same command, once there is space
+
+
+@pytest.mark.parametrize("failure", [
+    full_disk("checkpoint-4.tmp/optimizer.bin"),
+    RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file "
+                 "write failed"),  # what torch.save raises for a full disk
+], ids=["OSError", "torch.save"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_newest_intact_one(failure, config_file, tmp_path, capsys,
+                                                                           monkeypatch):
+    run = tmp_path / "run"
+    save_state = Accelerator.save_state
+
+    def save_state_until_the_disk_is_full(self, output_dir, **kwargs):
+        if "checkpoint-4" in output_dir:
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise failure
+        return save_state(self, output_dir, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Accelerator, "save_state", save_state_until_the_disk_is_full)
+        code, err = cli(capsys, "--config", config_file, *SHORT)
+    newest = run / "checkpoints" / "checkpoint-2"
+    line = one_line_error(err)
+    assert code == 74 and line.startswith("train.py: error: ") and "checkpoint-4" in line
+    assert f"the newest checkpoint is still {newest}, from before the problem" in line
+    assert latest_checkpoint(run) == newest  # intact: verified by its checksums
+    assert cli(capsys, "--config", config_file, *SHORT, "--resume")[0] == 0
+    assert latest_checkpoint(run).name == "checkpoint-4"

@@ -11,8 +11,9 @@ from runs import REPO
 from ssmlm.cli.study import main
 from ssmlm.study.plan import FamilySweep, ModelEntry, StudyPlan, SweepPlan, load_plan
 from ssmlm.study.report import CLOSE_NATS, judge_claims
-from ssmlm.study.runner import SWEEP_EXTENSIONS, Study
-from ssmlm.training import ConfigError, load_config
+from ssmlm.study import runner
+from ssmlm.study.runner import SWEEP_EXTENSIONS, EvaluationFailed, Study
+from ssmlm.training import ConfigError, TrainingStopped, load_config
 
 PLAN_MODELS = {"gss-dss", "gss-s4d", "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4", "gss-sgconv",
                "ssm-s4", "ssm-dss", "mega-chunk", "mega", "h3", "h3-hybrid", "gss-hybrid", "transformer"}
@@ -93,6 +94,65 @@ def test_plan_errors_name_the_key(tmp_path, capsys):
     assert main(["--plan", "no-such-plan", "--out", str(tmp_path / "out")]) == 2
     assert "the shipped plans are small" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+PLAN = ("models:\n  a: {config: gss-small, family: gss}\n"
+        "sweep:\n  families:\n    gss: {config: gss-small, learning_rates: [1e-3]}\n")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("[1e-3]", "[]"), "sweep.families.gss.learning_rates: give at least one learning rate"),
+    (("[1e-3]", "[1e-3, 0]"), "sweep.families.gss.learning_rates: each must be a positive number, got 0.0"),
+    (("[1e-3]", "[-1e-3]"), "sweep.families.gss.learning_rates: each must be a positive number, got -0.001"),
+    (("", "seeds: [0, -1]\n"), "seeds: each must be in [0, 2**32), as training.seed, got -1"),
+    (("", f"seeds: [{2**32}]\n"), f"seeds: each must be in [0, 2**32), as training.seed, got {2**32}"),
+    (("", "evaluation: {multipliers: [0]}\n"), "evaluation.multipliers: must be at least 1, got 0"),
+    (("", "evaluation: {multipliers: []}\n"), "evaluation.multipliers: give at least one"),
+    (("", "timing: {repeats: 0}\n"), "timing.repeats: must be at least 1, got 0"),
+    (("", "quick: {evaluation: {bucket_size: -1}}\n"), "quick.evaluation.bucket_size: must be at least 1, got -1"),
+])
+def test_a_plan_value_the_phases_cannot_use_is_refused_before_anything_trains(change, message, tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    old, new = change
+    plan.write_text(PLAN.replace(old, new) if old else PLAN + new)
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"ssmlm-study: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_bytes(PLAN.encode() + "# caf\xe9\n".encode("latin-1"))
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"ssmlm-study: error: {plan}: not valid UTF-8 (invalid")
+
+
+@pytest.mark.parametrize("stop, message", [
+    (TrainingStopped(3), "ssmlm-study: a run stopped at step 3, with a checkpoint; run the same command to continue "
+                         "the study\n"),
+    (KeyboardInterrupt(), "ssmlm-study: interrupted; run the same command to continue the study\n"),
+])
+def test_a_stopped_study_says_how_to_continue_it(stop, message, tmp_path, capsys, monkeypatch):
+    """The command to continue a study is the same one: ssmlm-study has no --resume, and says none."""
+    def run(self, phases):
+        raise stop
+
+    monkeypatch.setattr(Study, "run", run)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out"), "--phases", "sweep"]) == 130
+    assert capsys.readouterr().err == message
+
+
+def test_an_evaluation_that_fails_stops_the_study_with_its_exit_code(tmp_path, monkeypatch):
+    """Its message is the evaluation's own line; 1 (the regimes disagree) is a result, and the study goes on."""
+    plan = StudyPlan(models={"a": ModelEntry("gss-small", "gss")})
+    monkeypatch.setattr(runner.eval_length, "main", lambda argv, prog: 2)
+    with pytest.raises(EvaluationFailed) as failure:
+        Study(plan, tmp_path, log=lambda text: None).evaluate()
+    assert failure.value.code == 2
+    monkeypatch.setattr(runner.eval_length, "main", lambda argv, prog: 1)
+    assert Study(plan, tmp_path, log=lambda text: None).evaluate() == {"evaluation": 1, "within": 1}
 
 
 def claim_inputs(losses: dict[str, list[float]], gss_lengths: dict | None = None, speeds: dict | None = None) -> dict:

@@ -329,6 +329,9 @@ def test_cli_data_errors(config_file, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # a failed start leaves no output directory behind
     code, err = cli(capsys, "--config", tmp_path / "nope.yaml")
     assert (code, err) == (2, f"train.py: error: config file not found: {tmp_path / 'nope.yaml'}\n")
+    code, err = cli(capsys, "--config", tmp_path)
+    assert (code, err) == (2, f"train.py: error: config file {tmp_path} is a directory; give a YAML file, or a "
+                              f"shipped config's name\n")
 
 
 def test_cli_refuses_to_write_into_an_existing_directory(config_file, tmp_path, capsys):

@@ -15,12 +15,11 @@ Mega. The model library never imports it.
     compare.py      the regression figures and the comparison of two runs
     report.py       the markdown of a run
     mega_chunk.py   the `mega-chunk` command: Mega-chunk against full-attention Mega, time per token
-    cli.py          the command line (main): `ssmlm-bench`, `python -m ssmlm.cli.bench`
+    cli.py          the commands' options and their run, for `ssmlm-bench` (ssmlm/cli/bench.py, its entry point)
 """
 
-from .cli import main
 from .contenders import MODEL_BUILDERS, Contenders
 from .measure import make_training_step, random_tokens
 from .settings import Settings
 
-__all__ = ["main", "MODEL_BUILDERS", "Contenders", "make_training_step", "random_tokens", "Settings"]
+__all__ = ["MODEL_BUILDERS", "Contenders", "make_training_step", "random_tokens", "Settings"]

@@ -1,5 +1,5 @@
-"""Speed, memory and FLOPs benchmarks of the ssmlm models against transformers' Llama (sdpa attention), and against
-the public implementations of GSS and Mega-chunk where they are installed (scripts/install_bench_contenders.sh).
+"""The command line of the benchmark: every command's options, checked, and the run (`ssmlm-bench`, whose entry point
+and list of commands are ssmlm/cli/bench.py).
 
     training    tokens/s of forward + backward + AdamW step, batch 1 (on a GPU, 64k tokens a step), at several
                 sequence lengths, and the peak memory of each (model, length): on the CPU each in a process of its
@@ -8,15 +8,15 @@ the public implementations of GSS and Mega-chunk where they are installed (scrip
                 one-token forwards reusing the cache), after prompts of several lengths
     MFU         analytic FLOPs per token / time, over the matmul FLOP/s of this machine measured in the same run
 
-All contenders are measured in one process and interleaved (each repetition runs every model once, after a
-warmup), so machine noise hits them alike; figures are medians, with every repetition kept in the JSON.
-`compare` flags the figures of a run that got worse than a saved one; `mega-chunk` times Mega-chunk against
-full-attention Mega per token at growing lengths. Run it as `ssmlm-bench` or `scripts/bench.py`;
-docs/benchmarks.md explains each figure and the FLOPs formulas.
+The public implementations of GSS and Mega-chunk are measured where they are installed
+(scripts/install_bench_contenders.sh). `compare` flags the figures of a run that got worse than a saved one;
+`mega-chunk` times Mega-chunk against full-attention Mega per token at growing lengths. docs/benchmarks.md explains
+each figure and the FLOPs formulas.
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import fields
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ..cli.bench import COMMANDS, DESCRIPTION
+from ..cli.entry import CHECK_FAILED, ArgumentParser, CommandError
 from ..tooling.memory import add_host_allocator_option, available_memory_mib
 from . import batched, compiled, long_stream, mega_chunk
 from .compare import compare_results
@@ -39,17 +41,11 @@ from .settings import GPU_DEFAULTS, QUICK, Settings
 CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size", "tokens_per_step")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "ssmlm-bench") -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    phases = {
-        "train": "training tokens/s, peak memory and MFU",
-        "generate": "prefill time, ms per new token and MFU",
-        "all": "train, then generate",
-    }
-    for phase, description in phases.items():
-        run = commands.add_parser(phase, help=description)
+    for phase in ("train", "generate", "all"):
+        run = commands.add_parser(phase, help=COMMANDS[phase], description=COMMANDS[phase])
         run.add_argument("--lengths", type=int, nargs="+",
                          help="training sequence lengths (default 1024 4096 16384; 2048 8192 16384 65536 on a GPU)")
         run.add_argument("--tokens-per-step", type=int,
@@ -62,9 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help=f"default: all; {GSS_PORT} and {LEGACY_MEGA}, the public implementations, are "
                               "skipped with the reason when they are not installed")
         run.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR,
-                         help="where scripts/install_bench_contenders.sh put the public implementations: "
-                              "DIR/gss-port (unless gated-state-spaces-pytorch is installed in this environment) "
-                              f"and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
+                         help="where the public implementations are installed (the README's Benchmarks section "
+                              "says how): DIR/gss-port (unless gated-state-spaces-pytorch is installed in this "
+                              f"environment) and DIR/transformers4 (default {display_path(CONTENDERS_DIR)})")
         run.add_argument("--gss-shape", type=int, nargs=2, metavar=("H", "N"),
                          help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's), also for GSS with the "
                               "other kernels (default: each paper's own modes); the other contenders are matched to "
@@ -87,21 +83,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="compare with a saved run; exit status 1 if a figure got worse")
         run.add_argument("--tolerance", type=float, default=0.1, help="relative change allowed (default 0.1)")
 
-    compare = commands.add_parser("compare", help="compare two saved runs; exit status 1 if a figure got worse")
+    compare = commands.add_parser("compare", help=COMMANDS["compare"], description=COMMANDS["compare"])
     compare.add_argument("old", type=Path)
     compare.add_argument("new", type=Path)
     compare.add_argument("--tolerance", type=float, default=0.1)
 
-    for name, (settings_class, _, _, description) in HARNESSES.items():
+    for name, (settings_class, _, _) in HARNESSES.items():
         module = sys.modules[settings_class.__module__]
-        harness = commands.add_parser(name, help=description, description=module.__doc__,
+        harness = commands.add_parser(name, help=COMMANDS[name], description=module.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         add_settings_options(harness, settings_class())
         add_output_options(harness)
 
-    child = commands.add_parser("peak-memory", help="one training peak-memory measurement on the CPU, as JSON on "
-                                                    "stdout (the benchmark runs this in a process per model and "
-                                                    "length)")
+    child = commands.add_parser("peak-memory", help=COMMANDS["peak-memory"])
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
     child.add_argument("--length", type=int, required=True)
     child.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -109,21 +103,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
     child.add_argument("--gss-shape", type=int, nargs=2)
     child.add_argument("--tokens-per-step", type=int, default=0)
-    return parser.parse_args(argv)
+    return parser
 
 
 # The harnesses whose options are the fields of their settings dataclass:
-# name -> (settings, run(settings) -> result, to_markdown(result), what it measures).
+# name -> (settings, run(settings) -> result, to_markdown(result)).
 HARNESSES = {
-    "mega-chunk": (mega_chunk.MegaChunkSettings, mega_chunk.run_mega_chunk, mega_chunk.to_markdown,
-                   "training time per token of Mega-chunk against full-attention Mega at growing lengths "
-                   "(docs/mega.md)"),
-    "compile": (compiled.CompileSettings, compiled.run_compile_benchmark, compiled.to_markdown,
-                "torch.compile (inductor, dynamic=True) against eager: training tokens/s and decoding ms/token"),
-    "decode-batch": (batched.BatchedSettings, batched.run_batched_decoding, batched.to_markdown,
-                     "generated tokens/s of B streams decoded at once, cache bytes per sequence and decoding MFU"),
-    "long-stream": (long_stream.LongStreamSettings, long_stream.run_long_stream, long_stream.to_markdown,
-                    "ms/token, resident memory and cache bytes every N tokens of one very long generated stream"),
+    "mega-chunk": (mega_chunk.MegaChunkSettings, mega_chunk.run_mega_chunk, mega_chunk.to_markdown),
+    "compile": (compiled.CompileSettings, compiled.run_compile_benchmark, compiled.to_markdown),
+    "decode-batch": (batched.BatchedSettings, batched.run_batched_decoding, batched.to_markdown),
+    "long-stream": (long_stream.LongStreamSettings, long_stream.run_long_stream, long_stream.to_markdown),
 }
 
 
@@ -158,7 +147,7 @@ def add_output_options(parser: argparse.ArgumentParser):
 def settings_from_args(args: argparse.Namespace) -> Settings:
     on_gpu = args.device == "cuda"
     defaults = (GPU_DEFAULTS if on_gpu else {}) | (QUICK if args.quick else {})
-    chosen = {name: getattr(args, name) for name in CHOSEN if getattr(args, name)}
+    chosen = {name: getattr(args, name) for name in CHOSEN if getattr(args, name) is not None}
     memory_limit = args.memory_limit_mib
     if memory_limit is None:
         # RLIMIT_AS counts address space, not resident memory, and CUDA reserves far more of it than it uses.
@@ -181,10 +170,47 @@ def gss_shape(args: argparse.Namespace) -> tuple[int, int] | None:
     return tuple(args.gss_shape) if args.gss_shape else None
 
 
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every count and length of the command line is at least 1 (--memory-limit-mib at least 0, 0 being none), and
+    the tolerance a finite fraction: refused now, in one line, rather than run with a default or fail later."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        smallest = 0 if name == "memory_limit_mib" else 1
+        if name == "tolerance":
+            if not (math.isfinite(value) and value >= 0):
+                parser.error(f"--tolerance must be a fraction of 0 or more, got {value}")
+        elif values and all(type(item) is int for item in values) and min(values) < smallest:
+            parser.error(f"--{name.replace('_', '-')} must be at least {smallest}, got {min(values)}")
+
+
+def read_run(path: Path) -> dict:
+    """A run saved by --out, checked to be one: CommandError (exit code 2) otherwise."""
+    try:
+        run_result = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise CommandError(f"{path} is not JSON: give a file written by ssmlm-bench --out") from None
+    if not (isinstance(run_result, dict) and isinstance(run_result.get("figures"), dict)
+            and isinstance(run_result.get("matmul_peak"), dict)):
+        raise CommandError(f"{path} is not a run saved by ssmlm-bench train/generate/all --out (it has no figures)")
+    return run_result
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """An output file's folder must exist, found out before the benchmark runs, not after."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CommandError(f"{option} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise CommandError(f"{option} {path}: the folder {path.parent} does not exist")
+
+
 def print_comparison(old: dict, new: dict, tolerance: float) -> int:
     lines, worse = compare_results(old, new, tolerance)
     print("\n".join(lines))
-    return 1 if worse else 0
+    return CHECK_FAILED if worse else 0
 
 
 def write_outputs(result: dict, markdown: str, args: argparse.Namespace):
@@ -195,27 +221,31 @@ def write_outputs(result: dict, markdown: str, args: argparse.Namespace):
         args.markdown.write_text(markdown)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.command == "peak-memory":
+def bench_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    if args.command == "peak-memory":  # the benchmark's own child process, with the numbers it was given
         settings = Settings(threads=args.threads, memory_limit_mib=args.memory_limit_mib,
                             contenders_dir=args.contenders_dir, gss_shape=gss_shape(args),
                             tokens_per_step=args.tokens_per_step)
         print(json.dumps(measure_training_peak_memory(args.model, args.length, settings)))
         return 0
+    check_numbers(parser, args)
     if args.command == "compare":
-        return print_comparison(json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.tolerance)
+        return print_comparison(read_run(args.old), read_run(args.new), args.tolerance)
+    check_output(args.out, "--out")
+    check_output(args.markdown, "--markdown")
     if args.command in HARNESSES:
-        settings_class, run, markdown, _ = HARNESSES[args.command]
+        settings_class, run_harness, markdown = HARNESSES[args.command]
         chosen = {field.name: getattr(args, field.name) for field in option_fields(settings_class)}
-        result = run(settings_class(**chosen))
+        result = run_harness(settings_class(**chosen))
         write_outputs(result, markdown(result), args)
         return 0
 
+    old_run = read_run(args.compare) if args.compare else None  # read now: not found after the whole benchmark
     started = time.perf_counter()
     result = run_benchmarks(settings_from_args(args), log=lambda message: print(
         f"[bench {time.perf_counter() - started:6.1f} s] {message}", flush=True))
     write_outputs(result, to_markdown(result), args)
-    if args.compare:
-        return print_comparison(json.loads(args.compare.read_text()), result, args.tolerance)
+    if old_run is not None:
+        return print_comparison(old_run, result, args.tolerance)
     return 0

@@ -6,6 +6,12 @@ and runnable as `python -m ssmlm.cli.NAME`:
     ssmlm-eval-length   eval_length.py    perplexity at 1x..16x the training length (ssmlm/evaluation/)
     ssmlm-bench         bench.py          speed, memory and FLOPs against transformers' Llama (ssmlm/benchmark/)
     ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
+    ssmlm-study         study.py          train, evaluate and time every model of a study plan (ssmlm/study/)
 
 `train.py` and `generate.py` at the top of a checkout, and scripts/, are thin wrappers around these.
+
+Every command goes through entry.py: its exit codes mean the same everywhere (0 done; 1 the command's own check
+failed, e.g. training diverged; 2 a problem with the input, found before anything was written; 74 writing failed,
+e.g. a full disk; 130 stopped by Ctrl-C or SIGTERM), every failure the user can act on is one line on stderr, and
+--help answers before torch is imported.
 """

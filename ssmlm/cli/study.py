@@ -1,13 +1,18 @@
 """`ssmlm-study` (also `python -m ssmlm.cli.study` and `python scripts/study.py` in a checkout): train every model of a
-study plan on the same corpus, tokenizer and tokens, evaluate and time them, and write the report (docs/study.md).
+study plan on the same corpus, tokenizer and tokens, evaluate and time them, and write the report (the README's
+study section explains it).
 
     ssmlm-study --plan small --out reports/study-small           # the shipped plan, all phases
     ssmlm-study --plan small --out reports/study-small --phases sweep
     ssmlm-study --plan small --out /tmp/study --quick            # the same plan end to end at a tiny size
 
 A phase or training run already done in OUT is not done again: run the same command to continue a study that was
-stopped. Exit codes: 0 done; 1 the evaluation's two regimes disagreed somewhere; 2 a problem with the plan, a
-config or the data; 130 stopped by Ctrl-C or SIGTERM (a run stopped midway keeps a checkpoint to resume from).
+stopped (there is no --resume: the same command is the way).
+
+Exit codes: 0 done (a run that diverged is a result, recorded in the report); 1 the evaluation's two regimes
+disagreed somewhere; 2 a problem with the plan, a config or the data (the whole plan is checked before anything
+trains); 74 writing failed (a full disk, ...); 130 stopped by Ctrl-C or SIGTERM (a run stopped midway keeps a
+checkpoint, and the same command continues it).
 """
 
 import argparse
@@ -15,14 +20,19 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+from ..shipped import shipped_plan_names
+from ..study import PHASES
+from .entry import CHECK_FAILED, STOPPED, ArgumentParser, CommandError, run
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..study.runner import PHASES
+CONTINUE = "run the same command to continue the study"
 
-    parser = argparse.ArgumentParser(description="Train, evaluate and time every model of a study plan, and report "
-                                                 "on the papers' claims.")
+
+def build_parser(prog: str = "ssmlm-study") -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog=prog, description="Train, evaluate and time every model of a study plan, and report "
+                                                   "on the papers' claims.")
     parser.add_argument("--plan", default="small", metavar="FILE|NAME",
-                        help="a study plan: a YAML file or a shipped plan's name (default: small)")
+                        help=f"a study plan: a YAML file or a shipped plan's name: {', '.join(shipped_plan_names())} "
+                             f"(default: small)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the runs, evaluations and report go")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
                         help="the phases to run, in their order (default: all)")
@@ -36,33 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def study_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
 
-    from ..data.sources import DataError
+    # Imported after parsing, so --help is quick.
     from ..study.plan import load_plan
-    from ..study.runner import Study
-    from ..tooling.saved_models import UsageError
-    from ..training import ConfigError, TrainingStopped
+    from ..study.runner import EvaluationFailed, Study
+    from ..training import TrainingStopped
 
+    plan = load_plan(args.plan)
+    if args.quick:
+        plan = plan.quick_version()
+    study = Study(plan, Path(args.out), Path(args.corpus) if args.corpus else None, args.settings, args.threads,
+                  log=lambda text: print(f"{parser.prog}: {text}", file=sys.stderr, flush=True))
+    study.check()  # every config, before anything trains
+    if "evaluate" in args.phases and find_spec("matplotlib") is None:
+        raise CommandError("the evaluation's plots need matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
     try:
-        plan = load_plan(args.plan)
-        if args.quick:
-            plan = plan.quick_version()
-        study = Study(plan, Path(args.out), Path(args.corpus) if args.corpus else None, args.settings, args.threads,
-                      log=lambda text: print(f"{parser.prog}: {text}", file=sys.stderr, flush=True))
-        study.check()  # every config, before anything trains
-        if "evaluate" in args.phases and find_spec("matplotlib") is None:
-            raise UsageError("the evaluation's plots need matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
         study.run(args.phases)
-    except (ConfigError, DataError, UsageError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except (TrainingStopped, KeyboardInterrupt) as error:
-        print(f"{parser.prog}: {error or 'interrupted'}; run the same command to continue the study", file=sys.stderr)
-        return 130
-    return 1 if study.disagreed() else 0
+    except EvaluationFailed as failure:  # the evaluation said why, in its own line
+        return failure.code
+    except TrainingStopped as stop:
+        print(f"{parser.prog}: a run stopped at step {stop.step}, with a checkpoint; {CONTINUE}", file=sys.stderr)
+        return STOPPED
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; {CONTINUE}", file=sys.stderr)
+        return STOPPED
+    return CHECK_FAILED if study.disagreed() else 0
+
+
+def main(argv: list[str] | None = None, prog: str = "ssmlm-study") -> int:
+    parser = build_parser(prog)
+    return run(parser.prog, lambda: study_from_command_line(parser, argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Length extrapolation (the GSS paper's Figure 9): perplexity of saved models at 1×..16× their training length,
 by position in the context, in the convolutional (window) and streaming (recurrent) regimes.
 
-    python scripts/eval_length.py --model runs/gss runs/mega-chunk --data books=data/corpus/books/test.jsonl \
+    ssmlm-eval-length --model runs/gss runs/mega-chunk --data books=data/corpus/books/test.jsonl \
         --train-length 512 --multipliers 1 2 4 8 16 --out reports/extrapolation
 
 For a length L, every document with at least L tokens gives one window: its first L tokens, each scored given
@@ -15,13 +15,11 @@ them.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import sys
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 import datasets
@@ -29,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
-from transformers.utils import logging as transformers_logging
 
 from ..data.sources import DataError, is_local, load_split
 from ..tooling.markdown import markdown_table
 from ..tooling.memory import PeakMemory, is_out_of_memory
 from ..tooling.saved_models import LOAD_ERRORS, UsageError, check_model_dir, load, one_line, pick_device
+from . import DEFAULT_HUB_SPLIT, HUB_PREFIX, MIN_STREAM_CHUNKS, REGIMES
 from .perplexity import (
     AGREEMENT_RULE,
     Agreement,
@@ -45,11 +43,7 @@ from .perplexity import (
     window_losses,
 )
 
-REGIMES = ("window", "streaming")
 BASELINE = "truncated"  # the pass that scores the same tokens with a training-length context
-MIN_STREAM_CHUNKS = 5
-HUB_PREFIX = "hub:"
-DEFAULT_HUB_SPLIT = "test"
 SAMPLE_SEED = 0  # which documents --max-documents keeps: the same for every model that shares a tokenizer
 TOKENIZE_BATCH = 64
 
@@ -688,119 +682,10 @@ def plot_context_gain(axis, results: dict, domain: str) -> None:
     axis.legend(fontsize="small")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Command line.
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Perplexity of saved ssmlm models at 1x..16x their training length, by position in the context, "
-                    "in the convolutional (window) and streaming (recurrent) regimes. See docs/eval_length.md.",
-    )
-    parser.add_argument("--model", required=True, nargs="+", metavar="DIR",
-                        help="directories written by save_pretrained, each with its tokenizer")
-    parser.add_argument("--data", required=True, nargs="+", action="extend", metavar="DOMAIN=SOURCE",
-                        help="evaluation documents of one domain: a .jsonl/.txt file or glob (e.g. "
-                             "books=data/corpus/books/test.jsonl) or a Hub dataset, code=hub:NAME[:split] (split "
-                             f"'{DEFAULT_HUB_SPLIT}' by default)")
-    parser.add_argument("--train-length", type=int, metavar="N",
-                        help="the models' training length: lengths are N x --multipliers, and plots mark N")
-    parser.add_argument("--multipliers", type=int, nargs="+", default=[1, 2, 4, 8, 16], metavar="K",
-                        help="multiples of --train-length to evaluate (default 1 2 4 8 16)")
-    parser.add_argument("--lengths", type=int, nargs="+", metavar="L",
-                        help="context lengths to evaluate, instead of --train-length x --multipliers")
-    parser.add_argument("--bucket-size", type=int, default=1024, metavar="N",
-                        help="positions per bucket of the per-position perplexity (default 1024)")
-    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES),
-                        help="window: one convolutional forward of the whole window; streaming: chunks with the "
-                             "recurrent state carried (default both)")
-    parser.add_argument("--stream-chunk", type=int, default=2048, metavar="N",
-                        help="at most N tokens per forward in the streaming regime and the truncated pass (default "
-                             f"2048); streaming reads every window in at least {MIN_STREAM_CHUNKS} chunks")
-    parser.add_argument("--baseline-context", type=int, metavar="C",
-                        help="the context gain's truncated context: the same tokens are scored again with at most C "
-                             "tokens before each (default --train-length; without either, no context gain)")
-    parser.add_argument("--baseline-stride", type=int, metavar="S",
-                        help="positions scored per truncated piece: each position from C on sees C - S to C - 1 "
-                             "tokens; smaller is closer to exactly C and costs C/S forwards of C tokens per C "
-                             "positions (default C/4)")
-    parser.add_argument("--max-window-length", type=int, metavar="L",
-                        help="run the window regime only up to this length (longer ones are streamed only)")
-    parser.add_argument("--max-documents", type=int, metavar="N",
-                        help="at most N windows per domain and length, a seeded sample (default: all)")
-    parser.add_argument("--concatenate-documents", action="store_true",
-                        help="join all documents into one stream and cut it into windows (the output says so); by "
-                             "default only documents with at least L tokens are scored")
-    parser.add_argument("--text-column", default="text", help="the text field of JSONL records and Hub datasets")
-    parser.add_argument("--cache-dir", default="~/.cache/ssmlm",
-                        help="where datasets keeps its caches (default ~/.cache/ssmlm, as training)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', ...")
-    parser.add_argument("--out", required=True, metavar="DIR", help="writes results.json, results.md, perplexity.png")
-    return parser
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Check the numbers that argparse's types cannot (UsageError: one line, exit code 2)."""
-    if args.lengths is None and args.train_length is None:
-        raise UsageError("give --train-length (with --multipliers) or --lengths")
-    lengths = sorted(set(args.lengths or [args.train_length * multiplier for multiplier in args.multipliers]))
-    positive = {"--lengths / --multipliers": lengths[0], "--train-length": args.train_length,
-                "--bucket-size": args.bucket_size, "--stream-chunk": args.stream_chunk,
-                "--max-window-length": args.max_window_length, "--max-documents": args.max_documents,
-                "--baseline-context": args.baseline_context, "--baseline-stride": args.baseline_stride}
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be positive, got {value}")
-    domains = [spec.partition("=")[0] for spec in args.data]
-    if len(set(domains)) < len(domains):
-        raise UsageError(f"--data: each domain once, got {', '.join(domains)}")
-    context = args.baseline_context or args.train_length
-    if context and context > lengths[0]:
-        flag = "--baseline-context" if args.baseline_context else "--baseline-context (by default --train-length)"
-        raise UsageError(f"{flag} {context} is longer than the evaluation length {lengths[0]}: the truncated context "
-                         "must fit in every window")
-    if args.baseline_stride and not context:
-        raise UsageError("--baseline-stride needs --baseline-context or --train-length")
-    stride = args.baseline_stride or (max(1, context // 4) if context else None)
-    if context and stride > context:
-        raise UsageError(f"--baseline-stride {stride} is longer than the truncated context {context}")
-    return Settings(
-        lengths=lengths,
-        train_length=args.train_length,
-        bucket_size=args.bucket_size,
-        regimes=[regime for regime in REGIMES if regime in args.regimes],
-        stream_chunk=args.stream_chunk,
-        max_window_length=args.max_window_length,
-        max_documents=args.max_documents,
-        concatenate_documents=args.concatenate_documents,
-        baseline_context=context,
-        baseline_stride=stride,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    datasets.disable_progress_bars()  # one progress bar: ours
-    transformers_logging.disable_progress_bar()
-    try:
-        settings = settings_from(args)
-        if find_spec("matplotlib") is None:  # found out now, not after hours of evaluation
-            raise UsageError("the plot needs matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
-        device = pick_device(args.device)
-        specs = [parse_data_spec(text) for text in args.data]
-        results = evaluate([Path(path) for path in args.model], specs, settings, device, args.text_column,
-                           args.cache_dir)
-    except (UsageError, DataError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-
-    out = Path(args.out)
+def write_outputs(results: dict, out: Path) -> str:
+    """results.json, results.md and perplexity.png in `out`; returns the agreement summary."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "results.md").write_text(render_markdown(results), encoding="utf-8")
     write_plot(results, out / "perplexity.png")
-    summary = agreement_summary(results)
-    print(f"{summary}\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'perplexity.png'}")
-    return 1 if summary.startswith("DISAGREE") else 0
-
+    return agreement_summary(results)

@@ -26,13 +26,14 @@ from ..configuration import SSMLMConfig
 from ..modeling import SSMLMForCausalLM
 from ..benchmark.measure import make_generation, make_training_step, run_interleaved, torch_threads
 from ..benchmark.runs import machine_info
-from ..evaluation import extrapolation
+from ..cli import eval_length
+from ..cli.entry import CHECK_FAILED, OK
 from ..tooling.saved_models import load
 from ..training import TrainConfig, TrainingDiverged, load_config, train
 from ..training.checkpoints import latest_checkpoint
+from . import PHASES
 from .plan import StudyPlan
 
-PHASES = ("sweep", "train", "evaluate", "time", "report")
 SWEEP_EXTENSIONS = 2  # rates a family's sweep may add past the edge of its grid
 RUN_RECORD = "study-run.json"
 SEED_SUFFIX = "-seed"  # a run's folder, and its name in the evaluation: MODEL-seedSEED
@@ -66,6 +67,14 @@ def read_json(path: Path) -> dict | None:
 def write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+class EvaluationFailed(Exception):
+    """The evaluation ended with exit code `code` other than 0 or 1, having said why on stderr."""
+
+    def __init__(self, code: int):
+        super().__init__(f"the evaluation ended with exit code {code}")
+        self.code = code
 
 
 @dataclass
@@ -231,7 +240,10 @@ class Study:
             self.log(f"evaluating into {self.out / folder}")
             start = time.perf_counter()
             with torch_threads(self.threads or torch.get_num_threads()):
-                codes[folder] = extrapolation.main([*common, *arguments, "--out", str(self.out / folder)])
+                codes[folder] = eval_length.main([*common, *arguments, "--out", str(self.out / folder)],
+                                                 prog=f"ssmlm-study: {folder}")
+            if codes[folder] not in (OK, CHECK_FAILED):  # a disagreement is a result; anything else stops the study
+                raise EvaluationFailed(codes[folder])
             write_json(self.out / folder / "study-phase.json", {"seconds": time.perf_counter() - start,
                                                                  "exit_code": codes[folder]})
         return codes

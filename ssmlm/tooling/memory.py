@@ -76,11 +76,11 @@ def keep_freed_host_memory() -> bool:
 def add_host_allocator_option(parser: argparse.ArgumentParser):
     """--host-allocator for the benchmark and profiling scripts: measure what the trainer runs, or the default."""
     parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
-                        help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default; "
-                             "ssmlm/tooling/memory.py), or leave glibc's malloc as it is: large blocks mapped afresh "
-                             "at every allocation, which slows every model's long sequences. A kept heap holds "
-                             "the high-water mark of all the process ran: for several large models in one run, "
-                             "'system' may be the one that fits (docs/benchmarks.md)")
+                        help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default), or "
+                             "leave glibc's malloc as it is: large blocks mapped afresh at every allocation, which "
+                             "slows every model's long sequences. A kept heap holds the high-water mark of all the "
+                             "process ran: for several large models in one run, 'system' may be the one that fits "
+                             "(the README's Benchmarks section)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

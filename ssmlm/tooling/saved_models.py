@@ -108,8 +108,9 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-# What from_pretrained raises for damaged files: a bad config field, a truncated or foreign weights file, ...
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, StrictDataclassError, SafetensorError)
+# What from_pretrained raises for damaged files: a bad config field, a truncated or foreign weights file, a
+# pytorch_model.bin that holds more than tensors (torch.load's weights_only refuses it, and nothing in it runs), ...
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, StrictDataclassError, SafetensorError, pickle.UnpicklingError)
 
 
 def load(model_dir: Path, device: torch.device, dtype):

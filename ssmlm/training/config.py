@@ -28,19 +28,11 @@ from accelerate.utils import LoggerType
 from ..configuration import SSMLMConfig, upgrade_legacy_fields
 from ..kernels import KERNELS
 from ..data.tokenizer import SPECIAL_TOKENS
+from ..shipped import SHIPPED_CONFIGS, shipped_config_names
 
 
 class ConfigError(ValueError):
     """A problem with the user's configuration or input data, reported as one line (train.py exits with code 2)."""
-
-
-# The configs shipped inside the package (package data, so a pip install has them too); `configs/` in a checkout is
-# a link to this folder.
-SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def shipped_config_names() -> list[str]:
-    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -49,10 +41,12 @@ def config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file, or a shipped config's name")
     if len(path.parts) == 1:
-        shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-        if shipped.is_file():
-            return shipped
         raise ConfigError(f"config file not found: {path}; the shipped configs are {', '.join(shipped_config_names())}")
     raise ConfigError(f"config file not found: {path}")
 

@@ -150,9 +150,13 @@ class RunLock:
             handle = open(run_dir / MARKER, "x", encoding="utf-8")
         except FileExistsError:
             raise ConfigError(f"output directory {run_dir} was just taken by another run") from None
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can have the new file open yet
-        handle.write(json.dumps({"id": uuid.uuid4().hex, "ssmlm_version": __version__, **fields}) + "\n")
-        handle.flush()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can have the new file open yet
+            handle.write(json.dumps({"id": uuid.uuid4().hex, "ssmlm_version": __version__, **fields}) + "\n")
+            handle.flush()
+        except BaseException:
+            handle.close()
+            raise
         return cls(run_dir, handle)
 
     def release(self) -> None:
@@ -182,8 +186,30 @@ def start_run(run_dir: Path, mode: str, protected: Iterable[Path] = ()) -> RunLo
     elif not is_empty(run_dir):
         raise ConfigError(f"output directory {run_dir} already exists; pass --overwrite to replace it, or --resume "
                           f"to continue its latest checkpoint")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return RunLock.create(run_dir, **({"replaces": replaces} if replaces else {}))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return RunLock.create(run_dir, **({"replaces": replaces} if replaces else {}))
+    except OSError:
+        abandon_start(run_dir, mode, replaced=replaces is not None)
+        raise
+
+
+def abandon_start(run_dir: Path, mode: str, replaced: bool) -> None:
+    """Undo what `start_run(run_dir, mode)` and the run's first files did, after a write failed (a full disk): the
+    new run's files are deleted (its directory was missing or empty, or held the run it `replaced`, which is moved
+    back from `<dir>.replaced`), so that the same command works once the problem is fixed. A resumed run keeps its
+    files: its marker and checkpoints were there before."""
+    if mode == "continue" or run_dir.is_symlink() or not run_dir.is_dir():
+        return
+    if replaced:
+        shutil.rmtree(run_dir)
+        os.rename(replaced_path(run_dir), run_dir)
+        return
+    for path in run_dir.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def replace_run(run_dir: Path) -> dict:

@@ -25,6 +25,8 @@ Output directory:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
 import math
@@ -40,6 +42,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
 from accelerate.utils import broadcast_object_list, set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -51,8 +54,9 @@ from ..tooling.saved_models import model_files, write_manifest
 from . import checkpoints
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .model_card import model_card
-from .run_dir import check_not_busy, check_replaceable, check_writable, finish_run, is_empty, is_legacy_run, is_run
-from .run_dir import free_path, is_unfinished_replacement, readable_by_all, replaced_path, start_run
+from .run_dir import abandon_start, check_not_busy, check_replaceable, check_writable, finish_run, free_path
+from .run_dir import is_empty, is_legacy_run, is_run, is_unfinished_replacement, readable_by_all, replaced_path
+from .run_dir import start_run
 from .tasks import TASKS, Task
 
 
@@ -61,7 +65,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingStopped(RuntimeError):
-    """SIGINT or SIGTERM stopped the run after a step, which was saved as a checkpoint."""
+    """SIGINT or SIGTERM stopped the run after `step`, which was saved as a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped at step {step}, saved as checkpoint-{step}; continue with --resume")
+        self.step = step
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,20 +115,22 @@ def read_paths(config: TrainConfig, config_file: str | None) -> list[Path]:
 
 
 def on_main_process(accelerator: Accelerator, action):
-    """Run `action` on the main process only; a ConfigError or OSError it raises is raised on every process, as a
-    ConfigError (the others wait for its outcome, and must not wait forever)."""
+    """Run `action` on the main process only; a ConfigError or OSError it raises is raised on every process (the
+    others wait for its outcome, and must not wait forever)."""
     outcome = [None]
     if accelerator.is_main_process:
         try:
             action()
         except ConfigError as error:
-            outcome = [str(error)]
+            outcome = [("config", str(error))]
         except OSError as error:
-            outcome = [f"{error.filename or 'output.dir'}: {error.strerror or error}"]
+            outcome = [("os", error.errno, error.strerror or str(error), error.filename or "output.dir")]
     if accelerator.num_processes > 1:
         broadcast_object_list(outcome)
-    if outcome[0] is not None:
-        raise ConfigError(outcome[0])
+    if outcome[0] is None:
+        return
+    kind, *details = outcome[0]
+    raise ConfigError(*details) if kind == "config" else OSError(*details)
 
 
 def keep_config(output_dir: Path, config: TrainConfig, start_step: int) -> None:
@@ -419,7 +429,13 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     def take_output_dir():
         nonlocal lock
         lock = start_run(output_dir, mode, read_paths(config, config_file))
-        keep_config(output_dir, config, start_step)
+        try:
+            keep_config(output_dir, config, start_step)
+        except OSError:
+            abandon_start(output_dir, mode, replaced=is_unfinished_replacement(output_dir))
+            lock.release()
+            lock = None
+            raise
         for path in checkpoints.set_aside_after(output_dir, start_step):
             warn(accelerator, f"note: {path.name}, of a later step than the one resumed from, is set aside (renamed), "
                               f"not deleted")
@@ -473,7 +489,8 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         if not weights_finite(model, accelerator):
             raise TrainingDiverged(f"training diverged by step {step}: the weights are no longer finite; "
                                    f"{last_good(output_dir)}")
-        return checkpoints.save(accelerator, output_dir, step, config, config.output.keep_checkpoints)
+        with writing(output_dir / "checkpoints" / f"checkpoint-{step}", output_dir):
+            return checkpoints.save(accelerator, output_dir, step, config, config.output.keep_checkpoints)
 
     # Gradient clipping with an infinite threshold measures the norm (for the divergence check) without clipping.
     max_grad_norm = training.max_grad_norm or math.inf
@@ -545,25 +562,39 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
             if stop_requested:
                 if step % config.output.save_every:
                     save_checkpoint(step)
-                raise TrainingStopped(f"stopped at step {step}, saved as checkpoint-{step}; continue with --resume")
+                raise TrainingStopped(step)
 
     # The final model and its tokenizer, loadable with from_pretrained, generate.py and pipeline(); then the last
     # checkpoint, so that a checkpoint at max_steps always comes with its final model.
     if not weights_finite(model, accelerator):
         raise TrainingDiverged(f"the final weights are not finite; no final model was saved; {last_good(output_dir)}")
     accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=plain_names(accelerator.get_state_dict(model)))
-    if accelerator.is_main_process:
-        tokenizer_files = [Path(path).name for path in tokenizer.save_pretrained(output_dir)]
-        card = model_card(config, accelerator.unwrap_model(model, keep_torch_compile=False), metrics, training.max_steps * tokens_per_step,
-                          output_dir)
-        (output_dir / "README.md").write_text(card, encoding="utf-8")
-        readable_by_all(output_dir)
-        write_manifest(output_dir, [*model_files(output_dir), *tokenizer_files])
+    with writing(output_dir, output_dir):
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+            output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+            state_dict=plain_names(accelerator.get_state_dict(model)))
+        if accelerator.is_main_process:
+            tokenizer_files = [Path(path).name for path in tokenizer.save_pretrained(output_dir)]
+            card = model_card(config, accelerator.unwrap_model(model, keep_torch_compile=False), metrics,
+                              training.max_steps * tokens_per_step, output_dir)
+            (output_dir / "README.md").write_text(card, encoding="utf-8")
+            readable_by_all(output_dir)
+            write_manifest(output_dir, [*model_files(output_dir), *tokenizer_files])
     save_checkpoint(training.max_steps)
     return metrics
+
+
+@contextlib.contextmanager
+def writing(path: Path, output_dir: Path):
+    """A write that failed (a full disk, a quota, a read-only filesystem) as an OSError naming the file, and where the
+    run can go on from: torch.save reports it as a RuntimeError and safetensors as a SafetensorError."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(error.errno, f"{error.strerror or error}; {last_good(output_dir)}",
+                      error.filename or str(path)) from error
+    except (RuntimeError, SafetensorError) as error:
+        raise OSError(errno.EIO, f"writing failed ({error}); {last_good(output_dir)}", str(path)) from error
 
 
 def last_good(output_dir: Path) -> str:

@@ -180,10 +180,11 @@ class LanguageModelHead(nn.Linear):
 
     @classmethod
     def taking_over(cls, linear: nn.Linear) -> "LanguageModelHead":
-        """A head with the parameters of a plain linear layer (what transformers' resize_token_embeddings makes)."""
-        head = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        head.weight, head.bias = linear.weight, linear.bias
-        return head
+        """A plain linear layer (what transformers' resize_token_embeddings makes) as this head: the same module,
+        its parameters, hooks and init marks kept (post_init must not re-initialise resized weights); the head has
+        no state of its own, only its forward."""
+        linear.__class__ = cls
+        return linear
 
 
 class SSMLMForCausalLM(SSMLMPreTrainedModel, GenerationMixin):

@@ -8,9 +8,11 @@ import pytest
 
 from ssmlm.tooling.memory import ENVIRONMENT
 
-# Page faults while filling a 256 MB tensor, once the same size has been allocated and freed a few times.
+# Page faults while filling a 256 MB tensor, once the same size has been allocated and freed a few times. In a
+# process of the trainer's or the benchmark's, which have imported transformers (as this one does): in a bare
+# `import torch` process the heap's first large blocks land so that every other refill still faults its pages in.
 REFILL_FAULTS = """
-import resource, sys, torch
+import resource, sys, torch, transformers
 from ssmlm.tooling.memory import keep_freed_host_memory
 print(keep_freed_host_memory() if sys.argv[1] == "keep" else False)
 for _ in range(4):

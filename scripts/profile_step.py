@@ -21,10 +21,12 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlm.benchmark import MODEL_BUILDERS, Contenders, make_training_step
 from ssmlm.benchmark.batched import prefill, repeat_each_sequence
+from ssmlm.benchmark.cli import add_host_allocator_option
+from ssmlm.benchmark.contenders import MODEL_BUILDERS, Contenders
+from ssmlm.benchmark.measure import make_training_step
 from ssmlm.compat import returned_cache
-from ssmlm.tooling.memory import add_host_allocator_option, keep_freed_host_memory
+from ssmlm.tooling.memory import keep_freed_host_memory
 
 
 def profile_training(model, length: int, device: torch.device, warmup: int):

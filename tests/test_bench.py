@@ -22,9 +22,10 @@ import torch
 import transformers
 from torch import nn
 
-from ssmlm.benchmark import Contenders, Settings, cli, contenders, public, runs
+from ssmlm.benchmark import CONTENDERS_DIR, cli, contenders, public, runs
 from ssmlm.cli.bench import main
 from ssmlm.benchmark.compare import compare_results, regression_figures
+from ssmlm.benchmark.contenders import Contenders
 from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
 from ssmlm.benchmark.measure import (
     make_training_step,
@@ -37,6 +38,7 @@ from ssmlm.benchmark.measure import (
     torch_threads,
 )
 from ssmlm.benchmark.report import format_ratio, format_value, public_comparison_table, to_markdown
+from ssmlm.benchmark.settings import Settings
 from ssmlm.benchmark.size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -178,10 +180,8 @@ def test_bad_input_is_one_line_and_exit_code_2_before_anything_runs(argv, messag
     paths = {"missing": tmp_path / "missing", "not_json": tmp_path / "table.md", "foreign": tmp_path / "other.json"}
     paths["not_json"].write_text("| a | b |\n")
     paths["foreign"].write_text(json.dumps({"loss": 1.0}))
-    monkeypatch.setattr(cli, "run_benchmarks", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
-    for name in cli.HARNESSES:
-        settings_class, _, markdown = cli.HARNESSES[name]
-        monkeypatch.setitem(cli.HARNESSES, name, (settings_class, lambda settings: pytest.fail("it ran"), markdown))
+    monkeypatch.setattr(runs, "run_benchmarks", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
+    monkeypatch.setattr(cli, "run_harness", lambda *args: pytest.fail("a harness ran"))
     code = main([part.format(**paths) for part in argv])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith(f"ssmlm-bench: error: {message.format(**paths)}") and error.count("\n") == 1
@@ -510,8 +510,8 @@ def test_ratio_to_the_public_implementation_in_rows_figures_and_markdown(stub_wo
 
 
 CONTENDERS_INSTALLED = (
-    (public.legacy_transformers_dir(public.CONTENDERS_DIR) / "transformers").is_dir()
-    and (public.gss_port_in_environment() or (public.CONTENDERS_DIR / "gss-port").is_dir())
+    (public.legacy_transformers_dir(CONTENDERS_DIR) / "transformers").is_dir()
+    and (public.gss_port_in_environment() or (CONTENDERS_DIR / "gss-port").is_dir())
 )
 
 

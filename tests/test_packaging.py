@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ssmlm.cli import bench
 from ssmlm.training.config import ConfigError, config_path, load_config, shipped_config_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +52,20 @@ COMMAND_MODULES = {f"ssmlm.cli.{command.replace('-', '_')}": f"ssmlm-{command}" 
 HEAVY_MODULES = ("torch", "transformers", "accelerate", "datasets")
 
 
+def help_in_a_fresh_process(module: str, *command: str) -> subprocess.CompletedProcess:
+    """`main([*command, '--help'])` of a command's module in a process of its own, which ends its stderr with the
+    heavy libraries imported by then: `imported:` alone when there are none."""
+    code = (f"import sys; from {module} import main; code = main({[*command, '--help']!r}); "
+            f"print('imported:', *[name for name in {HEAVY_MODULES!r} if name in sys.modules], file=sys.stderr); "
+            f"sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
 @pytest.mark.parametrize("module, prog", COMMAND_MODULES.items())
 def test_every_help_answers_before_importing_torch_and_names_no_file_of_a_checkout(module, prog):
     """--help builds the parser and answers before the heavy libraries load (a timing would be noise: what is
     imported is what takes the time), as `python -m` prints the command's name, and cites only what a pip user has."""
-    code = (f"import sys; from {module} import main; code = main(['--help']); "
-            f"print('imported:', *[name for name in {HEAVY_MODULES!r} if name in sys.modules], file=sys.stderr); "
-            f"sys.exit(code)")
-    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    shown = help_in_a_fresh_process(module)
     assert shown.returncode == 0 and shown.stderr.strip() == "imported:", shown.stderr
     assert shown.stdout.startswith(f"usage: {prog} ")
     assert "docs/" not in shown.stdout and "scripts/" not in shown.stdout
@@ -66,14 +73,13 @@ def test_every_help_answers_before_importing_torch_and_names_no_file_of_a_checko
     assert as_module.returncode == 0 and as_module.stdout == shown.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "all", "compare", "mega-chunk", "compile", "decode-batch",
-                                     "long-stream"])
-def test_every_bench_command_help_names_no_file_of_a_checkout(command, capsys):
-    from ssmlm.cli.bench import main
-
-    assert main([command, "--help"]) == 0
-    shown = capsys.readouterr().out
-    assert shown.startswith(f"usage: ssmlm-bench {command} ") and "docs/" not in shown and "scripts/" not in shown
+@pytest.mark.parametrize("command", list(bench.COMMANDS))
+def test_every_bench_command_help_answers_before_importing_torch_and_names_no_file_of_a_checkout(command):
+    """The same for each command of ssmlm-bench: its options are built, and shown, without the heavy libraries."""
+    shown = help_in_a_fresh_process("ssmlm.cli.bench", command)
+    assert shown.returncode == 0 and shown.stderr.strip() == "imported:", shown.stderr
+    assert shown.stdout.startswith(f"usage: ssmlm-bench {command} ")
+    assert "docs/" not in shown.stdout and "scripts/" not in shown.stdout
 
 
 @pytest.mark.parametrize("module, prog", COMMAND_MODULES.items())

@@ -3,11 +3,12 @@ transformers' Llama and the public implementations of GSS and Mega-chunk, and Me
 Mega. The model library never imports it.
 
     size.py         the size every contender is built at and the batch it is measured with
-    contenders.py   the contenders by name (MODEL_BUILDERS, MODEL_NAMES), built by Contenders at one GSS shape
-                    and matched to GSS's parameter count; describe_model
+    contenders.py   the contenders by name (MODEL_BUILDERS; MODEL_NAMES below), built by Contenders at one GSS
+                    shape and matched to GSS's parameter count; describe_model
     public.py       the public implementations: lucidrains' GSS port, and transformers 4.x's Mega-chunk in a
                     worker process (WorkerContender; scripts/bench_worker_legacy_mega.py speaks the protocol)
-    settings.py     Settings: what one run measures, as its JSON records it; the GPU's and --quick's defaults
+    settings.py     what each command measures, as its JSON records it: Settings (train, generate, all) with the
+                    GPU's and --quick's defaults, and the settings of the other commands
     flops.py        FLOPs per forward, from the kernels' own `flops` and the blocks' `attention_shape`
     measure.py      a training step and a generation timed as closures, run interleaved after a warmup; the
                     matmul peak; peak memory in a process per (model, length)
@@ -16,10 +17,29 @@ Mega. The model library never imports it.
     report.py       the markdown of a run
     mega_chunk.py   the `mega-chunk` command: Mega-chunk against full-attention Mega, time per token
     cli.py          the commands' options and their run, for `ssmlm-bench` (ssmlm/cli/bench.py, its entry point)
+
+The names below are the command line's too, and free of torch, for `ssmlm-bench COMMAND --help`.
 """
 
-from .contenders import MODEL_BUILDERS, Contenders
-from .measure import make_training_step, random_tokens
-from .settings import Settings
+import contextlib
+from pathlib import Path
 
-__all__ = ["MODEL_BUILDERS", "Contenders", "make_training_step", "random_tokens", "Settings"]
+BASELINE = "llama"
+MAMBA = "mamba"
+# The public implementations ours are measured against (public.py).
+GSS_PORT, LEGACY_MEGA = "gss-port", "mega-chunk-hf4"
+WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness's
+
+# Every contender, in the order of the tables: those of contenders.MODEL_BUILDERS (which checks that they are the
+# same) and the public implementations.
+MODEL_NAMES = ["gss", "gss-logits-loss", GSS_PORT, "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4",
+               "gss-sgconv", "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA, "hybrid", BASELINE, MAMBA]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTENDERS_DIR = REPO_ROOT / ".bench-contenders"  # where scripts/install_bench_contenders.sh installs them
+
+
+def display_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    return str(path)

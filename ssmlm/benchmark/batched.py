@@ -1,22 +1,12 @@
-"""Serving many streams: generated tokens/s when B sequences decode at once after a prompt, the cache each sequence
-holds, and decoding MFU, for GSS, Mega-chunk, the hybrid, Llama and transformers' Mamba at matched parameters.
-
-Each (model, prompt length) is prefilled once at batch 1; every timed run copies that cache, repeats it B times
-(`batch_repeat_interleave`, as generate() does for several sequences per prompt) and decodes `new_tokens` greedy
-steps for all B at once, so the prefill is not timed and every batch size decodes from the same state. All runs
-are interleaved with two matmul timings: the big square one MFU is measured against, and one of a decoding step's
-own shape (B × d by d × 4d at the largest B), the rate a decoding step's matmuls could reach at best. And for each
-model and B, its linear layers alone: every projection and the logits, with the model's own weights, as many
-times as the decoding steps run them: what the step would cost if all the rest (the state update, attention over
-the cache, norms, activations, the framework) were free. Cache bytes are those of one sequence's cache after its
-prompt: constant for the recurrent models, growing with the prompt for Llama's keys and values.
+"""The `decode-batch` command: generated tokens/s when B sequences decode at once, the cache each sequence holds,
+and decoding MFU. What it measures, and how, is BatchedSettings's docstring (settings.py), its --help.
 """
 
 import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -37,24 +27,10 @@ from .measure import (
 )
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
+from .settings import BatchedSettings
 from .size import HIDDEN_SIZE
 
 BIG_MATMUL, DECODING_MATMUL, LINEAR_LAYERS = "matmul", "decoding-shaped matmul", "linear layers"
-
-
-@dataclass
-class BatchedSettings:
-    """What is timed; recorded in the run's JSON as `settings`."""
-
-    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk", "hybrid", BASELINE, "mamba"])
-    prompt_lengths: list[int] = field(default_factory=lambda: [1024, 8192])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
-    new_tokens: int = 32
-    repeats: int = 3
-    matmul_size: int = 2048
-    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
-    threads: int = field(default_factory=torch.get_num_threads)
-    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
 
 
 def layer_tensors(cache) -> list[tuple[dict, object]]:

@@ -12,33 +12,38 @@ The public implementations of GSS and Mega-chunk are measured where they are ins
 (scripts/install_bench_contenders.sh). `compare` flags the figures of a run that got worse than a saved one;
 `mega-chunk` times Mega-chunk against full-attention Mega per token at growing lengths. docs/benchmarks.md explains
 each figure and the FLOPs formulas.
+
+The parsers are built without torch, so that `ssmlm-bench COMMAND --help` answers at once: what runs a command is
+imported when it runs.
 """
 
 import argparse
+import inspect
 import json
 import math
-import sys
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
-
-import torch
 
 from ..cli.bench import COMMANDS, DESCRIPTION
 from ..cli.entry import CHECK_FAILED, ArgumentParser, CommandError
-from ..tooling.memory import add_host_allocator_option, available_memory_mib
-from . import batched, compiled, long_stream, mega_chunk
-from .compare import compare_results
-from .contenders import GSS_PORT, LEGACY_MEGA, MODEL_NAMES, WORKER_CONTENDERS
-from .measure import measure_training_peak_memory
-from .public import CONTENDERS_DIR, display_path
-from .report import to_markdown
-from .runs import run_benchmarks
-from .settings import GPU_DEFAULTS, QUICK, Settings
+from . import CONTENDERS_DIR, GSS_PORT, LEGACY_MEGA, MODEL_NAMES, WORKER_CONTENDERS, display_path
+from .settings import (
+    GPU_DEFAULTS,
+    QUICK,
+    BatchedSettings,
+    CompileSettings,
+    LongStreamSettings,
+    MegaChunkSettings,
+    Settings,
+    default_device,
+)
 
 # The choices of a run that the command line sets, each left to Settings's default (or QUICK's, or the GPU's) when
 # not given.
-CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size", "tokens_per_step")
+CHOSEN = ("lengths", "prompt_lengths", "new_tokens", "repeats", "matmul_size", "tokens_per_step", "threads")
+DEVICE_HELP = "default: cuda if available, else cpu"
+THREADS_HELP = "torch threads (default: torch's choice)"
 
 
 def build_parser(prog: str = "ssmlm-bench") -> argparse.ArgumentParser:
@@ -65,15 +70,13 @@ def build_parser(prog: str = "ssmlm-bench") -> argparse.ArgumentParser:
                          help="GSS's SSM width and modes (default d/4 and 2H, SSMLMConfig's), also for GSS with the "
                               "other kernels (default: each paper's own modes); the other contenders are matched to "
                               "the count that results. 256 512 is the GSS port's default shape")
-        run.add_argument("--device", choices=["cpu", "cuda"],
-                         default="cuda" if torch.cuda.is_available() else "cpu")
+        run.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
         run.add_argument("--matmul-size", type=int, help="side of the matmul timed for the peak (default 2048 on "
                                                          "the CPU, 8192 on a GPU)")
         run.add_argument("--memory-limit-mib", type=int,
                          help="address-space limit of each peak-memory process on the CPU, so one that needs too "
                               "much fails alone as OOM (default: MemAvailable at start; 0: none)")
-        run.add_argument("--threads", type=int, help=f"torch threads (default {torch.get_num_threads()}, torch's "
-                                                     "choice); one is far faster on a busy machine, but "
+        run.add_argument("--threads", type=int, help=f"{THREADS_HELP}; one is far faster on a busy machine, but "
                                                      "compare runs only at the same count")
         add_host_allocator_option(run)
         run.add_argument("--quick", action="store_true",
@@ -88,17 +91,16 @@ def build_parser(prog: str = "ssmlm-bench") -> argparse.ArgumentParser:
     compare.add_argument("new", type=Path)
     compare.add_argument("--tolerance", type=float, default=0.1)
 
-    for name, (settings_class, _, _) in HARNESSES.items():
-        module = sys.modules[settings_class.__module__]
-        harness = commands.add_parser(name, help=COMMANDS[name], description=module.__doc__,
+    for name, settings_class in HARNESSES.items():
+        harness = commands.add_parser(name, help=COMMANDS[name], description=inspect.getdoc(settings_class),
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_settings_options(harness, settings_class())
+        add_settings_options(harness, settings_class)
         add_output_options(harness)
 
     child = commands.add_parser("peak-memory", help=COMMANDS["peak-memory"])
     child.add_argument("--model", choices=sorted(set(MODEL_NAMES) - WORKER_CONTENDERS), required=True)
     child.add_argument("--length", type=int, required=True)
-    child.add_argument("--threads", type=int, default=torch.get_num_threads())
+    child.add_argument("--threads", type=int)
     child.add_argument("--memory-limit-mib", type=int, default=0)
     child.add_argument("--contenders-dir", type=Path, default=CONTENDERS_DIR)
     child.add_argument("--gss-shape", type=int, nargs=2)
@@ -106,14 +108,27 @@ def build_parser(prog: str = "ssmlm-bench") -> argparse.ArgumentParser:
     return parser
 
 
-# The harnesses whose options are the fields of their settings dataclass:
-# name -> (settings, run(settings) -> result, to_markdown(result)).
+# The harnesses whose options are the fields of their settings dataclass (settings.py); run_harness runs them.
 HARNESSES = {
-    "mega-chunk": (mega_chunk.MegaChunkSettings, mega_chunk.run_mega_chunk, mega_chunk.to_markdown),
-    "compile": (compiled.CompileSettings, compiled.run_compile_benchmark, compiled.to_markdown),
-    "decode-batch": (batched.BatchedSettings, batched.run_batched_decoding, batched.to_markdown),
-    "long-stream": (long_stream.LongStreamSettings, long_stream.run_long_stream, long_stream.to_markdown),
+    "mega-chunk": MegaChunkSettings,
+    "compile": CompileSettings,
+    "decode-batch": BatchedSettings,
+    "long-stream": LongStreamSettings,
 }
+
+
+def run_harness(command: str, settings) -> tuple[dict, str]:
+    """The result of a harness and its markdown."""
+    from . import batched, compiled, long_stream, mega_chunk
+
+    run, to_markdown = {
+        "mega-chunk": (mega_chunk.run_mega_chunk, mega_chunk.to_markdown),
+        "compile": (compiled.run_compile_benchmark, compiled.to_markdown),
+        "decode-batch": (batched.run_batched_decoding, batched.to_markdown),
+        "long-stream": (long_stream.run_long_stream, long_stream.to_markdown),
+    }[command]
+    result = run(settings)
+    return result, to_markdown(result)
 
 
 def option_fields(settings_class) -> list:
@@ -121,22 +136,36 @@ def option_fields(settings_class) -> list:
     return [field for field in fields(settings_class) if field.metadata.get("option", True)]
 
 
-def add_settings_options(parser: argparse.ArgumentParser, defaults) -> None:
-    """One option per settable field of a harness's settings, with the field's default."""
-    for field in option_fields(type(defaults)):
-        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
+def add_settings_options(parser: argparse.ArgumentParser, settings_class) -> None:
+    """One option per settable field of a harness's settings, with the field's default; the device's and the
+    threads' ask torch, so those two are left unset, for the settings to resolve when they are made."""
+    for field in option_fields(settings_class):
+        flag = "--" + field.name.replace("_", "-")
         if field.name == "host_allocator":
             add_host_allocator_option(parser)
-        elif field.name == "models":
-            parser.add_argument(flag, nargs="+", choices=MODEL_NAMES, default=default)
         elif field.name == "device":
-            parser.add_argument(flag, choices=["cpu", "cuda"], default=default)
+            parser.add_argument(flag, choices=["cpu", "cuda"], help=DEVICE_HELP)
         elif field.name == "threads":
-            parser.add_argument(flag, type=int, default=default, help="torch threads (default: torch's choice)")
-        elif isinstance(default, list):
-            parser.add_argument(flag, type=int, nargs="+", default=default)
+            parser.add_argument(flag, type=int, help=THREADS_HELP)
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            default = field.default if field.default_factory is MISSING else field.default_factory()
+            if field.name == "models":
+                parser.add_argument(flag, nargs="+", choices=MODEL_NAMES, default=default)
+            elif isinstance(default, list):
+                parser.add_argument(flag, type=int, nargs="+", default=default)
+            else:
+                parser.add_argument(flag, type=type(default), default=default)
+
+
+def add_host_allocator_option(parser: argparse.ArgumentParser):
+    """--host-allocator for the benchmark and profiling scripts: measure what the trainer runs, or the default
+    (ssmlm/tooling/memory.py)."""
+    parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
+                        help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default), or "
+                             "leave glibc's malloc as it is: large blocks mapped afresh at every allocation, which "
+                             "slows every model's long sequences. A kept heap holds the high-water mark of all the "
+                             "process ran: for several large models in one run, 'system' may be the one that fits "
+                             "(the README's Benchmarks section)")
 
 
 def add_output_options(parser: argparse.ArgumentParser):
@@ -145,25 +174,32 @@ def add_output_options(parser: argparse.ArgumentParser):
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    on_gpu = args.device == "cuda"
+    from ..tooling.memory import available_memory_mib
+
+    device = args.device or default_device()
+    on_gpu = device == "cuda"
     defaults = (GPU_DEFAULTS if on_gpu else {}) | (QUICK if args.quick else {})
-    chosen = {name: getattr(args, name) for name in CHOSEN if getattr(args, name) is not None}
+    chosen = options_given(args, CHOSEN)
     memory_limit = args.memory_limit_mib
     if memory_limit is None:
         # RLIMIT_AS counts address space, not resident memory, and CUDA reserves far more of it than it uses.
         memory_limit = 0 if on_gpu else available_memory_mib()
     return Settings(
         phase=args.command,
-        device=args.device,
+        device=device,
         models=args.models,
         **(defaults | chosen),
         memory_limit_mib=memory_limit,
-        threads=args.threads or torch.get_num_threads(),
         contenders_dir=args.contenders_dir,
         gss_shape=gss_shape(args),
         host_allocator=args.host_allocator,
         quick=args.quick,
     )
+
+
+def options_given(args: argparse.Namespace, names) -> dict:
+    """The options among `names` that the command line set; the others are left to the settings' defaults."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def gss_shape(args: argparse.Namespace) -> tuple[int, int] | None:
@@ -208,6 +244,8 @@ def check_output(path: Path | None, option: str) -> None:
 
 
 def print_comparison(old: dict, new: dict, tolerance: float) -> int:
+    from .compare import compare_results
+
     lines, worse = compare_results(old, new, tolerance)
     print("\n".join(lines))
     return CHECK_FAILED if worse else 0
@@ -224,7 +262,9 @@ def write_outputs(result: dict, markdown: str, args: argparse.Namespace):
 def bench_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.command == "peak-memory":  # the benchmark's own child process, with the numbers it was given
-        settings = Settings(threads=args.threads, memory_limit_mib=args.memory_limit_mib,
+        from .measure import measure_training_peak_memory
+
+        settings = Settings(**options_given(args, ["threads"]), memory_limit_mib=args.memory_limit_mib,
                             contenders_dir=args.contenders_dir, gss_shape=gss_shape(args),
                             tokens_per_step=args.tokens_per_step)
         print(json.dumps(measure_training_peak_memory(args.model, args.length, settings)))
@@ -235,11 +275,13 @@ def bench_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | N
     check_output(args.out, "--out")
     check_output(args.markdown, "--markdown")
     if args.command in HARNESSES:
-        settings_class, run_harness, markdown = HARNESSES[args.command]
-        chosen = {field.name: getattr(args, field.name) for field in option_fields(settings_class)}
-        result = run_harness(settings_class(**chosen))
-        write_outputs(result, markdown(result), args)
+        settings_class = HARNESSES[args.command]
+        settings = settings_class(**options_given(args, [field.name for field in option_fields(settings_class)]))
+        write_outputs(*run_harness(args.command, settings), args)
         return 0
+
+    from .report import to_markdown
+    from .runs import run_benchmarks
 
     old_run = read_run(args.compare) if args.compare else None  # read now: not found after the whole benchmark
     started = time.perf_counter()

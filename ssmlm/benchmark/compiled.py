@@ -1,17 +1,11 @@
-"""torch.compile against eager: training step time and decoding ms per token of the same models, compiled with
-inductor and `dynamic=True` (what `training.compile` does), at the benchmark's size (size.py).
-
-Each model runs eager and compiled in one process, interleaved with the other runs (run_interleaved: a warmup,
-then repetitions in rotating order), so machine noise hits both alike. The first call of a compiled run is its
-compile, timed apart and not counted in the medians. There is no speed target on the CPU: inductor's CPU code
-does not cover complex numbers (the SSM kernels' modes and FFTs stay eager calls inside the graph), so what it
-can fuse is the real work around them.
+"""The `compile` command: torch.compile (inductor, `dynamic=True`) against eager, training step time and decoding
+ms per token. What it measures, and how, is CompileSettings's docstring (settings.py), its --help.
 """
 
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
@@ -20,24 +14,10 @@ from .contenders import Contenders
 from .measure import make_generation, make_training_step, run_interleaved, torch_threads
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
-from .size import BATCH_SIZE
+from .settings import CompileSettings
 
 CPU = torch.device("cpu")
 MODES = ("eager", "compiled")
-
-
-@dataclass
-class CompileSettings:
-    """What is timed; recorded in the run's JSON as `settings`."""
-
-    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk", "hybrid"])
-    lengths: list[int] = field(default_factory=lambda: [1024, 4096])  # training sequence lengths
-    prompt_length: int = 1024
-    new_tokens: int = 64
-    repeats: int = 3
-    threads: int = field(default_factory=torch.get_num_threads)
-    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
-    batch_size: int = field(default=BATCH_SIZE, metadata={"option": False})  # recorded for whoever reads the JSON
 
 
 def first_call_timed(run: Callable[[], dict], seconds: dict, key) -> Callable[[], dict]:

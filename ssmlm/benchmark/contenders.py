@@ -20,27 +20,17 @@ from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCau
 from ..blocks import BLOCKS
 from ..configuration import SSMLMConfig
 from ..modeling import SSMLMForCausalLM
-from .public import (
-    CONTENDERS_DIR,
-    ContenderUnavailable,
-    GSSPort,
-    WorkerContender,
-    import_gss_port,
-    start_legacy_mega,
-)
+from . import BASELINE, CONTENDERS_DIR, GSS_PORT, LEGACY_MEGA, MAMBA, MODEL_NAMES
+from .public import ContenderUnavailable, GSSPort, WorkerContender, import_gss_port, start_legacy_mega
 from .size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_HEADS, NUM_LAYERS, VOCAB_SIZE, count_parameters
 
-BASELINE = "llama"
-MAMBA = "mamba"
 LLAMA_MAX_POSITIONS = 262144  # RoPE needs a bound; above every length benchmarked here (128k prompts and more)
 HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside chunks of this many tokens
 
 # The public implementations ours are measured against ("× public"): each of ours, and its public counterpart,
 # which ours should outpace at training by at least TARGET_SPEEDUP_VS_PUBLIC.
-GSS_PORT, LEGACY_MEGA = "gss-port", "mega-chunk-hf4"
 PUBLIC_COUNTERPARTS = {"gss": GSS_PORT, "mega-chunk": LEGACY_MEGA}
 TARGET_SPEEDUP_VS_PUBLIC = 1.5
-WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness's
 
 # GSS with each of the other kernels, at each paper's own state size (S4: N = 64 real, 32 complex modes; DSS: 64
 # modes; DLR: 1024; S5: P = 256, 128 pairs), unless a GSS shape is given for all. DSS-softmax normalises at the 1k
@@ -251,8 +241,6 @@ MODEL_BUILDERS: dict[str, Callable[[Contenders], PreTrainedModel]] = {
     BASELINE: matched(llama_with),
     MAMBA: matched(mamba_with),
 }
-MODEL_NAMES = ["gss", "gss-logits-loss", GSS_PORT, *KERNEL_CONTENDERS, "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA,
-               "hybrid", BASELINE, MAMBA]  # the order of the tables
 assert set(MODEL_NAMES) == set(MODEL_BUILDERS) | {GSS_PORT, LEGACY_MEGA}
 
 

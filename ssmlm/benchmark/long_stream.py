@@ -1,12 +1,10 @@
-"""One very long stream: a model decodes `tokens` tokens after a prompt, one at a time with its cache, and every
-`every` tokens the mean ms/token of that stretch, the process's resident memory and the cache's bytes are
-recorded. A recurrent model's figures should stay flat however long the stream: a constant state, no growing
-buffer, no slowdown. Greedy decoding of a randomly initialised model (what is generated does not matter here).
+"""The `long-stream` command: ms/token, resident memory and cache bytes every `every` tokens of one very long
+generated stream. What it measures, and how, is LongStreamSettings's docstring (settings.py), its --help.
 """
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import psutil
 import torch
@@ -18,19 +16,7 @@ from .contenders import Contenders
 from .measure import autocast, synchronize, torch_threads
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
-
-
-@dataclass
-class LongStreamSettings:
-    """What is run; recorded in the run's JSON as `settings`."""
-
-    models: list[str] = field(default_factory=lambda: ["gss", "mega-chunk"])
-    prompt_length: int = 1024
-    tokens: int = 131072
-    every: int = 8192
-    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
-    threads: int = field(default_factory=torch.get_num_threads)
-    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
+from .settings import LongStreamSettings
 
 
 def stream(model, settings: LongStreamSettings, device: torch.device) -> list[dict]:

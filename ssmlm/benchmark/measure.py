@@ -19,7 +19,7 @@ from torch import nn
 from ..compat import returned_cache
 from ..modeling import SSMLMForCausalLM
 from ..tooling.memory import is_out_of_memory, mentions_out_of_memory, process_peak_resident_mib
-from .contenders import WORKER_CONTENDERS
+from . import WORKER_CONTENDERS
 from .public import WorkerContender
 from .settings import Settings
 from .size import BATCH_SIZE, VOCAB_SIZE

@@ -1,19 +1,11 @@
-"""Training time per token of Mega-chunk (attention inside chunks of c tokens) against full-attention Mega, at
-growing sequence lengths: Mega-chunk's should stay flat, full attention's grow with the length.
-
-Each step is forward + backward of the language-model loss on `--batch-size` sequences of each length (the same
-batch at every length: a larger batch at the shorter lengths would share the EMA kernel, built once per call,
-among more tokens and hide how the cost per token scales). Both models run in one process, interleaved (each
-repetition times every (model, length) once, after a warmup), so machine noise hits them alike. The table gives
-the medians of the wall-clock time and of this process's CPU time per token, each also relative to the same model
-at the first length; on a machine shared with other work the CPU time is the steadier of the two. A
-full-attention length whose attention matrices would not fit in the free memory is skipped, and says so.
+"""The `mega-chunk` command: training time per token of Mega-chunk against full-attention Mega at growing
+sequence lengths. What it measures, and how, is MegaChunkSettings's docstring (settings.py), its --help.
 """
 
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
@@ -24,27 +16,12 @@ from ..tooling.memory import available_memory_mib
 from .measure import random_tokens, run_interleaved, torch_threads
 from .report import format_ratio, format_value, machine_line
 from .runs import finish_result, start_result
-from .size import MEGA_CHUNK_SIZE
+from .settings import MegaChunkSettings
 
 # Peak bytes of a full-attention training step per L² entry and per layer (scores, their biased and masked copies,
 # softmax weights, gradients, masks): measured with 2 layers at 8k tokens, rounded up.
 FULL_ATTENTION_BYTES_PER_SCORE_PER_LAYER = 16
 CPU = torch.device("cpu")
-
-
-@dataclass
-class MegaChunkSettings:
-    """The two models' size and what is timed; recorded in the run's JSON as `settings`."""
-
-    lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
-    repeats: int = 5
-    batch_size: int = 1
-    chunk_size: int = MEGA_CHUNK_SIZE
-    hidden_size: int = 128
-    layers: int = 2
-    vocab_size: int = 1024
-    threads: int = field(default_factory=torch.get_num_threads)
-    host_allocator: str = "keep-freed"  # or "system" (ssmlm/tooling/memory.py)
 
 
 def build(settings: MegaChunkSettings, chunk_size: int | None) -> SSMLMForCausalLM:

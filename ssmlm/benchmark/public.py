@@ -26,22 +26,15 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..configuration import SSMLMConfig
+from . import REPO_ROOT, display_path
 from .size import BATCH_SIZE, HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTENDERS_DIR = REPO_ROOT / ".bench-contenders"  # where scripts/install_bench_contenders.sh installs them
 LEGACY_MEGA_WORKER = REPO_ROOT / "scripts" / "bench_worker_legacy_mega.py"
 INSTALL_HINT = "run scripts/install_bench_contenders.sh"
 
 
 class ContenderUnavailable(Exception):
     pass
-
-
-def display_path(path: Path) -> str:
-    with contextlib.suppress(ValueError):
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

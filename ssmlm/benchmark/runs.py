@@ -17,6 +17,7 @@ from torch import nn
 import transformers
 
 from ..tooling.memory import keep_freed_host_memory
+from . import REPO_ROOT
 from .compare import regression_figures
 from .contenders import BASELINE, PUBLIC_COUNTERPARTS, describe_model, skipped_at_length
 from .flops import generation_flops, training_flops_per_token
@@ -28,7 +29,7 @@ from .measure import (
     run_interleaved_with_matmul,
     torch_threads,
 )
-from .public import REPO_ROOT, WorkerContender
+from .public import WorkerContender
 from .settings import Settings
 
 

@@ -3,7 +3,8 @@ FLOPs of the ssmlm models against transformers' Llama (the logic is ssmlm/benchm
 start this module in fresh processes.
 
 The commands are listed here, free of torch, so that `ssmlm-bench --help` answers at once; each command's own
-options are built by ssmlm/benchmark/cli.py, which imports torch.
+options are built by ssmlm/benchmark/cli.py, also free of torch (`COMMAND --help` answers at once too), which imports
+it only to run a command.
 
 Exit codes: 0 done; 1 compare (or --compare) found a figure that got worse; 2 a problem with the options or a saved
 run given to compare, found before anything was measured or written; 74 writing the results failed (a full disk,

@@ -18,7 +18,6 @@ Only glibc has these knobs (Linux); elsewhere this does nothing. PyTorch's CPU t
 by another route (jemalloc or tcmalloc preloaded).
 """
 
-import argparse
 import contextlib
 import ctypes
 import functools
@@ -71,16 +70,6 @@ def keep_freed_host_memory() -> bool:
         return False
     os.environ.update(ENVIRONMENT)
     return bool(library.mallopt(M_MMAP_MAX, 0)) and bool(library.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
-
-
-def add_host_allocator_option(parser: argparse.ArgumentParser):
-    """--host-allocator for the benchmark and profiling scripts: measure what the trainer runs, or the default."""
-    parser.add_argument("--host-allocator", choices=["keep-freed", "system"], default="keep-freed",
-                        help="on the CPU, keep freed memory mapped for reuse, as the trainer does (default), or "
-                             "leave glibc's malloc as it is: large blocks mapped afresh at every allocation, which "
-                             "slows every model's long sequences. A kept heap holds the high-water mark of all the "
-                             "process ran: for several large models in one run, 'system' may be the one that fits "
-                             "(the README's Benchmarks section)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ..ops.fftconv import causal_fft_conv, convolution_flops
+from ..ops.precision import without_subnormals
 from .base import SSMKernel
 
 
@@ -77,15 +78,16 @@ def projected_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """P(a @ b): for complex modes only the real part is needed, Re(a·b) = Re a·Re b - Im a·Im b, so one real
     product with twice the inner terms instead of a complex product (four real ones)."""
     if a.is_complex():
-        return 2 * (torch.cat([a.real, -a.imag], -1) @ torch.cat([b.real, b.imag], -2))
-    return a @ b
+        a, b = torch.cat([a.real, -a.imag], -1), torch.cat([b.real, b.imag], -2)
+        return 2 * (without_subnormals(a) @ without_subnormals(b))
+    return without_subnormals(a) @ without_subnormals(b)
 
 
 def real_input_product(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """x @ b for a real x and real or complex b (two real products for a complex b)."""
     if b.is_complex():
-        return torch.complex(x @ b.real, x @ b.imag)
-    return x @ b
+        return torch.complex(x @ without_subnormals(b.real), x @ without_subnormals(b.imag))
+    return x @ without_subnormals(b)
 
 
 def mode_sum(coeffs: torch.Tensor, powers: Powers) -> torch.Tensor:

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 
 from ..ops.fftconv import causal_fft_conv, convolution_flops
+from ..ops.precision import without_subnormals
 from .base import SSMKernel
 from .diagonal import check_dt_range
 
@@ -118,7 +119,7 @@ def squarings(a: torch.Tensor, count: int) -> list[torch.Tensor]:
     """[a, a², a⁴, ..., a^(2^(count−1))] for a (H, n, n)."""
     powers = [a]
     while len(powers) < count:
-        powers.append(powers[-1] @ powers[-1])
+        powers.append(without_subnormals(powers[-1] @ powers[-1]))
     return powers
 
 
@@ -127,7 +128,7 @@ def doubling(powers: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     [a, a², ..., a^(2^(k−1))]: each step doubles the columns with one product."""
     columns = x.unsqueeze(-1)
     for power in powers:
-        columns = torch.cat([columns, power @ columns], dim=-1)
+        columns = torch.cat([columns, without_subnormals(power @ columns)], dim=-1)
     return columns
 
 

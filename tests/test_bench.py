@@ -28,6 +28,8 @@ from ssmlm.benchmark.compare import compare_results, regression_figures
 from ssmlm.benchmark.contenders import Contenders
 from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
 from ssmlm.benchmark.measure import (
+    MatrixProductRecorder,
+    make_matmuls_alone_timing,
     make_training_step,
     measure_gpu_peak_memory,
     measure_peak_memory,
@@ -91,6 +93,10 @@ def test_quick_run_json_holds_machine_settings_and_every_figure(quick_run):
         # MFU against the matmuls timed in the same rounds, which are among the run's matmul timings.
         assert row["mfu"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"] / row["matmul_flops_per_s"])
         assert min(result["matmul_peak"]["flops_per_s_repeats"]) <= row["matmul_flops_per_s"]
+        # The step against its own matrix products alone, timed in the same rounds: a step is more than its products.
+        step_seconds = row["batch"] * row["length"] / row["tokens_per_s"]
+        assert row["step_over_matmuls_alone"] == pytest.approx(step_seconds / row["matmuls_alone_seconds"])
+        assert row["step_over_matmuls_alone"] > 1
         memory = row["peak_memory"]
         # At 128 tokens the step may not raise the peak that importing torch set: >=, not >.
         assert memory["status"] == "ok" and memory["peak_mib"] >= memory["baseline_mib"] > 0
@@ -120,7 +126,7 @@ def test_quick_run_markdown_has_a_row_per_model_and_figure(quick_run):
     assert markdown in printed  # the tables are printed and written alike
     for heading in ("## Models", "## Training", "## Generation"):
         assert heading in markdown
-    assert "| model | length | batch | tokens/s | × llama | MFU | peak MiB |" in markdown
+    assert "| model | length | batch | tokens/s | × llama | MFU | step / its matmuls | peak MiB |" in markdown
     for name in ("gss", "llama"):
         assert f"| {name} | {LENGTH} |" in markdown
         assert f"| {name} | {result['models'][name]['parameters']:,} |" in markdown
@@ -245,6 +251,28 @@ def test_gpu_peak_memory_is_the_steps_peak_over_what_was_allocated_plus_the_mode
     assert model.weight.grad is None  # the gradients the steps left are dropped
     oom = measure_gpu_peak_memory(OutOfMemoryModel(), 8, 2, CPU)
     assert oom["status"] == "OOM" and "can't allocate memory" in oom["reason"]
+
+
+def test_the_recorder_sees_every_matrix_product_of_a_step_with_its_shapes():
+    """A linear layer's forward (addmm), and its backward's two products (the input's and the weight's gradient)."""
+    layer, x = nn.Linear(4, 3), torch.randn(5, 4, requires_grad=True)
+    with MatrixProductRecorder() as recorder:
+        layer(x).sum().backward()
+    assert sorted(recorder.products) == sorted([((5, 4), (4, 3), torch.float32), ((5, 3), (3, 4), torch.float32),
+                                                ((3, 5), (5, 4), torch.float32)])
+
+
+def test_matmuls_alone_run_the_products_of_a_models_step():
+    model = Contenders().build("gss", torch.device("cpu"))
+    recorder = MatrixProductRecorder()
+    with recorder:
+        make_training_step(model, 64, torch.device("cpu"))()
+    timed = make_matmuls_alone_timing(model, 64, torch.device("cpu"))
+    with MatrixProductRecorder() as replayed:
+        assert timed()["seconds"] > 0
+    # The same products in the same order (bmm and mm alike run as torch.matmul of the recorded shapes).
+    assert [(first, second) for first, second, _ in replayed.products] == \
+        [(first, second) for first, second, _ in recorder.products]
 
 
 def test_the_training_batch_is_the_tokens_per_step_over_the_length():

@@ -5,6 +5,7 @@ length), on a GPU in the harness's process."""
 import contextlib
 import gc
 import json
+import math
 import resource
 import signal
 import statistics
@@ -15,6 +16,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..compat import returned_cache
 from ..modeling import SSMLMForCausalLM
@@ -84,6 +86,62 @@ def make_training_step(model: nn.Module | WorkerContender, length: int, device: 
         return {"seconds": time.perf_counter() - start}
 
     return step
+
+
+# aten's matrix products, and the positions of their two factors among the arguments.
+MATRIX_PRODUCT_FACTORS = {
+    torch.ops.aten.mm.default: (0, 1),
+    torch.ops.aten.bmm.default: (0, 1),
+    torch.ops.aten.addmm.default: (1, 2),
+    torch.ops.aten.addmm_.default: (1, 2),
+    torch.ops.aten.baddbmm.default: (1, 2),
+}
+
+
+class MatrixProductRecorder(TorchDispatchMode):
+    """The shapes and dtype of the two factors of every matrix product aten runs (after autocast), in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.products: list[tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATRIX_PRODUCT_FACTORS:
+            first, second = (args[position] for position in MATRIX_PRODUCT_FACTORS[func])
+            self.products.append((tuple(first.shape), tuple(second.shape), first.dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def make_matmuls_alone_timing(model: nn.Module, length: int, device: torch.device,
+                              batch_size: int = BATCH_SIZE) -> Callable[[], dict]:
+    """A closure that runs only the matrix products of one training step of `model`, as aten ran them in a step
+    recorded first (forward, backward and all), each on contiguous random factors of its shapes and dtype: the time
+    the step would take if everything else (the elementwise work, the FFTs, the norms, the optimizer, the
+    framework) were free and every product ran on the fast path. The factors are views of one buffer per position
+    and dtype, so this holds two products' worth of memory, not a step's."""
+    recorder = MatrixProductRecorder()
+    step = make_training_step(model, length, device, batch_size)
+    with recorder:
+        step()
+    buffers = {}
+    for first, second, dtype in recorder.products:
+        for position, shape in enumerate((first, second)):
+            size = math.prod(shape)
+            if buffers.get((position, dtype), torch.empty(0)).numel() < size:
+                buffers[position, dtype] = torch.randn(size, dtype=dtype, device=device)
+    factors = [tuple(buffers[position, dtype][:math.prod(shape)].view(shape)
+                     for position, shape in enumerate((first, second)))
+               for first, second, dtype in recorder.products]
+
+    def timed() -> dict:
+        synchronize(device)
+        start = time.perf_counter()
+        for first, second in factors:
+            torch.matmul(first, second)
+        synchronize(device)
+        return {"seconds": time.perf_counter() - start}
+
+    return timed
 
 
 def make_generation(model: nn.Module, prompt_length: int, new_tokens: int, device: torch.device,

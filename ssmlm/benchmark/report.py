@@ -106,11 +106,16 @@ def to_markdown(result: dict) -> str:
             peak = format_value(memory.get("peak_mib"), memory["status"])
             batch = str(row.get("batch", BATCH_SIZE))  # runs before the batch was recorded ran at BATCH_SIZE
             if row["status"] != "ok":
-                rows.append([row["model"], str(row["length"]), batch, row["status"], "", "", peak])
+                rows.append([row["model"], str(row["length"]), batch, row["status"], "", "", "", peak])
                 continue
             rows.append([row["model"], str(row["length"]), batch, format_value(row["tokens_per_s"]),
-                         format_ratio(row["speedup_vs_baseline"]), format_percent(row["mfu"]), peak])
-        lines += markdown_table(["model", "length", "batch", "tokens/s", f"× {BASELINE}", "MFU", "peak MiB"], rows)
+                         format_ratio(row["speedup_vs_baseline"]), format_percent(row["mfu"]),
+                         format_ratio(row.get("step_over_matmuls_alone")), peak])
+        lines += markdown_table(["model", "length", "batch", "tokens/s", f"× {BASELINE}", "MFU",
+                                 "step / its matmuls", "peak MiB"], rows)
+        lines += ["Step / its matmuls: the step's time over that of its own matrix products (their shapes recorded "
+                  "in a step) run alone on contiguous random factors in the same rounds; 1× would be a step that is "
+                  "all fast-path matmuls.", ""]
         if settings["device"] == "cpu":
             lines += ["Peak MiB: peak resident memory of a process that ran only that model at that length, "
                       "Python and torch included.", ""]

@@ -23,6 +23,7 @@ from .contenders import BASELINE, PUBLIC_COUNTERPARTS, describe_model, skipped_a
 from .flops import generation_flops, training_flops_per_token
 from .measure import (
     make_generation,
+    make_matmuls_alone_timing,
     make_training_step,
     matmul_dtype,
     measure_peak_memory,
@@ -31,6 +32,8 @@ from .measure import (
 )
 from .public import WorkerContender
 from .settings import Settings
+
+MATMULS_ALONE = "matrix products alone"  # beside each model's name: its training step's products timed alone
 
 
 def speedup(value: float | None, baseline: float | None, higher_is_better: bool) -> float | None:
@@ -59,8 +62,14 @@ def benchmark_training(models: dict[str, nn.Module | WorkerContender], settings:
         # down, or on a GPU only fail again.
         runs = {name: make_training_step(model, length, device, batch) for name, model in models.items()
                 if (name, length) in memory and memory[name, length]["status"] != "OOM"}
-        log(f"training at {length} tokens, batch {batch}: {', '.join(runs)}")
-        samples, failures, peak_flops = run_interleaved_with_matmul(runs, settings, device, matmul_rates)
+        # Each in-process model's matrix products alone, in the same rounds (make_matmuls_alone_timing).
+        matmuls_alone = {(name, MATMULS_ALONE): make_matmuls_alone_timing(models[name], length, device, batch)
+                         for name in runs if isinstance(models[name], nn.Module)}
+        log(f"training at {length} tokens, batch {batch}: {', '.join(runs)}, and their matrix products alone")
+        samples, failures, peak_flops = run_interleaved_with_matmul(runs | matmuls_alone, settings, device,
+                                                                    matmul_rates)
+        alone_seconds = {name: statistics.median(sample["seconds"] for sample in samples.pop((name, kind)))
+                         for name, kind in matmuls_alone if (name, kind) in samples}
         tokens_per_s = {name: [batch * length / s["seconds"] for s in values] for name, values in samples.items()}
         medians = {name: statistics.median(values) for name, values in tokens_per_s.items()}
         for name, model in models.items():
@@ -81,6 +90,10 @@ def benchmark_training(models: dict[str, nn.Module | WorkerContender], settings:
                     "matmul_flops_per_s": peak_flops,
                     "flops_not_counted_for": uncounted,
                 }
+                if name in alone_seconds:
+                    step_seconds = batch * length / medians[name]
+                    row |= {"matmuls_alone_seconds": alone_seconds[name],
+                            "step_over_matmuls_alone": step_seconds / alone_seconds[name]}
                 if name in PUBLIC_COUNTERPARTS:  # None where the public implementation did not run
                     counterpart = PUBLIC_COUNTERPARTS[name]
                     row |= {"public_counterpart": counterpart, "speedup_vs_public": speedup(

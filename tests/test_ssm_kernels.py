@@ -226,9 +226,9 @@ class TinyOperands(TorchDispatchMode):
 
 @pytest.mark.parametrize("kind, options", CASES)
 def test_no_matrix_product_of_a_training_step_runs_on_subnormal_numbers(kind, options):
-    """Powers of a decaying state fall through the subnormal range on their way to zero; a product with them took
-    40x its time on the CPU (GSS's DSS step at 16k tokens). The kernels drop them before they enter a product
-    (ops/precision.py, without_subnormals); what is left is the odd entry of a gradient."""
+    """Powers of a decaying state fall through the subnormal range on their way to zero, and the CPU multiplies
+    such numbers many times slower (docs/benchmarks.md: GSS's DSS step). The kernels drop them before they enter a
+    product (ops/precision.py, without_subnormals); what is left is the odd entry of a gradient."""
     ssm = make_kernel(kind, options, torch.float32, channels=16, state_size=48 if kind == "s5" else 16)
     u = torch.randn(1, 4096, ssm.channels, requires_grad=True, generator=torch.Generator().manual_seed(0))
     with TinyOperands() as seen:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss (padding, a sequence's last position)
 # Logits per chunk (8 MiB in float32; positions per chunk = CHUNK_ELEMENTS // vocabulary): small enough that a
-# chunk's logits stay in the CPU's cache between the projection, the softmax and the two gradient products, which
-# made the loss faster than with chunks 8x larger (docs/benchmarks.md).
+# chunk's logits stay in the CPU's cache between the projection, the softmax and the two gradient products
+# (docs/benchmarks.md compares chunk sizes).
 CHUNK_ELEMENTS = 2**21
 
 

@@ -23,9 +23,9 @@ def without_subnormals(x: torch.Tensor) -> torch.Tensor:
     subnormal number. For the powers of a decaying state matrix (or its modes) before they enter a matrix product.
 
     Those powers fall toward zero through tiny values (float32: 1e-19 and below), and the CPU multiplies subnormal
-    numbers, and products that underflow into them, tens of times slower than normal ones: in GSS's training step the
-    gradient's product with DSS's powers, the gradients being small too, took 40x the time of the same product on
-    random numbers. What is dropped is below float32's 1e-19 (float64's 1e-154) of the first power, far under the
-    rounding of any sum that holds that power.
+    numbers, and products that underflow into them, many times slower than normal ones: in GSS's training step the
+    gradient's product with DSS's powers, the gradients being small too, was far slower than the same product on
+    random numbers (docs/benchmarks.md). What is dropped is below float32's 1e-19 (float64's 1e-154) of the first
+    power, far under the rounding of any sum that holds that power.
     """
     return x.masked_fill(x.abs() < math.sqrt(torch.finfo(x.dtype).tiny), 0)

@@ -268,11 +268,28 @@ def test_matmuls_alone_run_the_products_of_a_models_step():
     with recorder:
         make_training_step(model, 64, torch.device("cpu"))()
     timed = make_matmuls_alone_timing(model, 64, torch.device("cpu"))
+    timed()  # the first call records a step's products
     with MatrixProductRecorder() as replayed:
         assert timed()["seconds"] > 0
     # The same products in the same order (bmm and mm alike run as torch.matmul of the recorded shapes).
     assert [(first, second) for first, second, _ in replayed.products] == \
         [(first, second) for first, second, _ in recorder.products]
+
+
+class FailingModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+
+    def forward(self, **inputs):
+        raise RuntimeError("this model is broken")
+
+
+def test_a_model_that_fails_while_its_products_are_recorded_is_reported_and_the_others_go_on():
+    runs = {"broken": make_matmuls_alone_timing(FailingModel(), 16, torch.device("cpu")),
+            "working": lambda: {"seconds": 1.0}}
+    samples, failures = run_interleaved(runs, repeats=1)
+    assert failures == {"broken": "error: RuntimeError: this model is broken"} and len(samples["working"]) == 1
 
 
 def test_the_training_batch_is_the_tokens_per_step_over_the_length():

@@ -71,6 +71,7 @@ def test_the_loss_without_logits_compiles_without_a_graph_break_and_equals_eager
     from ssmlm.ops import linear_cross_entropy
 
     monkeypatch.setattr(linear_cross_entropy, "CHUNK_ELEMENTS", 64 * VOCAB_SIZE)  # 2 chunks at 2 x 40 and 2 x 57
+    monkeypatch.setattr(linear_cross_entropy, "MIN_CHUNK_POSITIONS", 1)
     model = tiny_model("gss-dss").train()
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=True)

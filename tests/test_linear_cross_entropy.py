@@ -16,6 +16,7 @@ from ssmlm.ops import linear_cross_entropy as fused
 def small_chunks(monkeypatch):
     """7 positions a chunk, so that every test crosses chunk boundaries, one of them a partial chunk."""
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 7 * VOCAB_SIZE)
+    monkeypatch.setattr(fused, "MIN_CHUNK_POSITIONS", 1)
 
 
 def inputs(dtype, seed=0):
@@ -123,6 +124,12 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+def test_a_chunk_holds_a_bounded_number_of_logits_and_at_least_its_minimum_of_positions():
+    assert fused.positions_per_chunk(8192) * 8192 == fused.CHUNK_ELEMENTS  # a vocabulary dividing the chunk
+    assert fused.positions_per_chunk(1) == fused.CHUNK_ELEMENTS
+    assert fused.positions_per_chunk(10**6) == fused.MIN_CHUNK_POSITIONS  # a large vocabulary: the weight's traffic
+
+
 @pytest.mark.parametrize("return_logits", [True, False])
 def test_a_training_step_without_logits_never_holds_a_tensor_of_the_logits_size(return_logits, monkeypatch):
     """The point of the fused loss: no tensor of tokens × vocabulary in the forward or the backward (the plain
@@ -130,6 +137,7 @@ def test_a_training_step_without_logits_never_holds_a_tensor_of_the_logits_size(
     the logits are its largest tensors."""
     vocabulary = 1000
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 16 * vocabulary)
+    monkeypatch.setattr(fused, "MIN_CHUNK_POSITIONS", 1)
     model = SSMLMForCausalLM(tiny_config(vocab_size=vocabulary)).train()
     ids = torch.randint(3, VOCAB_SIZE, (2, 64))
     with LargestTensor() as largest:

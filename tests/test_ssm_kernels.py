@@ -218,8 +218,9 @@ class TinyOperands(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in MATRIX_PRODUCTS:
             for operand in args:
-                if isinstance(operand, torch.Tensor) and operand.is_floating_point():
-                    tiny = (operand != 0) & (operand.abs() < math.sqrt(torch.finfo(operand.dtype).tiny))
+                if isinstance(operand, torch.Tensor) and (operand.is_floating_point() or operand.is_complex()):
+                    parts = torch.view_as_real(operand.resolve_conj()) if operand.is_complex() else operand  # S5
+                    tiny = (parts != 0) & (parts.abs() < math.sqrt(torch.finfo(parts.dtype).tiny))
                     self.shares.append((func.__name__, tuple(operand.shape), tiny.float().mean().item()))
         return func(*args, **(kwargs or {}))
 
@@ -236,6 +237,17 @@ def test_no_matrix_product_of_a_training_step_runs_on_subnormal_numbers(kind, op
         (y.square().mean() * 1e-6).backward()  # the small gradients of a language model's loss
     worst = max(seen.shares, key=lambda share: share[2], default=("none", (), 0.0))
     assert worst[2] < 1e-5, f"{kind}: {worst[2]:.1%} of a {worst[0]} operand {worst[1]} would multiply into subnormals"
+
+
+def test_a_zero_coefficient_still_learns_through_the_subnormal_filter():
+    """The filter drops tiny entries of a product's factors in the forward only: a channel whose output weights C
+    are zero still gets their gradient (its output's derivative with respect to them is the powers, not tiny)."""
+    ssm = make_kernel("dss", {}, torch.float32, channels=4, state_size=8)
+    with torch.no_grad():
+        ssm.C_re[0], ssm.C_im[0] = 0, 0
+    y, _ = ssm(torch.randn(1, 256, 4, generator=torch.Generator().manual_seed(0)))
+    y.square().sum().backward()
+    assert ssm.C_re.grad[0].abs().sum() > 0 and ssm.C_im.grad[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind, options", CASES)

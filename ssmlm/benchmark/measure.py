@@ -115,25 +115,29 @@ class MatrixProductRecorder(TorchDispatchMode):
 def make_matmuls_alone_timing(model: nn.Module, length: int, device: torch.device,
                               batch_size: int = BATCH_SIZE) -> Callable[[], dict]:
     """A closure that runs only the matrix products of one training step of `model`, as aten ran them in a step
-    recorded first (forward, backward and all), each on contiguous random factors of its shapes and dtype: the time
-    the step would take if everything else (the elementwise work, the FFTs, the norms, the optimizer, the
-    framework) were free and every product ran on the fast path. The factors are views of one buffer per position
-    and dtype, so this holds two products' worth of memory, not a step's."""
-    recorder = MatrixProductRecorder()
-    step = make_training_step(model, length, device, batch_size)
-    with recorder:
-        step()
-    buffers = {}
-    for first, second, dtype in recorder.products:
-        for position, shape in enumerate((first, second)):
-            size = math.prod(shape)
-            if buffers.get((position, dtype), torch.empty(0)).numel() < size:
-                buffers[position, dtype] = torch.randn(size, dtype=dtype, device=device)
-    factors = [tuple(buffers[position, dtype][:math.prod(shape)].view(shape)
-                     for position, shape in enumerate((first, second)))
-               for first, second, dtype in recorder.products]
+    recorded at its first call (forward, backward and all; run_interleaved's warmup, which reports a model that
+    fails there as it reports a failing step), each on contiguous random factors of its shapes and dtype: the time
+    the step would take if everything else (the elementwise work, the FFTs, the norms, attention in a fused kernel,
+    the optimizer, the framework) were free and every product ran as fast as alone. The factors are views of one
+    buffer per position and dtype, so this holds two products' worth of memory, not a step's."""
+    factors = []
+
+    def record():
+        recorder = MatrixProductRecorder()
+        with recorder:
+            make_training_step(model, length, device, batch_size)()
+        buffers = {}
+        for first, second, dtype in recorder.products:
+            for position, shape in enumerate((first, second)):
+                if buffers.get((position, dtype), torch.empty(0)).numel() < math.prod(shape):
+                    buffers[position, dtype] = torch.randn(math.prod(shape), dtype=dtype, device=device)
+        factors.extend(tuple(buffers[position, dtype][:math.prod(shape)].view(shape)
+                             for position, shape in enumerate((first, second)))
+                       for first, second, dtype in recorder.products)
 
     def timed() -> dict:
+        if not factors:
+            record()
         synchronize(device)
         start = time.perf_counter()
         for first, second in factors:

@@ -8,7 +8,7 @@ C B̄^p u_k u_{k−1} ⋯ u_{k−p+1}: one coefficient per channel, times the pr
     y_t = (K * u)_t + D u_t + Σ_{p=2}^{order} κ_p · u_t u_{t−1} ⋯ u_{t−p+1},    κ_p = 2·Re(Σ_n C_n B̄_n^p)
 
 (the conjugate pairs implicit, as in S4D, with B = 1). The state is S4D's and the last order − 1 inputs, so
-training, chunks and steps agree exactly.
+training, chunks and steps agree to rounding.
 
 How the reference differs, and why not here:
   * it flips the product sequence in time before adding it (output t gets the products of inputs near the end of

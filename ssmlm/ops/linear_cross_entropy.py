@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss (padding, a sequence's last position)
-# Logits per chunk (8 MiB in float32; positions per chunk = CHUNK_ELEMENTS // vocabulary): small enough that a
-# chunk's logits stay in the CPU's cache between the projection, the softmax and the two gradient products
-# (docs/benchmarks.md compares chunk sizes).
+# Logits per chunk (8 MiB in float32): small enough that a chunk's logits stay in the CPU's cache between the
+# projection, the softmax and the two gradient products (docs/benchmarks.md compares chunk sizes). But at least
+# MIN_CHUNK_POSITIONS positions a chunk: each chunk reads the output weight twice and adds into its whole gradient,
+# which for a large vocabulary would otherwise cost more than the chunk's own logits.
 CHUNK_ELEMENTS = 2**21
+MIN_CHUNK_POSITIONS = 256
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -38,7 +40,7 @@ def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
 
 
 def positions_per_chunk(vocabulary: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocabulary)
+    return max(MIN_CHUNK_POSITIONS, CHUNK_ELEMENTS // vocabulary)
 
 
 class SummedLinearCrossEntropy(torch.autograd.Function):

@@ -28,4 +28,7 @@ def without_subnormals(x: torch.Tensor) -> torch.Tensor:
     random numbers (docs/benchmarks.md). What is dropped is below float32's 1e-19 (float64's 1e-154) of the first
     power, far under the rounding of any sum that holds that power.
     """
-    return x.masked_fill(x.abs() < math.sqrt(torch.finfo(x.dtype).tiny), 0)
+    # The gradient passes straight through, as if nothing were dropped: a factor's entry may be tiny (or zero) while
+    # the output's derivative with respect to it is not.
+    tiny = x.abs() < math.sqrt(torch.finfo(x.dtype).tiny)
+    return x - torch.where(tiny, x, 0).detach()

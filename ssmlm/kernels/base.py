@@ -109,7 +109,10 @@ class SSMKernel(nn.Module):
         computed in the graph (versions and pointers do not trace), where the compiler fuses it."""
         if torch.compiler.is_compiling():
             return compute()
-        tensors = [*self.parameters(), *self.buffers()]
+        # Gathered from each module's own tables: parameters() and buffers() walk the tree with a memo and names,
+        # several times slower, and a decoding step asks once per block and token.
+        tensors = [tensor for module in self.modules() for tensor in (*module._parameters.values(),
+                                                                       *module._buffers.values()) if tensor is not None]
         if torch.is_grad_enabled() or any(t.is_inference() for t in tensors):  # inference tensors: no versions
             return compute()
         key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
@@ -119,13 +122,16 @@ class SSMKernel(nn.Module):
 
     def forward(self, u: torch.Tensor, state=None):
         input_dtype = u.dtype
+        if state is not None and u.shape[1] == 1:  # the recurrent step: no layout to change
+            with full_precision(u.device):
+                u = u[:, 0].to(self.compute_dtype())
+                y, state = self.step(u, state)
+                y = torch.addcmul(y, self.D.to(u.dtype), u)
+            return y.unsqueeze(1).to(input_dtype), state
         with full_precision(u.device):
             u = u.to(self.compute_dtype()).transpose(1, 2)  # (batch, channels, length): time last for the FFT
             if state is None:
                 y = self.convolve(u)
-            elif u.shape[-1] == 1:
-                y, state = self.step(u[..., 0], state)
-                y = y.unsqueeze(-1)
             else:
                 y, state = self.chunk(u, state)
             y = y + self.D.to(u.dtype).unsqueeze(-1) * u

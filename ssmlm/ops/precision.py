@@ -14,7 +14,10 @@ def ssm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """A region where autocast does not lower the SSM arithmetic back to half precision."""
+    """A region where autocast does not lower the SSM arithmetic back to half precision (nothing to do where
+    autocast is off: a decoding step enters this once per block)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
 
 

@@ -53,8 +53,8 @@ def train_tokenizer(texts: Iterator[str], kind: str, vocab_size: int) -> PreTrai
     )
 
 
-# Long texts are tokenized in pieces of at most this many characters: a fast tokenizer holds ~200 bytes per character
-# of its input while it works, so a 50 MB document in one call would take ~10 GB.
+# Long texts are tokenized in pieces of at most this many characters: a fast tokenizer holds many times its input's
+# size in memory while it works, so a large document in one call could exhaust the machine's memory.
 PIECE_CHARS = 1 << 16
 
 

@@ -105,8 +105,11 @@ class SSMKernel(nn.Module):
     def inference_constant(self, compute):
         """`compute()` (coefficients of the step), kept while no parameter or buffer changes when there is no
         autograd: generation steps once per token with fixed weights. An optimizer step or load_state_dict bumps a
-        tensor's version, .to() gives it new storage; either makes it recompute. Under torch.compile it is
-        computed in the graph (versions and pointers do not trace), where the compiler fuses it."""
+        tensor's version, .to() gives it new storage; either makes it recompute. An edit through `.data`
+        (`p.data.mul_(2)`) bumps no version, as it escapes autograd's checks too: it is not seen, and the steps go
+        on with the old coefficients; edit parameters under torch.no_grad() instead (`p.mul_(2)`), as optimizers
+        and load_state_dict do. Under torch.compile it is computed in the graph (versions and pointers do not
+        trace), where the compiler fuses it."""
         if torch.compiler.is_compiling():
             return compute()
         # Gathered from each module's own tables: parameters() and buffers() walk the tree with a memo and names,

@@ -47,8 +47,8 @@ class Powers(NamedTuple):
     shared by all channels, as in GSS's DSS, and H otherwise), for 2·G·N·√length exponentials instead of
     G·N·length. Shared modes (G = 1) then form the (N, length) matrix by products and contract it with one matrix
     product. Per-channel modes (Mega's EMA, S4D) never form it: sums over the modes or over time become products
-    of the two tables, per channel, in O(H·N·√length) memory; for the EMA (H = d = 256, 16 real modes) the full
-    matrix was a quarter of a GB at 16k tokens, and building it a fifth of Mega's training step.
+    of the two tables, per channel, in O(H·N·√length) memory; the full matrix would be H·N·length entries (for Mega's
+    EMA, a large share of its training step's time and memory: docs/benchmarks.md).
     """
     low: torch.Tensor  # Ā^r, r < m: (G, N, m)
     high: torch.Tensor  # Ā^{m·q}, q < Q = ⌈length/m⌉: (G, N, Q)

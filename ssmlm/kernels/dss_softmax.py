@@ -17,8 +17,11 @@ diagonal SSM
 exact in every mode at any length (past L it keeps decaying; it is a softmax over the first L positions only).
 The reference lets Re Λ grow positive and rescales to avoid overflow; a recurrent state would then grow without
 bound, so here Re Λ = -exp(·) < 0 as in DSS-exp. The output is Re(·), not 2·Re(·): C̃ = W̃/2 in the diagonal
-machinery. As in the reference, 1/(Λ (exp(Lx) - 1)) is taken as z̄ / max(|z|², 1e-7): exact unless the normaliser
-Σ_{j<L} exp(jx) nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up.
+machinery. 1/(Λ (exp(Lx) - 1)) is taken as z̄ / max(|z|², 1e-7): exact unless the normaliser Σ_{j<L} exp(jx)
+nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up. The reference guards
+the same division by adding ε to it instead, which perturbs every mode a little; the clamp leaves all others exact.
+For very small step sizes (log Δ below about −15) x → 0 and the kernel tends to 0 (the normaliser grows as L while
+exp(x) − 1 shrinks as Δ): keep dt_min well above that, as the defaults do.
 Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
 skew-symmetric part of the 2N×2N HiPPO-LegS matrix; W complex normal; Δ log-uniform in [dt_min, dt_max].
 """
@@ -86,6 +89,6 @@ class DSSSoftmaxKernel(DiagonalSSM):
         x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
         w = torch.complex(self.W_re.to(dtype), self.W_im.to(dtype))
         denominator = lam * torch.expm1(self.normalization_length * x)
-        # 1/denominator, clamped as the reference does: Σ_{j<L} exp(jx) vanishes when Lx nears 2πik with no decay.
+        # 1/denominator, |z|² clamped (the docstring): Σ_{j<L} exp(jx) vanishes when Lx nears 2πik with no decay.
         inverse = denominator.conj() / denominator.abs().square().clamp(min=1e-7)
         return x, w * torch.expm1(x) * inverse / 2

@@ -2,9 +2,10 @@
 `ss_kernel_shift.py`): a state space whose A shifts the state down one place and whose B = e₁, so that its state is
 the last N inputs and its output Σ_j C_j u_{t−j}: a causal filter of N learned taps, y = C * u + D u.
 
-Built as one (window.py): the taps are C itself. The reference also trains B, starting at e₁, and then
-convolves a correlation of B with C in training but steps with a convolution, so the two agree only while
-B = e₁; here B is e₁ and the modes agree always. Init as the reference: C uniform in ±1/√N, D standard normal.
+Built as one (window.py): the taps are C itself. The reference also trains B, starting at e₁; its taps are then
+a combination of B and C, but still N taps of a causal filter, and C alone already reaches every such filter, so
+keeping B = e₁ loses nothing and saves the parameters (training and stepping agree for any B either way). Init as
+the reference: C uniform in ±1/√N, D standard normal.
 """
 
 import torch

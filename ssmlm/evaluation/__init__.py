@@ -1,5 +1,5 @@
 """Evaluation: per-position losses in the window and streaming regimes (perplexity.py) and the length-
-extrapolation experiment behind `ssmlm-eval-length` (extrapolation.py).
+extrapolation experiment behind `ssmlm-eval-length` (the extrapolation package).
 
 The names below are the command line's too, and free of torch, for its --help."""
 

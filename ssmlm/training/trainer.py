@@ -28,10 +28,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -52,11 +50,13 @@ from ..kernels import SSMKernel
 from ..tooling.memory import keep_freed_host_memory
 from ..tooling.saved_models import model_files, write_manifest
 from . import checkpoints
-from .config import ConfigError, TrainConfig, dump_config, flat_values
+from .config import ConfigError, TrainConfig, dump_config
+from .metrics_log import MetricsLog, TrainingLog, flat_hyperparameters
 from .model_card import model_card
 from .run_dir import abandon_start, check_not_busy, check_replaceable, check_writable, finish_run, free_path
 from .run_dir import is_empty, is_legacy_run, is_run, is_unfinished_replacement, readable_by_all, replaced_path
 from .run_dir import start_run
+from .stop_requests import StopRequests
 from .tasks import TASKS, Task
 
 
@@ -256,41 +256,6 @@ def micro_batches(loader, start_batch: int):
         skip = 0
 
 
-def json_safe(value):
-    """JSON has no NaN or infinity: such a number is written as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-class MetricsLog:
-    """metrics.jsonl on the main process; after a resume, records past the resumed step are dropped first, and so
-    is a line a crash left half-written."""
-
-    def __init__(self, path: Path, enabled: bool, start_step: int):
-        self.path, self.enabled = path, enabled
-        if enabled and path.exists():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= start_step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue
-            partial = path.with_name(path.name + ".tmp")
-            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(partial, path)  # a crash now leaves the old file or the new one, never half of one
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({key: json_safe(value) for key, value in record.items()}) + "\n")
-
-
-def flat_hyperparameters(config: TrainConfig) -> dict:
-    """The config as flat scalars, as trackers (TensorBoard hparams) want."""
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for key, value in flat_values(config.to_dict()).items()}
-
-
 def weights_finite(model, accelerator: Accelerator) -> bool:
     """Whether every parameter on every process is finite."""
     finite = all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
@@ -298,36 +263,52 @@ def weights_finite(model, accelerator: Accelerator) -> bool:
     return not_finite_anywhere.item() == 0
 
 
-class StopRequests:
-    """SIGINT and SIGTERM while training ask to stop after the current step, with a checkpoint. In a single process a
-    second signal of the same kind stops at once, as it would without this. Under a multi-process launcher every
-    signal only repeats the request: a terminal's Ctrl-C reaches every rank and the launcher forwards it again at
-    once, and it kills the ranks itself if they take too long (torchrun: after 30 s)."""
+class OptimizerStep:
+    """One optimizer update over `gradient_accumulation_steps` micro-batches: forward, backward, the gradient norm
+    (clipped to training.max_grad_norm), the divergence check, then the update. It keeps the latest gradient norm
+    for the log, and whether a stop was requested on any process for the loop."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    def __init__(self, accelerator: Accelerator, model, optimizer, scheduler, task: Task, batches, training,
+                 log: TrainingLog, output_dir: Path):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.task, self.batches, self.log, self.output_dir = task, batches, log, output_dir
+        self.accumulation_steps = training.gradient_accumulation_steps
+        # Gradient clipping with an infinite threshold measures the norm (for the divergence check) without clipping.
+        self.max_grad_norm = training.max_grad_norm or math.inf
+        # With fp16 loss scaling, an infinite gradient is routine: the scaler skips that step and lowers the scale.
+        self.scaled = accelerator.mixed_precision == "fp16"
+        self.grad_norm, self.stop_requested = None, False
 
-    def __init__(self, announce, second_stops_at_once: bool):
-        self.requested = False
-        self.announce = announce
-        self.second_stops_at_once = second_stops_at_once
-        self.previous = {}
+    def __call__(self, step: int, stop: StopRequests) -> torch.Tensor:
+        """Update `step`; returns its loss on this process, the mean over its micro-batches."""
+        step_loss = torch.zeros((), device=self.accelerator.device)
+        for _ in range(self.accumulation_steps):
+            batch = next(self.batches)
+            with self.accelerator.accumulate(self.model):
+                loss = self.task.loss(self.model, batch)
+                self.accelerator.backward(loss)
+                step_loss += loss.detach() / self.accumulation_steps
+                if self.accelerator.sync_gradients:
+                    self.update(step, step_loss, stop)
+        return step_loss
 
-    def __enter__(self):
-        for number in self.SIGNALS:
-            self.previous[number] = signal.signal(number, self.handle)
-        return self
-
-    def handle(self, number, frame):
-        if self.second_stops_at_once:
-            signal.signal(number, self.previous[number])
-        if not self.requested:
-            again = " (the same signal again stops at once, without one)" if self.second_stops_at_once else ""
-            self.announce(f"{signal.Signals(number).name}: stopping after this step, with a checkpoint{again}")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
+    def update(self, step: int, step_loss: torch.Tensor, stop: StopRequests) -> None:
+        grad_norm = self.grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        # One reduction per step: whether any process saw a bad loss or norm, or a stop request.
+        flags = torch.tensor([float(not torch.isfinite(step_loss)),
+                              float(grad_norm is not None and not self.scaled and not math.isfinite(float(grad_norm))),
+                              float(stop.requested)], device=self.accelerator.device)
+        bad_loss, bad_norm, self.stop_requested = (self.accelerator.reduce(flags, "sum") > 0).tolist()
+        if bad_loss or bad_norm:  # under DeepSpeed the update is made already, but never saved
+            self.log.diverged(step, step_loss, grad_norm)
+            raise TrainingDiverged(
+                f"training diverged at step {step}: the loss is {float(step_loss):.4g} and the "
+                f"gradient norm {float(grad_norm) if grad_norm is not None else 'unknown'} "
+                f"(on one of the processes, at least); lower training.learning_rate or set "
+                f"training.max_grad_norm; {last_good(self.output_dir)}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,7 +440,7 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
     """The loop from `start_step` to `training.max_steps`, then the final model and the final checkpoint."""
     training = config.training
     accelerator.init_trackers("ssmlm", config=flat_hyperparameters(config))
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, start_step)
+    metrics_file = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, start_step)
     tokens_per_step = (training.batch_size * accelerator.num_processes * training.gradient_accumulation_steps
                        * config.data.seq_len)
     accelerator.print(f"{num_parameters:,} parameters; {num_blocks:,} training "
@@ -468,21 +449,14 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
 
     progress = tqdm(total=training.max_steps, initial=start_step, desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)
-
-    def say(text):
-        if accelerator.is_local_main_process:
-            progress.write(text)
-
-    def record(step, metrics):
-        accelerator.log(metrics, step=step)
-        log.write({"step": step, **metrics})
+    log = TrainingLog(accelerator, metrics_file, progress, tokens_per_step)
 
     def validate(step):
         model.eval()
         metrics = task.evaluate(model, validation_loaders, accelerator)
         model.train()
-        record(step, metrics)
-        say(f"step {step}: validation " + task.validation_line(metrics, validation_loaders))
+        log.record(step, metrics)
+        log.say(f"step {step}: validation " + task.validation_line(metrics, validation_loaders))
         return metrics
 
     def save_checkpoint(step):
@@ -492,64 +466,18 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
         with writing(output_dir / "checkpoints" / f"checkpoint-{step}", output_dir):
             return checkpoints.save(accelerator, output_dir, step, config, config.output.keep_checkpoints)
 
-    # Gradient clipping with an infinite threshold measures the norm (for the divergence check) without clipping.
-    max_grad_norm = training.max_grad_norm or math.inf
-    # With fp16 loss scaling, an infinite gradient is routine: the scaler skips that step and lowers the scale.
-    scaled = accelerator.mixed_precision == "fp16"
     metrics = validate(start_step) if start_step == 0 else {}
     batches = micro_batches(train_loader, start_step * training.gradient_accumulation_steps)
+    optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, task, batches, training, log, output_dir)
     model.train()
-    window_loss = torch.zeros((), device=accelerator.device)  # summed step losses since the last record
-    window_steps, window_seconds, grad_norm, stop_requested = 0, 0.0, None, False
     # The bar is closed however the loop ends, so that a message after it starts on a line of its own.
-    with StopRequests(say, second_stops_at_once=accelerator.num_processes == 1) as stop, progress:
+    with StopRequests(log.say, second_stops_at_once=accelerator.num_processes == 1) as stop, progress:
         for step in range(start_step + 1, training.max_steps + 1):
             step_start = time.perf_counter()
-            step_loss = torch.zeros((), device=accelerator.device)
-            for _ in range(training.gradient_accumulation_steps):
-                batch = next(batches)
-                with accelerator.accumulate(model):
-                    loss = task.loss(model, batch)
-                    accelerator.backward(loss)
-                    step_loss += loss.detach() / training.gradient_accumulation_steps
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                        # One reduction per step: whether any process saw a bad loss or norm, or a stop request.
-                        flags = torch.tensor([float(not torch.isfinite(step_loss)),
-                                              float(grad_norm is not None and not scaled
-                                                    and not math.isfinite(float(grad_norm))),
-                                              float(stop.requested)], device=accelerator.device)
-                        bad_loss, bad_norm, stop_requested = (accelerator.reduce(flags, "sum") > 0).tolist()
-                        if bad_loss or bad_norm:  # under DeepSpeed the update is made already, but never saved
-                            log.write({"step": step, "diverged": True, "train/loss": float(step_loss),
-                                       "train/grad_norm": float(grad_norm) if grad_norm is not None else None})
-                            raise TrainingDiverged(
-                                f"training diverged at step {step}: the loss is {float(step_loss):.4g} and the "
-                                f"gradient norm {float(grad_norm) if grad_norm is not None else 'unknown'} "
-                                f"(on one of the processes, at least); lower training.learning_rate or set "
-                                f"training.max_grad_norm; {last_good(output_dir)}")
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-            window_loss += step_loss
-            window_steps += 1
-            window_seconds += time.perf_counter() - step_start  # training time only: not validation or saving
-            # Until the next record, this process's running figures, so the bar says something from step 1.
-            progress.set_postfix(loss=f"{float(window_loss) / window_steps:.3f}",
-                                 tok_s=f"{window_steps * tokens_per_step / window_seconds:,.0f}", refresh=False)
-            progress.update(1)
-
+            step_loss = optimizer_step(step, stop)
+            log.count_step(step_loss, time.perf_counter() - step_start)
             if step % config.output.log_every == 0 or step == training.max_steps:
-                mean_loss = accelerator.reduce(window_loss, "mean").item() / window_steps
-                tokens_per_second = window_steps * tokens_per_step / window_seconds
-                step_metrics = {"train/loss": mean_loss, "train/tokens_per_second": tokens_per_second,
-                                **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
-                if grad_norm is not None:
-                    step_metrics["train/grad_norm"] = float(grad_norm)
-                record(step, step_metrics)
-                progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
-                window_loss.zero_()
-                window_steps, window_seconds = 0, 0.0
+                log.record_steps(step, optimizer, optimizer_step.grad_norm)
             if step % training.eval_every == 0 or step == training.max_steps:
                 metrics = validate(step)
                 if not math.isfinite(metrics["val/loss"]):
@@ -559,7 +487,7 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
                 break  # the final checkpoint is written after the final model
             if step % config.output.save_every == 0:
                 save_checkpoint(step)
-            if stop_requested:
+            if optimizer_step.stop_requested:
                 if step % config.output.save_every:
                     save_checkpoint(step)
                 raise TrainingStopped(step)

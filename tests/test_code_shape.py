@@ -12,7 +12,7 @@ MAX_FUNCTION_LINES = 80
 # What the model classes may load of ssmlm: the model library (configuration, modeling, cache, blocks, kernels, ops)
 # and the compatibility layer. The tools (training, data, evaluation, benchmark, study, CLIs) import it, never the
 # other way round.
-MODEL_LIBRARY = ("ssmlm", "ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.compat", "ssmlm.blocks",
+MODEL_LIBRARY = ("ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.compat", "ssmlm.blocks",
                  "ssmlm.kernels", "ssmlm.ops")
 
 
@@ -49,6 +49,45 @@ def test_the_model_classes_load_only_the_model_library():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr
     loaded = run.stdout.split()
-    outside = [name for name in loaded
-               if not any(name == part or name.startswith(part + ".") for part in MODEL_LIBRARY[1:]) and name != "ssmlm"]
+    outside = [name for name in loaded if name != "ssmlm" and not name.startswith(tuple(MODEL_LIBRARY))]
     assert "ssmlm.modeling" in loaded and not outside, outside
+
+
+def readme_layout() -> dict[str, set[str]]:
+    """The modules README's Layout section names, by folder. A line indented by two spaces is the package's top
+    level: its first `folder/` is a folder of the package, a later one a folder inside it; a continuation line
+    (indented further) goes on in the folder of the line above, and may open a folder inside it too."""
+    block = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
+    listed, parent = {}, ""
+    for line in block.splitlines():
+        if not line.startswith("  "):  # the block's first and last lines: the package and the checkout
+            continue
+        if not line.startswith("   "):
+            parent = ""
+        folder = parent
+        for word in line.split():
+            word = word.rstrip(":,;")
+            if word.endswith("/") and word[:-1].isidentifier():
+                if not parent:
+                    parent = folder = word[:-1]
+                else:
+                    folder = f"{parent}/{word[:-1]}"
+            elif word.endswith(".py") and word != "__init__.py":
+                listed.setdefault(folder, set()).add(word)
+    return listed
+
+
+def test_the_readme_layout_is_the_tree_as_it_is():
+    """Every module of the package is named in README's Layout, in its folder, and every module named there exists
+    (package __init__.py files, which hold the registries and re-exports, aside)."""
+    package = REPO / "ssmlm"
+    actual = {}
+    for path in package.rglob("*.py"):
+        if path.name != "__init__.py" and "__pycache__" not in path.parts:
+            actual.setdefault(path.parent.relative_to(package).as_posix().removeprefix("."), set()).add(path.name)
+    listed = readme_layout()
+    missing = {folder: sorted(names - listed.get(folder, set())) for folder, names in actual.items()
+               if names - listed.get(folder, set())}
+    absent = {folder: sorted(names - actual.get(folder, set())) for folder, names in listed.items()
+              if names - actual.get(folder, set())}
+    assert not missing and not absent, f"not in README's Layout: {missing}; named there but absent: {absent}"

@@ -9,10 +9,11 @@ import pytest
 from fixtures.tiny_corpus import DOMAINS
 from runs import REPO
 from ssmlm.cli.study import main
-from ssmlm.study.plan import FamilySweep, ModelEntry, StudyPlan, SweepPlan, load_plan
-from ssmlm.study.report import CLOSE_NATS, judge_claims
+from ssmlm.study.plan import ClaimsPlan, EvaluationPlan, FamilySweep, ModelEntry, StudyPlan, SweepPlan, load_plan
+from ssmlm.study.report import judge_claims
 from ssmlm.study import runner
-from ssmlm.study.runner import SWEEP_EXTENSIONS, EvaluationFailed, Study
+from ssmlm.study.runner import SWEEP_EXTENSIONS, Study
+from ssmlm.tooling.saved_models import UsageError
 from ssmlm.training import ConfigError, TrainingStopped, load_config
 
 PLAN_MODELS = {"gss-dss", "gss-s4d", "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4", "gss-sgconv",
@@ -110,6 +111,9 @@ PLAN = ("models:\n  a: {config: gss-small, family: gss}\n"
     (("", "evaluation: {multipliers: []}\n"), "evaluation.multipliers: give at least one"),
     (("", "timing: {repeats: 0}\n"), "timing.repeats: must be at least 1, got 0"),
     (("", "quick: {evaluation: {bucket_size: -1}}\n"), "quick.evaluation.bucket_size: must be at least 1, got -1"),
+    (("", "claims: {gss: b}\n"), "claims.gss: 'b' is not a model of the plan; its models are a"),
+    (("", "claims: {kernels: [a, b]}\n"), "claims.kernels[1]: 'b' is not a model of the plan; its models are a"),
+    (("", "claims: {close_nats: -1}\n"), "claims.close_nats: must be a number at least 0, got -1.0"),
 ])
 def test_a_plan_value_the_phases_cannot_use_is_refused_before_anything_trains(change, message, tmp_path, capsys):
     plan = tmp_path / "plan.yaml"
@@ -144,15 +148,24 @@ def test_a_stopped_study_says_how_to_continue_it(stop, message, tmp_path, capsys
     assert capsys.readouterr().err == message
 
 
-def test_an_evaluation_that_fails_stops_the_study_with_its_exit_code(tmp_path, monkeypatch):
-    """Its message is the evaluation's own line; 1 (the regimes disagree) is a result, and the study goes on."""
-    plan = StudyPlan(models={"a": ModelEntry("gss-small", "gss")})
-    monkeypatch.setattr(runner.eval_length, "main", lambda argv, prog: 2)
-    with pytest.raises(EvaluationFailed) as failure:
-        Study(plan, tmp_path, log=lambda text: None).evaluate()
-    assert failure.value.code == 2
-    monkeypatch.setattr(runner.eval_length, "main", lambda argv, prog: 1)
-    assert Study(plan, tmp_path, log=lambda text: None).evaluate() == {"evaluation": 1, "within": 1}
+def test_an_evaluation_that_fails_stops_the_study_with_its_exit_code(tmp_path, monkeypatch, capsys):
+    """Its error is one line with the exit code of its kind; 1 (the regimes disagree) is a result, and the study goes
+    on."""
+    def fail(*args):
+        raise UsageError("not a saved model")
+
+    monkeypatch.setattr(runner, "evaluate", fail)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "out"), "--phases", "evaluate"]) == 2
+    assert capsys.readouterr().err.endswith("ssmlm-study: error: not a saved model\n")
+    monkeypatch.setattr(runner, "evaluate", lambda *args: {})
+    monkeypatch.setattr(runner, "write_outputs", lambda results, out: "DISAGREE: the regimes differ")
+    models = {"a": ModelEntry("gss-small", "gss")}
+    assert Study(StudyPlan(models), tmp_path, log=lambda text: None).evaluate_models() == {"evaluation": 1, "within": 1}
+    too_long = StudyPlan(models, evaluation=EvaluationPlan(within_context=10**6))
+    with pytest.raises(ConfigError, match="evaluation.within_context: 1000000 is longer than the training length"):
+        Study(too_long, tmp_path / "other", log=lambda text: None).evaluate_models()
 
 
 def claim_inputs(losses: dict[str, list[float]], gss_lengths: dict | None = None, speeds: dict | None = None) -> dict:
@@ -168,13 +181,14 @@ def claim_inputs(losses: dict[str, list[float]], gss_lengths: dict | None = None
     }
 
 
-def verdicts(results: dict) -> dict[str, str]:
-    return {row["claim"]: row["verdict"] for row in judge_claims(results)}
+def verdicts(results: dict, plan: ClaimsPlan | None = None) -> dict[str, str]:
+    return {row["claim"]: row["verdict"] for row in judge_claims(results, plan or ClaimsPlan())}
 
 
 def test_claims_are_judged_against_the_seed_noise():
+    close_nats = ClaimsPlan().close_nats
     losses = {"gss-dss": [5.00, 5.02], "gss-hybrid": [4.90, 4.92], "transformer": [5.10, 5.11],
-              "h3": [5.10 + CLOSE_NATS + 0.01], "h3-hybrid": [5.10, 5.10], "mega": [5.0], "mega-chunk": [5.03],
+              "h3": [5.10 + close_nats + 0.01], "h3-hybrid": [5.10, 5.10], "mega": [5.0], "mega-chunk": [5.03],
               "ssm-dss": [5.00], "gss-s4": [5.3]}
     judged = verdicts(claim_inputs(losses, speeds={"gss-dss": 3000.0, "ssm-dss": 1000.0}))
     assert judged["The GSS-Transformer hybrid is better than GSS alone"] == "holds"  # -0.10, noise 0.02
@@ -186,6 +200,18 @@ def test_claims_are_judged_against_the_seed_noise():
     assert judged[kernels] == "does not hold"  # S4 0.3 nats from the median
     losses["gss-hybrid"] = [5.2, 5.2]
     assert verdicts(claim_inputs(losses))["The GSS-Transformer hybrid is better than GSS alone"] == "does not hold"
+
+
+def test_the_claims_compare_the_models_the_plan_casts_in_them():
+    """A model renamed in the plan keeps its claims where the plan's claims section names it; a plan whose claim
+    names no model of the plan is refused."""
+    losses = {"h3": [5.10], "attention": [5.10, 5.11]}
+    claim = "H3 alone comes close to a Transformer"
+    assert verdicts(claim_inputs(losses))[claim] == "absent"  # no model is named transformer
+    assert verdicts(claim_inputs(losses), ClaimsPlan(transformer="attention"))[claim] == "holds"
+    models = {name: ModelEntry("gss-small", "gss") for name in losses}
+    with pytest.raises(ConfigError, match="claims.transformer: 'transformer' is not a model of the plan"):
+        StudyPlan(models, claims=ClaimsPlan(transformer="transformer"))
 
 
 def test_context_use_needs_a_gain_beyond_two_standard_errors_in_every_domain():

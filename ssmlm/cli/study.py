@@ -53,7 +53,7 @@ def study_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | N
 
     # Imported after parsing, so --help is quick.
     from ..study.plan import load_plan
-    from ..study.runner import EvaluationFailed, Study
+    from ..study.runner import Study
     from ..training import TrainingStopped
 
     plan = load_plan(args.plan)
@@ -66,8 +66,6 @@ def study_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | N
         raise CommandError("the evaluation's plots need matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
     try:
         study.run(args.phases)
-    except EvaluationFailed as failure:  # the evaluation said why, in its own line
-        return failure.code
     except TrainingStopped as stop:
         print(f"{parser.prog}: a run stopped at step {stop.step}, with a checkpoint; {CONTINUE}", file=sys.stderr)
         return STOPPED

@@ -1,6 +1,7 @@
-"""A study plan: which shipped configs to train, with which shared settings, seeds and learning-rate sweep, and how
-to evaluate and time them. Read from YAML (ssmlm/configs/studies/*.yaml) into typed dataclasses; an unknown key or
-a value of the wrong type is a one-line error naming the dotted key, as for training configs."""
+"""A study plan: which shipped configs to train, with which shared settings, seeds and learning-rate sweep, how to
+evaluate and time them, and which model plays which part in each claim of the report. Read from YAML
+(ssmlm/configs/studies/*.yaml) into typed dataclasses; an unknown key or a value of the wrong type is a one-line error
+naming the dotted key, as for training configs."""
 
 from __future__ import annotations
 
@@ -55,6 +56,41 @@ class QuickPlan:
     timing: TimingPlan = field(default_factory=TimingPlan)
 
 
+# The model of each claim role that a plan leaves out: the shipped plan's, the names the claim rules used before
+# plans named them (a plan without a claims section loads as before, and a claim whose model it lacks is reported
+# absent). A name the plan gives must be one of its models.
+DEFAULT_CLAIM_MODELS = {"gss": "gss-dss", "dss": "ssm-dss", "gss_hybrid": "gss-hybrid", "mega_chunk": "mega-chunk",
+                        "mega": "mega", "h3": "h3", "h3_hybrid": "h3-hybrid", "transformer": "transformer"}
+DEFAULT_KERNELS = ["gss-dss", "gss-s4d", "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4",
+                   "gss-sgconv"]
+
+
+@dataclass
+class ClaimsPlan:
+    """Which of the plan's models plays which part in the report's claims (report.py judges them), and the
+    thresholds of the claims' rules. A role left out (None) is played by DEFAULT_CLAIM_MODELS's model."""
+
+    gss: str | None = None  # GSS: faster than `dss` at similar quality; no worse and better with more context
+    dss: str | None = None  # a plain DSS layer
+    gss_hybrid: str | None = None  # the GSS-Transformer hybrid: better than `gss`
+    mega_chunk: str | None = None  # Mega-chunk: close to `mega`, full-attention Mega
+    mega: str | None = None
+    h3: str | None = None  # H3 alone: close to `transformer`
+    h3_hybrid: str | None = None  # the H3 hybrid: better than `transformer`
+    transformer: str | None = None
+    kernels: list[str] | None = None  # GSS with each SSM kernel: each close to their median (None: DEFAULT_KERNELS)
+    close_nats: float = 0.05  # "close": within this many nats per token (about 5% perplexity), or the seed noise
+    min_speedup: float = 2.0  # "2-3x faster": at least this ratio of training tokens/s
+    max_perplexity_increase: float = 0.02  # "no worse": at the longest length, at most this fraction above
+    gain_standard_errors: float = 2.0  # "better with more context": a context gain above this many standard errors
+
+    def model(self, role: str) -> str:
+        return getattr(self, role) or DEFAULT_CLAIM_MODELS[role]
+
+    def kernel_models(self) -> list[str]:
+        return DEFAULT_KERNELS if self.kernels is None else self.kernels
+
+
 @dataclass
 class StudyPlan:
     models: dict[str, ModelEntry]
@@ -63,6 +99,7 @@ class StudyPlan:
     sweep: SweepPlan = field(default_factory=SweepPlan)
     evaluation: EvaluationPlan = field(default_factory=EvaluationPlan)
     timing: TimingPlan = field(default_factory=TimingPlan)
+    claims: ClaimsPlan = field(default_factory=ClaimsPlan)
     quick: QuickPlan | None = None
 
     def __post_init__(self):
@@ -86,6 +123,7 @@ class StudyPlan:
                 if not (math.isfinite(rate) and rate > 0):
                     raise ConfigError(f"{key}: each must be a positive number, got {rate}")
         check_evaluation_and_timing(self.evaluation, self.timing, "")
+        check_claims(self.claims, self.models)
         if self.quick is not None:
             check_evaluation_and_timing(self.quick.evaluation, self.quick.timing, "quick.")
 
@@ -96,7 +134,7 @@ class StudyPlan:
         return StudyPlan(
             models=self.models, settings=self.settings + self.quick.settings, seeds=self.seeds,
             sweep=SweepPlan(self.sweep.settings + self.quick.sweep_settings, self.sweep.families),
-            evaluation=self.quick.evaluation, timing=self.quick.timing,
+            evaluation=self.quick.evaluation, timing=self.quick.timing, claims=self.claims,
         )
 
     def runs(self) -> list[tuple[str, int]]:
@@ -118,6 +156,22 @@ def check_evaluation_and_timing(evaluation: EvaluationPlan, timing: TimingPlan, 
         for value in values:
             if value is not None and value < 1:
                 raise ConfigError(f"{prefix}{key}: must be at least 1, got {value}")
+
+
+def check_claims(claims: ClaimsPlan, models: dict[str, ModelEntry]) -> None:
+    """Every model a claim names is one of the plan's (a renamed model would leave its claim silently absent), and
+    every threshold a number at least 0."""
+    named = {f"claims.{role}": getattr(claims, role) for role in DEFAULT_CLAIM_MODELS}
+    named |= {f"claims.kernels[{index}]": name for index, name in enumerate(claims.kernels or [])}
+    for key, name in named.items():
+        if name is not None and name not in models:
+            raise ConfigError(f"{key}: {name!r} is not a model of the plan; its models are {', '.join(models)}")
+    thresholds = {"close_nats": claims.close_nats, "min_speedup": claims.min_speedup,
+                  "max_perplexity_increase": claims.max_perplexity_increase,
+                  "gain_standard_errors": claims.gain_standard_errors}
+    for key, value in thresholds.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"claims.{key}: must be a number at least 0, got {value}")
 
 
 def plan_path(name_or_path: str) -> Path:

@@ -2,8 +2,9 @@
 
     sweep     each family's representative config, briefly, at each learning rate   OUT/sweep/FAMILY-lrRATE/
     train     every model (headline models at every seed) at its family's rate       OUT/runs/MODEL-seedSEED/
-    evaluate  ssmlm-eval-length over every trained model: 1x-16x the training         OUT/evaluation/
-              length, both regimes, the context gain; and the within-length check    OUT/within/
+    evaluate  the length evaluation (ssmlm-eval-length's) over every trained model:  OUT/evaluation/
+              1x-16x the training length, both regimes, the context gain; and the    OUT/within/
+              within-length check
     time      a training step and greedy decoding of every model, interleaved        OUT/timing.json
     report    results.json and results.md from all of the above                      OUT/results.{json,md}
 
@@ -20,28 +21,31 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import datasets
 import torch
+from transformers.utils import logging as transformers_logging
 
 from ..configuration import SSMLMConfig
 from ..modeling import SSMLMForCausalLM
 from ..benchmark.measure import make_generation, make_training_step, run_interleaved, torch_threads
 from ..benchmark.runs import machine_info
-from ..cli import eval_length
 from ..cli.entry import CHECK_FAILED, OK
-from ..tooling.saved_models import load
-from ..training import TrainConfig, TrainingDiverged, load_config, train
+from ..evaluation import REGIMES
+from ..evaluation.extrapolation import DataSpec, Settings, evaluate, write_outputs
+from ..tooling.saved_models import load, pick_device
+from ..training import ConfigError, TrainConfig, TrainingDiverged, load_config, train
 from ..training.checkpoints import latest_checkpoint
 from . import PHASES
 from .plan import StudyPlan
+from .records import RUN_RECORD, read_json, run_dir, write_json
+from .report import gather, write_report
 
 SWEEP_EXTENSIONS = 2  # rates a family's sweep may add past the edge of its grid
-RUN_RECORD = "study-run.json"
-SEED_SUFFIX = "-seed"  # a run's folder, and its name in the evaluation: MODEL-seedSEED
 
-
-def model_and_seed(run_name: str) -> tuple[str, str]:
-    model, _, seed = run_name.rpartition(SEED_SUFFIX)
-    return model, seed  # written beside a finished run's model: what the report needs of it
+# The evaluation's settings that the plan does not choose: ssmlm-eval-length's defaults.
+STREAM_CHUNK = 2048
+TEXT_COLUMN = "text"
+EVALUATION_CACHE_DIR = "~/.cache/ssmlm"
 
 
 def reset_accelerate_state() -> None:
@@ -60,21 +64,14 @@ def parameter_count(model_dir: Path) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-
-
-class EvaluationFailed(Exception):
-    """The evaluation ended with exit code `code` other than 0 or 1, having said why on stderr."""
-
-    def __init__(self, code: int):
-        super().__init__(f"the evaluation ended with exit code {code}")
-        self.code = code
+def evaluation_settings(lengths: list[int], train_length: int, bucket_size: int, regimes: list[str],
+                        max_documents: int | None, baseline_context: int) -> Settings:
+    """The evaluation's Settings, with ssmlm-eval-length's defaults for what the plan does not choose (a truncated
+    piece of a quarter of the truncated context, as its --baseline-stride)."""
+    return Settings(lengths=lengths, train_length=train_length, bucket_size=bucket_size, regimes=regimes,
+                    stream_chunk=STREAM_CHUNK, max_window_length=None, max_documents=max_documents,
+                    concatenate_documents=False, baseline_context=baseline_context,
+                    baseline_stride=max(1, baseline_context // 4))
 
 
 @dataclass
@@ -182,7 +179,7 @@ class Study:
         sweep = read_json(self.out / "sweep.json") or {}
         return {family: result["best"] for family, result in sweep.items()}
 
-    def train(self) -> dict:
+    def train_models(self) -> dict:
         rates = self.swept_rates()
         runs = {}
         for name, seed in self.plan.runs():
@@ -190,14 +187,11 @@ class Study:
             rate = rates.get(entry.family)
             settings = self.run_settings(entry.config, f"training.seed={seed}",
                                          *(self.learning_rate_settings(entry.config, rate) if rate else []))
-            runs.setdefault(name, {})[str(seed)] = self.train_run(entry.config, settings, self.run_dir(name, seed))
+            runs.setdefault(name, {})[str(seed)] = self.train_run(entry.config, settings, run_dir(self.out, name, seed))
         width = max(map(len, runs))
         self.log("parameters:\n" + "\n".join(f"  {name:<{width}} {next(iter(seeds.values()))['parameters']:>12,}"
                                               for name, seeds in runs.items()))
         return runs
-
-    def run_dir(self, name: str, seed: int) -> Path:
-        return self.out / "runs" / f"{name}{SEED_SUFFIX}{seed}"
 
     @cached_property
     def shared_config(self) -> TrainConfig:
@@ -206,9 +200,9 @@ class Study:
         first = next(iter(self.plan.models.values())).config
         return load_config(first, self.run_settings(first))
 
-    def evaluation_data(self) -> list[str]:
-        """DOMAIN=FILE for the test split beside each domain's validation file."""
-        return [f"{domain}={Path(source.validation).with_name('test.jsonl')}"
+    def evaluation_data(self) -> list[DataSpec]:
+        """The test split beside each domain's validation file."""
+        return [DataSpec(domain, str(Path(source.validation).with_name("test.jsonl")))
                 for domain, source in self.shared_config.data.sources.items()]
 
     def domains(self) -> list[str]:
@@ -217,38 +211,46 @@ class Study:
     def train_length(self) -> int:
         return self.shared_config.data.seq_len
 
-    def evaluate(self) -> dict:
-        """ssmlm-eval-length twice over every trained model: 1x-16x with a training-length truncated context, and
-        at the training length with a short one."""
+    def evaluation_runs(self) -> dict[str, Settings]:
+        """The evaluation's two runs, by the folder each writes: 1x-16x the training length in both regimes with a
+        training-length truncated context, and the training length alone, streaming, with a short one."""
         evaluation, length = self.plan.evaluation, self.train_length()
-        models = [str(self.run_dir(name, seed)) for name, seed in self.plan.runs()]
-        common = ["--model", *models, "--data", *self.evaluation_data(), "--train-length", str(length)]
+        if evaluation.within_context > length:
+            raise ConfigError(f"evaluation.within_context: {evaluation.within_context} is longer than the training "
+                              f"length {length}: the truncated context must fit in every window")
+        return {
+            "evaluation": evaluation_settings(sorted({length * multiplier for multiplier in evaluation.multipliers}),
+                                              length, evaluation.bucket_size, list(REGIMES),
+                                              evaluation.max_documents, baseline_context=length),
+            "within": evaluation_settings([length], length, evaluation.within_context, ["streaming"],
+                                          evaluation.within_max_documents, baseline_context=evaluation.within_context),
+        }
+
+    def evaluate_models(self) -> dict:
+        """The length evaluation twice over every trained model; by folder, the exit code ssmlm-eval-length would
+        give: 1 where the regimes disagree, a result. An error (a model or the data) stops the study, one line."""
+        model_dirs = [run_dir(self.out, name, seed) for name, seed in self.plan.runs()]
+        specs = self.evaluation_data()
+        device = pick_device("auto")
+        datasets.disable_progress_bars()  # one progress bar: the evaluation's
+        transformers_logging.disable_progress_bar()
         codes = {}
-        for folder, arguments in (
-            ("evaluation", ["--multipliers", *map(str, evaluation.multipliers),
-                            "--bucket-size", str(evaluation.bucket_size),
-                            *(["--max-documents", str(evaluation.max_documents)] if evaluation.max_documents else [])]),
-            ("within", ["--multipliers", "1", "--regimes", "streaming",
-                        "--baseline-context", str(evaluation.within_context),
-                        "--bucket-size", str(evaluation.within_context),
-                        *(["--max-documents", str(evaluation.within_max_documents)]
-                          if evaluation.within_max_documents else [])]),
-        ):
-            if (self.out / folder / "results.json").exists():
-                self.log(f"{self.out / folder}: done before")
+        for folder, settings in self.evaluation_runs().items():
+            out = self.out / folder
+            if (out / "results.json").exists():
+                self.log(f"{out}: done before")
                 continue
-            self.log(f"evaluating into {self.out / folder}")
+            self.log(f"evaluating into {out}")
             start = time.perf_counter()
             with torch_threads(self.threads or torch.get_num_threads()):
-                codes[folder] = eval_length.main([*common, *arguments, "--out", str(self.out / folder)],
-                                                 prog=f"ssmlm-study: {folder}")
-            if codes[folder] not in (OK, CHECK_FAILED):  # a disagreement is a result; anything else stops the study
-                raise EvaluationFailed(codes[folder])
-            write_json(self.out / folder / "study-phase.json", {"seconds": time.perf_counter() - start,
-                                                                 "exit_code": codes[folder]})
+                results = evaluate(model_dirs, specs, settings, device, TEXT_COLUMN, EVALUATION_CACHE_DIR)
+            summary = write_outputs(results, out)
+            self.log(f"{summary}; wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'perplexity.png'}")
+            codes[folder] = CHECK_FAILED if summary.startswith("DISAGREE") else OK
+            write_json(out / "study-phase.json", {"seconds": time.perf_counter() - start, "exit_code": codes[folder]})
         return codes
 
-    def time(self) -> dict:
+    def time_models(self) -> dict:
         """A training step at the training shape and greedy decoding after each prompt length, for the first seed of
         every model, interleaved in rounds (ssmlm.benchmark's closures): the models see the same machine noise."""
         if (timing := read_json(self.out / "timing.json")) is not None:
@@ -260,7 +262,7 @@ class Study:
         batch_size = self.shared_config.training.batch_size
         start = time.perf_counter()
         with torch_threads(self.threads or torch.get_num_threads()):
-            models = {name: load(self.run_dir(name, first_seed), device, torch.float32)[1]
+            models = {name: load(run_dir(self.out, name, first_seed), device, torch.float32)[1]
                       for name in self.plan.models}
             self.log(f"timing training steps of {batch_size} x {length} tokens")
             steps, failures = run_interleaved(
@@ -306,18 +308,21 @@ class Study:
         return any(result.get("agreement", {}).get("verdict", "agree") != "agree"
                    for model in evaluation.get("models", []) for result in model["results"])
 
-    def run(self, phases: list[str]) -> None:
-        from .report import write_report
+    def report(self) -> dict:
+        """results.json and results.md, from the other phases' outputs."""
+        results = gather(self.plan, self.out, self.train_length(), self.domains(), self.corpus, self.extra_settings)
+        write_report(results, self.out)
+        self.log(f"wrote {self.out / 'results.json'} and {self.out / 'results.md'}")
+        return results
 
+    def run(self, phases: list[str]) -> None:
+        steps = {"sweep": self.sweep, "train": self.train_models, "evaluate": self.evaluate_models,
+                 "time": self.time_models, "report": self.report}
         durations = read_json(self.out / "durations.json") or {}
         for phase in PHASES:
             if phase not in phases:
                 continue
             start = time.perf_counter()
-            if phase == "report":
-                write_report(self)
-                self.log(f"wrote {self.out / 'results.json'} and {self.out / 'results.md'}")
-            else:
-                getattr(self, phase)()
+            steps[phase]()
             durations[phase] = durations.get(phase, 0.0) + time.perf_counter() - start
             write_json(self.out / "durations.json", durations)

@@ -15,7 +15,8 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-from ..evaluation import DEFAULT_HUB_SPLIT, MIN_STREAM_CHUNKS, REGIMES
+from ..evaluation import (DEFAULT_CACHE_DIR, DEFAULT_HUB_SPLIT, DEFAULT_STREAM_CHUNK, DEFAULT_TEXT_COLUMN,
+                          MIN_STREAM_CHUNKS, REGIMES, default_baseline_stride)
 from .entry import CHECK_FAILED, ArgumentParser, CommandError, run
 
 
@@ -43,9 +44,9 @@ def build_parser(prog: str = "ssmlm-eval-length") -> argparse.ArgumentParser:
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES),
                         help="window: one convolutional forward of the whole window; streaming: chunks with the "
                              "recurrent state carried (default both)")
-    parser.add_argument("--stream-chunk", type=int, default=2048, metavar="N",
+    parser.add_argument("--stream-chunk", type=int, default=DEFAULT_STREAM_CHUNK, metavar="N",
                         help="at most N tokens per forward in the streaming regime and the truncated pass (default "
-                             f"2048); streaming reads every window in at least {MIN_STREAM_CHUNKS} chunks")
+                             f"{DEFAULT_STREAM_CHUNK}); streaming reads every window in at least {MIN_STREAM_CHUNKS} chunks")
     parser.add_argument("--baseline-context", type=int, metavar="C",
                         help="the context gain's truncated context: the same tokens are scored again with at most C "
                              "tokens before each (default --train-length; without either, no context gain)")
@@ -60,9 +61,10 @@ def build_parser(prog: str = "ssmlm-eval-length") -> argparse.ArgumentParser:
     parser.add_argument("--concatenate-documents", action="store_true",
                         help="join all documents into one stream and cut it into windows (the output says so); by "
                              "default only documents with at least L tokens are scored")
-    parser.add_argument("--text-column", default="text", help="the text field of JSONL records and Hub datasets")
-    parser.add_argument("--cache-dir", default="~/.cache/ssmlm",
-                        help="where datasets keeps its caches (default ~/.cache/ssmlm, as training)")
+    parser.add_argument("--text-column", default=DEFAULT_TEXT_COLUMN,
+                        help="the text field of JSONL records and Hub datasets")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                        help=f"where datasets keeps its caches (default {DEFAULT_CACHE_DIR}, as training)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', ...")
     parser.add_argument("--out", required=True, metavar="DIR", help="writes results.json, results.md, perplexity.png")
     return parser
@@ -90,7 +92,7 @@ def settings_from(args: argparse.Namespace):
                          "must fit in every window")
     if args.baseline_stride and not context:
         raise CommandError("--baseline-stride needs --baseline-context or --train-length")
-    stride = args.baseline_stride or (max(1, context // 4) if context else None)
+    stride = args.baseline_stride or (default_baseline_stride(context) if context else None)
     if context and stride > context:
         raise CommandError(f"--baseline-stride {stride} is longer than the truncated context {context}")
     from ..evaluation.extrapolation import Settings

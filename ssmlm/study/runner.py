@@ -30,7 +30,7 @@ from ..modeling import SSMLMForCausalLM
 from ..benchmark.measure import make_generation, make_training_step, run_interleaved, torch_threads
 from ..benchmark.runs import machine_info
 from ..cli.entry import CHECK_FAILED, OK
-from ..evaluation import REGIMES
+from ..evaluation import DEFAULT_CACHE_DIR, DEFAULT_STREAM_CHUNK, DEFAULT_TEXT_COLUMN, REGIMES, default_baseline_stride
 from ..evaluation.extrapolation import DataSpec, Settings, evaluate, write_outputs
 from ..tooling.saved_models import load, pick_device
 from ..training import ConfigError, TrainConfig, TrainingDiverged, load_config, train
@@ -42,10 +42,6 @@ from .report import gather, write_report
 
 SWEEP_EXTENSIONS = 2  # rates a family's sweep may add past the edge of its grid
 
-# The evaluation's settings that the plan does not choose: ssmlm-eval-length's defaults.
-STREAM_CHUNK = 2048
-TEXT_COLUMN = "text"
-EVALUATION_CACHE_DIR = "~/.cache/ssmlm"
 
 
 def reset_accelerate_state() -> None:
@@ -69,9 +65,9 @@ def evaluation_settings(lengths: list[int], train_length: int, bucket_size: int,
     """The evaluation's Settings, with ssmlm-eval-length's defaults for what the plan does not choose (a truncated
     piece of a quarter of the truncated context, as its --baseline-stride)."""
     return Settings(lengths=lengths, train_length=train_length, bucket_size=bucket_size, regimes=regimes,
-                    stream_chunk=STREAM_CHUNK, max_window_length=None, max_documents=max_documents,
+                    stream_chunk=DEFAULT_STREAM_CHUNK, max_window_length=None, max_documents=max_documents,
                     concatenate_documents=False, baseline_context=baseline_context,
-                    baseline_stride=max(1, baseline_context // 4))
+                    baseline_stride=default_baseline_stride(baseline_context))
 
 
 @dataclass
@@ -243,7 +239,7 @@ class Study:
             self.log(f"evaluating into {out}")
             start = time.perf_counter()
             with torch_threads(self.threads or torch.get_num_threads()):
-                results = evaluate(model_dirs, specs, settings, device, TEXT_COLUMN, EVALUATION_CACHE_DIR)
+                results = evaluate(model_dirs, specs, settings, device, DEFAULT_TEXT_COLUMN, DEFAULT_CACHE_DIR)
             summary = write_outputs(results, out)
             self.log(f"{summary}; wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'perplexity.png'}")
             codes[folder] = CHECK_FAILED if summary.startswith("DISAGREE") else OK

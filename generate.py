@@ -1,9 +1,6 @@
-"""Stream a continuation of a prompt from a saved ssmlm model: `python generate.py --help`. The same command as
-`ssmlm-generate` (the logic is ssmlm/cli/generate.py), with the same exit codes."""
-
-import sys
+"""`ssmlm-generate` from a checkout: `python generate.py --help` (the command is ssmlm/cli/generate.py)."""
 
 from ssmlm.cli.generate import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="generate.py"))
+    raise SystemExit(main(prog="generate.py"))

@@ -8,13 +8,13 @@
 #    kernel and block kind, float64 and float32; generate() with the cache == greedy re-forward; bf16 autocast,
 #    within the tolerance it needs) with SSMLM_TEST_DEVICE set. They are the suite's own tests, not copies.
 # 2. Training tokens/s, peak memory and MFU (against the bf16 matmul peak of the same run) for GSS, Mega-chunk, the
-#    hybrid, Llama (sdpa) and Mamba at 2k to 64k tokens, 64k tokens a step (scripts/bench.py train). Mamba without
+#    hybrid, Llama (sdpa) and Mamba at 2k to 64k tokens, 64k tokens a step (ssmlm-bench train). Mamba without
 #    its fused kernels runs transformers' reference path, which the benchmark does not run past 8k tokens.
-# 3. Decoding ms/token after 1k, 32k and 128k-token prompts (bench.py generate), and batched decoding throughput
-#    (bench.py decode-batch).
+# 3. Decoding ms/token after 1k, 32k and 128k-token prompts (ssmlm-bench generate), and batched decoding
+#    throughput (ssmlm-bench decode-batch).
 #
 # The machine keeps its own Python, torch and transformers (within the range ssmlm supports); the checkout's ssmlm
-# is used, not an installed one.
+# is used, not an installed one: the benchmarks run as `python -m ssmlm.cli.bench`.
 set -euo pipefail
 OUT=${1:?usage: scripts/device_check.sh OUT [--dry-run]}
 MODE=${2:-}
@@ -64,13 +64,13 @@ SSMLM_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -m device -p no:cacheprovider "
 tail -n 3 "$OUT/invariants.log"
 # Each benchmark's progress, tables and warnings go to bench.log; a failure's last lines are printed at the end.
 echo "$(date +%T) training benchmark"
-"$PYTHON" scripts/bench.py train --device "$DEVICE" --models "${MODELS[@]}" "${TRAIN[@]}" \
+"$PYTHON" -m ssmlm.cli.bench train --device "$DEVICE" --models "${MODELS[@]}" "${TRAIN[@]}" \
     --out "$OUT/train.json" --markdown "$OUT/train.md" >>"$OUT/bench.log" 2>&1 || status=1
 echo "$(date +%T) generation benchmark"
-"$PYTHON" scripts/bench.py generate --device "$DEVICE" --models "${MODELS[@]}" "${GENERATE[@]}" \
+"$PYTHON" -m ssmlm.cli.bench generate --device "$DEVICE" --models "${MODELS[@]}" "${GENERATE[@]}" \
     --out "$OUT/generate.json" --markdown "$OUT/generate.md" >>"$OUT/bench.log" 2>&1 || status=1
 echo "$(date +%T) batched decoding benchmark"
-"$PYTHON" scripts/bench.py decode-batch --device "$DEVICE" --models "${MODELS[@]}" "${BATCHED[@]}" \
+"$PYTHON" -m ssmlm.cli.bench decode-batch --device "$DEVICE" --models "${MODELS[@]}" "${BATCHED[@]}" \
     --out "$OUT/batched.json" --markdown "$OUT/batched.md" >>"$OUT/bench.log" 2>&1 || status=1
 
 {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the public implementations that scripts/bench.py measures our models against, apart from the project
+# Installs the public implementations that ssmlm-bench measures our models against, apart from the project
 # (nothing here is a dependency of ssmlm), into DIR (default: .bench-contenders/ at the repository root, gitignored):
 #
 #   DIR/gss-port        gated-state-spaces-pytorch 0.1.0 (lucidrains' PyTorch port of GSS) with einops and scipy,
@@ -11,7 +11,7 @@
 #
 # Both use the venv's torch and numpy: nothing here installs torch. Run it again to reinstall.
 #
-#   scripts/install_bench_contenders.sh [DIR]        then: python scripts/bench.py train [--contenders-dir DIR]
+#   scripts/install_bench_contenders.sh [DIR]        then: ssmlm-bench train [--contenders-dir DIR]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${1:-$ROOT/.bench-contenders}"

@@ -22,9 +22,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlm.benchmark.batched import prefill, repeat_each_sequence
-from ssmlm.benchmark.cli import add_host_allocator_option
 from ssmlm.benchmark.contenders import MODEL_BUILDERS, Contenders
 from ssmlm.benchmark.measure import make_training_step
+from ssmlm.cli.bench import add_host_allocator_option
 from ssmlm.compat import returned_cache
 from ssmlm.tooling.memory import keep_freed_host_memory
 
@@ -40,7 +40,7 @@ def profile_training(model, length: int, device: torch.device, warmup: int):
 
 @torch.no_grad()
 def profile_decoding(model, prompt_length: int, steps: int, batch: int, device: torch.device, warmup: int):
-    """Decoding after one prompt, its cache repeated for `batch` streams as `bench.py decode-batch` does."""
+    """Decoding after one prompt, its cache repeated for `batch` streams as `ssmlm-bench decode-batch` does."""
     prefilled = prefill(model, prompt_length, device)
     repeat_each_sequence(next(iter(prefilled.values())), batch)
     token = torch.zeros(batch, 1, dtype=torch.long, device=device)

@@ -1,4 +1,4 @@
-"""The benchmark harness (scripts/bench.py, ssmlm/benchmark/): one quick run in-process, checked for the
+"""The benchmark harness (ssmlm-bench, ssmlm/benchmark/): one quick run in-process, checked for the
 structure of its JSON and markdown; the regression check against a doctored slower run; OOM reporting of the
 peak-memory processes; the interleaving; the FLOPs formulas against hand counts; and the public implementations
 (gss-port, mega-chunk-hf4): skipped with the reason when absent (as in CI), the worker protocol against a stub
@@ -22,8 +22,7 @@ import torch
 import transformers
 from torch import nn
 
-from ssmlm.benchmark import CONTENDERS_DIR, cli, contenders, public, runs
-from ssmlm.cli.bench import main
+from ssmlm.benchmark import CONTENDERS_DIR, contenders, public, runs
 from ssmlm.benchmark.compare import compare_results, regression_figures
 from ssmlm.benchmark.contenders import Contenders
 from ssmlm.benchmark.flops import attended_pairs, forward_flops, training_flops_per_token
@@ -42,6 +41,7 @@ from ssmlm.benchmark.measure import (
 from ssmlm.benchmark.report import format_ratio, format_value, public_comparison_table, to_markdown
 from ssmlm.benchmark.settings import Settings
 from ssmlm.benchmark.size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
+from ssmlm.cli.bench import build_options_parser, main, settings_from_args
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 LENGTH = 128
@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_and_exit_code_2_before_anything_runs(argv, messag
     paths["not_json"].write_text("| a | b |\n")
     paths["foreign"].write_text(json.dumps({"loss": 1.0}))
     monkeypatch.setattr(runs, "run_benchmarks", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
-    monkeypatch.setattr(cli, "run_harness", lambda *args: pytest.fail("a harness ran"))
+    monkeypatch.setattr("ssmlm.cli.bench.run_harness", lambda *args: pytest.fail("a harness ran"))
     code = main([part.format(**paths) for part in argv])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith(f"ssmlm-bench: error: {message.format(**paths)}") and error.count("\n") == 1
@@ -605,15 +605,15 @@ def test_profile_script_prints_the_operators_of_a_step(phase, capsys):
 def test_gss_shape_option_reaches_gss_the_port_the_matching_and_the_memory_processes():
     """--gss-shape H N (e.g. the GSS port's default 256 512): GSS is built with it, the others are matched to the
     count that results, and the peak-memory processes get it too; the default shape stays for everyone else."""
-    args = cli.build_parser().parse_args(["train", "--gss-shape", "32", "64"])
-    settings = cli.settings_from_args(args)
+    args = build_options_parser().parse_args(["train", "--gss-shape", "32", "64"])
+    settings = settings_from_args(args)
     gss = settings.contenders().build("gss", CPU)
     assert (gss.config.ssm_size, gss.config.ssm_state_size) == (32, 64)
     llama = settings.contenders().build("llama", CPU)
     assert count_parameters(llama) == pytest.approx(count_parameters(gss), rel=1e-3)
     command = peak_memory_command("gss", 64, settings)
     assert command[-3:] == ["--gss-shape", "32", "64"]
-    assert cli.build_parser().parse_args(command[3:]).gss_shape == [32, 64]
+    assert build_options_parser().parse_args(command[3:]).gss_shape == [32, 64]
     assert Contenders().build("gss", CPU).config.ssm_size == 64
 
 
@@ -653,7 +653,7 @@ def test_the_data_memory_benchmark_runs_and_writes_its_json(tmp_path):
 
 
 def test_the_compile_benchmark_times_compiled_against_eager(monkeypatch, tmp_path):
-    """The harness of `bench.py compile`, with Dynamo's eager backend standing in for inductor (whose compile takes
+    """The harness of `ssmlm-bench compile`, with Dynamo's eager backend standing in for inductor (whose compile takes
     minutes): every model eager and compiled, training and decoding, each compiled figure against its eager one."""
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **options: real_compile(model, backend="eager", **options))

@@ -1,9 +1,12 @@
-"""The shape the code keeps (issue 29): the model library stands apart from the tools, and no unit grows past what a
-reader takes in at once. Checked over the package and the scripts; the tests are tables and scenarios, left out."""
+"""The shape the code keeps (issue 29): the model library stands apart from the tools, no unit grows past what a
+reader takes in at once, and the module lists kept by hand in package docstrings stay true. Checked over the package
+and the scripts; the tests are tables and scenarios, left out."""
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +22,27 @@ MODEL_LIBRARY = ("ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.
 def sources() -> list[Path]:
     return sorted([*(REPO / "ssmlm").rglob("*.py"), *(REPO / "scripts").rglob("*.py"), REPO / "train.py",
                    REPO / "generate.py"])
+
+
+def listed_modules(package_init: Path) -> dict[str, str | None]:
+    """The index in a package's docstring, its lines `    [ssmlm-COMMAND]  NAME.py  what it holds`, as {NAME.py: the
+    console script, or None}."""
+    docstring = ast.get_docstring(ast.parse(package_init.read_text()))
+    listed = re.findall(r"^    (?:(ssmlm-[\w-]+) +)?(\w+\.py)  ", docstring, re.M)
+    return {module: command or None for command, module in listed}
+
+
+def test_the_package_indexes_name_every_module():
+    """The hand-kept lists of ssmlm/benchmark/__init__.py and ssmlm/cli/__init__.py name every module of their folder
+    and no other, and cli's pairs each console script with the module pyproject.toml runs."""
+    benchmark = REPO / "ssmlm" / "benchmark"
+    benchmark_modules = {path.name for path in benchmark.glob("*.py")} - {"__init__.py"}
+    assert set(listed_modules(benchmark / "__init__.py")) == benchmark_modules
+    cli = REPO / "ssmlm" / "cli"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    installed = {target.split(":")[0].removeprefix("ssmlm.cli.") + ".py": name for name, target in scripts.items()}
+    assert listed_modules(cli / "__init__.py") == installed
+    assert set(installed) == {path.name for path in cli.glob("*.py")} - {"__init__.py", "entry.py"}
 
 
 def test_no_module_over_600_lines():

@@ -1,4 +1,4 @@
-"""scripts/eval_length.py: the window and streaming regimes agree, across several chunk boundaries at every length,
+"""ssmlm-eval-length: the window and streaming regimes agree, across several chunk boundaries at every length,
 bucket perplexities recombine to the overall one, the truncated-context baseline sees the context it promises
 and the context gain is its loss minus the regime's, a model that cannot take a length is reported "not
 supported" with its reason (never truncated), bits per byte count the scored text, streaming memory stays flat
@@ -221,11 +221,13 @@ def test_models_with_different_tokenizers_are_compared_in_bits_per_byte(model_di
 @pytest.mark.slow
 def test_command_line_end_to_end(model_dirs, eval_file, tmp_path):
     out = tmp_path / "report"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "eval_length.py"),
+    command = [sys.executable, "-m", "ssmlm.cli.eval_length",
                "--model", str(model_dirs["gss"]), str(model_dirs["mega-full"]), "--data", f"text={eval_file}",
                "--train-length", "32", "--multipliers", "1", "4", "--bucket-size", "16", "--stream-chunk", "24",
                "--max-documents", "3", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # Run from elsewhere: the checkout's ssmlm goes first on the path, not whichever one is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "the regimes agree at all 3" in run.stdout
     results = json.loads((out / "results.json").read_text())

@@ -1,6 +1,6 @@
-"""The benchmark of scripts/bench.py (docs/benchmarks.md): speed, memory and FLOPs of the ssmlm models against
-transformers' Llama and the public implementations of GSS and Mega-chunk, and Mega-chunk against full-attention
-Mega. The model library never imports it.
+"""The benchmark of `ssmlm-bench` (docs/benchmarks.md; its command line is ssmlm/cli/bench.py): speed, memory and FLOPs
+of the ssmlm models against transformers' Llama and the public implementations of GSS and Mega-chunk, and Mega-chunk
+against full-attention Mega. The model library never imports it.
 
     size.py         the size every contender is built at and the batch it is measured with
     contenders.py   the contenders by name (MODEL_BUILDERS; MODEL_NAMES below), built by Contenders at one GSS
@@ -16,9 +16,13 @@ Mega. The model library never imports it.
     compare.py      the regression figures and the comparison of two runs
     report.py       the markdown of a run
     mega_chunk.py   the `mega-chunk` command: Mega-chunk against full-attention Mega, time per token
-    cli.py          the commands' options and their run, for `ssmlm-bench` (ssmlm/cli/bench.py, its entry point)
+    compiled.py     the `compile` command: torch.compile against eager
+    batched.py      the `decode-batch` command: many streams decoded at once
+    long_stream.py  the `long-stream` command: one very long generated stream
+    harnesses.py    those four commands by name, with their settings, and their run
 
-The names below are the command line's too, and free of torch, for `ssmlm-bench COMMAND --help`.
+The names below are the command line's too, and free of torch, for `ssmlm-bench COMMAND --help`. The list above is
+checked against the folder (tests/test_code_shape.py).
 """
 
 import contextlib

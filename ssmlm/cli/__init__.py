@@ -8,7 +8,8 @@ and runnable as `python -m ssmlm.cli.NAME`:
     ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
     ssmlm-study         study.py          train, evaluate and time every model of a study plan (ssmlm/study/)
 
-`train.py` and `generate.py` at the top of a checkout, and scripts/, are thin wrappers around these.
+`train.py` and `generate.py` at the top of a checkout are two-line wrappers of ssmlm-train and ssmlm-generate.
+The list above is checked against pyproject.toml's console scripts (tests/test_code_shape.py).
 
 Every command goes through entry.py: its exit codes mean the same everywhere (0 done; 1 the command's own check
 failed, e.g. training diverged; 2 a problem with the input, found before anything was written; 74 writing failed,

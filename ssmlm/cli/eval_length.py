@@ -1,7 +1,7 @@
-"""`ssmlm-eval-length` (also `python -m ssmlm.cli.eval_length` and `python scripts/eval_length.py` in a checkout):
-length extrapolation, the GSS paper's Figure 9: perplexity of saved models at 1x..16x their training length, by
-position in the context, in the convolutional (window) and streaming (recurrent) regimes (the logic is
-ssmlm/evaluation/extrapolation/; the README's Length extrapolation section explains the outputs).
+"""`ssmlm-eval-length` (also `python -m ssmlm.cli.eval_length`): length extrapolation, the GSS paper's Figure 9:
+perplexity of saved models at 1x..16x their training length, by position in the context, in the convolutional (window)
+and streaming (recurrent) regimes (the logic is ssmlm/evaluation/extrapolation/; the README's Length extrapolation
+section explains the outputs).
 
     ssmlm-eval-length --model runs/gss --data books=data/corpus/books/test.jsonl --train-length 512 --out DIR
 

@@ -1,6 +1,5 @@
-"""`ssmlm-study` (also `python -m ssmlm.cli.study` and `python scripts/study.py` in a checkout): train every model of a
-study plan on the same corpus, tokenizer and tokens, evaluate and time them, and write the report (the README's
-study section explains it).
+"""`ssmlm-study` (also `python -m ssmlm.cli.study`): train every model of a study plan on the same corpus, tokenizer and
+tokens, evaluate and time them, and write the report (the README's study section explains it).
 
     ssmlm-study --plan small --out reports/study-small           # the shipped plan, all phases
     ssmlm-study --plan small --out reports/study-small --phases sweep

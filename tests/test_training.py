@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import datasets
 import pytest
 import torch
 import yaml
@@ -316,7 +317,12 @@ def test_cli_config_errors(overrides, message, config_file, capsys):
     assert code == 2 and err.startswith(message) and err.count("\n") == 1
 
 
-def test_cli_data_errors(config_file, tmp_path, capsys):
+def test_cli_data_errors(config_file, tmp_path, capsys, request):
+    # The sources read before the bad one show datasets' progress bars, unless a test before this one turned them
+    # off for the whole process (the length evaluation does): off here too, so that the error line is all there is.
+    if datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        request.addfinalizer(datasets.enable_progress_bars)
     missing = tmp_path / "missing.jsonl"
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -10,7 +10,8 @@ benchmark's size (ssmlm/benchmark/contenders.py).
 
 Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
 a (channels, modes, length) tensor, a block of queries where one was needed) and optionally writes a Chrome trace
-(chrome://tracing or ui.perfetto.dev). Warm-up steps run first, so one-off costs stay out of the table. Freed
+(chrome://tracing or ui.perfetto.dev). For decoding it first counts the operators one step dispatches (what
+each costs in framework overhead, whatever their size). Warm-up steps run first, so one-off costs stay out of the table. Freed
 host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/tooling/memory.py) unless
 --host-allocator system, which shows what fresh pages cost: a zero-fill or a log-softmax far slower per element
 at 16k tokens than at 1k.
@@ -20,6 +21,7 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssmlm.benchmark.batched import prefill, repeat_each_sequence
 from ssmlm.benchmark.contenders import MODEL_BUILDERS, Contenders
@@ -38,6 +40,19 @@ def profile_training(model, length: int, device: torch.device, warmup: int):
     return profiler
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators dispatched to the kernels (after autograd and composite decompositions: a linear layer
+    on a 3-D input is a view, a transpose, a matmul and a view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 @torch.no_grad()
 def profile_decoding(model, prompt_length: int, steps: int, batch: int, device: torch.device, warmup: int):
     """Decoding after one prompt, its cache repeated for `batch` streams as `ssmlm-bench decode-batch` does."""
@@ -53,6 +68,9 @@ def profile_decoding(model, prompt_length: int, steps: int, batch: int, device: 
             token = output.logits[:, -1:].argmax(-1)
 
     decode(warmup)
+    with OperatorCount() as operators:
+        decode(1)
+    print(f"operators dispatched by one decoding step: {operators.count}")
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
         decode(steps)
     return profiler

@@ -137,16 +137,16 @@ class DiagonalSSM(SSMKernel):
 
     def step_coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a step needs, computed once per parameter version while generating: Ā; the read-out weights of the
-        previous state, C̃Ā (for complex modes conj(C̃Ā)'s (real, imaginary) pairs times 2, so that
-        P(C̃Ā · z) = 2·Re(Σ_n C̃_n Ā_n z_n) is a real dot product with z's pairs); the kernel's first tap
-        K_0 = P(Σ_n C̃_n)."""
+        previous state, C̃Ā as a column per channel, (H, 2N or N, 1) (for complex modes conj(C̃Ā)'s (real,
+        imaginary) pairs times 2, so that P(C̃Ā · z) = 2·Re(Σ_n C̃_n Ā_n z_n) is a real dot product with z's pairs);
+        the kernel's first tap K_0 = P(Σ_n C̃_n)."""
         def compute():
             log_a, c = self.discretize()
             a_bar = torch.exp(log_a)
             weights = c * a_bar  # (H, N)
             if weights.is_complex():
                 weights = 2 * torch.view_as_real(weights.conj().resolve_conj()).flatten(-2)  # (H, 2N)
-            return a_bar, weights, project(c.sum(-1))
+            return a_bar, weights.unsqueeze(-1), project(c.sum(-1))
         return self.inference_constant(compute)
 
     def convolve(self, u):
@@ -155,11 +155,14 @@ class DiagonalSSM(SSMKernel):
     def step(self, u, state):
         """One token: z = Ā z + u and y = P(C̃ · z), read from the previous state: y = P(C̃Ā · z_prev) + K_0 u.
 
-        With Ā, P and its factor 2 folded into the read-out weights, the output is one real dot product per
-        channel (no complex product, no real part taken), and the state update one fused pass."""
+        With Ā, P and its factor 2 folded into the read-out weights, the output is one real matrix-vector product
+        per channel (no complex product, no real part taken, no (batch, H, N) product written out: in batched
+        decoding the state is the largest tensor a step touches, and each pass over it counts), and the state
+        update one fused pass."""
         a_bar, weights, first_tap = self.step_coefficients()
         pairs = torch.view_as_real(state).flatten(-2) if state.is_complex() else state  # (B, H, 2N or N)
-        y = torch.addcmul(torch.linalg.vecdot(pairs, weights), first_tap, u)
+        read_out = torch.bmm(pairs.transpose(0, 1), weights)[..., 0].T  # per channel h: (B, 2N) @ (2N, 1)
+        y = torch.addcmul(read_out, first_tap, u)
         # u made complex first: adding a real tensor to a complex one takes a slower mixed-dtype path.
         state = torch.addcmul(u.unsqueeze(-1).to(state.dtype), a_bar, state)
         return y, state

@@ -8,6 +8,7 @@ import torch
 from hypothesis import strategies as st
 
 from ssmlm import SSMLMConfig
+from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 
 # The device the core invariant tests (marked `device`) run on: the CPU unless SSMLM_TEST_DEVICE names another;
@@ -21,19 +22,35 @@ VOCAB_SIZE = 61
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
-# The invariant tests' models: GSS blocks with each registered kernel but Mega's EMA (test_mega.py), plain SSM
-# blocks, H3.
-KERNEL_SETTINGS = {"s4": dict(ssm_state_size=8), "dss-softmax": dict(ssm_kernel_options={"normalization_length": 40}),
-                   "s5": dict(ssm_kernel_options={"blocks": 4}),
-                   "sgconv": dict(ssm_kernel_options={"kernel_length": 48, "kernel_dim": 8}),
-                   "shift": dict(ssm_state_size=12), "liquid-s4": dict(ssm_kernel_options={"order": 3})}
-MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {})) for kernel in KERNELS
-          if kernel != "ema"}
-MODELS |= {f"ssm-{kernel}": dict(block_types=["ssm", "ssm"], ssm_kernel=kernel, **KERNEL_SETTINGS.get(kernel, {}))
-           for kernel in ("s4", "dss", "s5")}
-H3 = dict(h3_shift_size=6, h3_state_size=4)
-MODELS |= {"h3": dict(block_types=["h3", "h3"], **H3), "h3-heads": dict(block_types=["h3", "h3"], h3_head_dim=4, **H3),
-           "h3-hybrid": dict(block_types=["h3", "attention"], **H3)}
+def model_examples() -> dict[str, dict]:
+    """The invariant tests' models, by name, from the registries as they are now: each block's EXAMPLE_CONFIGS (two
+    blocks of its kind unless it says otherwise), and for a block that runs the config's kernel, a model of it with
+    each of its EXAMPLE_KERNELS (every registered kernel with EXAMPLE_MODEL_SETTINGS, when it names none: Mega's EMA
+    has its models in test_mega.py)."""
+    examples = {}
+    for kind, block in BLOCKS.items():
+        for name, fields in block.EXAMPLE_CONFIGS.items():
+            examples[name] = {"block_types": [kind, kind], **fields}
+        if block.RUNS_SSM_KERNEL:
+            kernels = block.EXAMPLE_KERNELS or [name for name, kernel in KERNELS.items()
+                                                 if kernel.EXAMPLE_MODEL_SETTINGS is not None]
+            for kernel in kernels:
+                examples[f"{kind}-{kernel}"] = dict(block_types=[kind, kind], ssm_kernel=kernel,
+                                                    **(KERNELS[kernel].EXAMPLE_MODEL_SETTINGS or {}))
+    return examples
+
+
+MODELS = model_examples()  # the registered ones, for parametrizing; a test looks its name up at call time
+
+
+def example_config(name: str):
+    """The example model `name` (model_examples(), looked up now) as a tiny_config."""
+    return tiny_config(**model_examples()[name])
+
+
+def float32_tolerance(config) -> float | None:
+    """A model's float32 tolerance: its kernel's, where that needs a looser one than TOLERANCE (DLR)."""
+    return KERNELS[config.ssm_kernel].FLOAT32_TOLERANCE
 
 
 def tiny_config(**overrides) -> SSMLMConfig:

@@ -1,6 +1,8 @@
-"""Whole GSS and plain SSM blocks and models, with every registered kernel: one pass == chunks with the cache
-carried == token by token, and generate() with the cache == decoding by re-running the full prefix (greedy,
-sampling, beam search, left padding, continuing from a returned cache)."""
+"""Every registered block kind, in whole blocks and models (GSS with every registered kernel): one pass == chunks
+with the cache carried == token by token, and generate() with the cache == decoding by re-running the full prefix
+(greedy, sampling, beam search, left padding, continuing from a returned cache). The models are the blocks' own
+examples (invariants.model_examples); a test takes a model's name and looks it up in the registries when it runs,
+so a block or kernel registered later (test_extending.py) gets the same tests by calling them with its name."""
 
 import pytest
 import torch
@@ -12,21 +14,26 @@ from ssmlm.blocks import BLOCKS
 from ssmlm.kernels import KERNELS
 
 from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
-from invariants import DEVICE, MODELS, left_padded, run_in_pieces, tiny_config
+from invariants import DEVICE, MODELS, example_config, float32_tolerance, left_padded, model_examples, run_in_pieces
+from invariants import tiny_config
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
+
 
 def tiny_model(dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
     return SSMLMForCausalLM(tiny_config(**overrides)).to(dtype).eval()
 
 
-# As in test_ssm_kernels.py: DLR's barely damped modes make float32's FFT and recurrence differ more.
-FLOAT32_TOLERANCE = {"gss-dlr": 5e-4}
-
-
-def test_every_kernel_is_in_a_model_here():
-    assert {kernel for kernel in KERNELS if kernel != "ema"} <= {m.get("ssm_kernel") for m in MODELS.values()}
+def test_every_block_kind_and_kernel_is_in_a_model_here():
+    """Every registered block kind is in an example model (its class declares EXAMPLE_CONFIGS, or it runs the
+    config's kernel), and so is every kernel with EXAMPLE_MODEL_SETTINGS (Mega's EMA is Mega's)."""
+    examples = model_examples().values()
+    uncovered_blocks = set(BLOCKS) - {kind for example in examples for kind in example["block_types"]}
+    assert not uncovered_blocks, f"block kinds in no example model (give them EXAMPLE_CONFIGS): {uncovered_blocks}"
+    kernels = {kind for kind, kernel in KERNELS.items() if kernel.EXAMPLE_MODEL_SETTINGS is not None}
+    uncovered_kernels = kernels - {example.get("ssm_kernel") for example in examples}
+    assert not uncovered_kernels, f"kernels in no example model: {uncovered_kernels}"
 
 
 @pytest.mark.device
@@ -37,11 +44,11 @@ def test_every_kernel_is_in_a_model_here():
 def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 200), st.integers(1000, 2500)), max_boundaries=5)
     torch.manual_seed(1)
-    config = tiny_config(**MODELS[name])
+    config = example_config(name)
     block = BLOCKS[config.block_types[0]](config).to(DEVICE, dtype)
     x = torch.randn(2, length, 32, dtype=dtype).to(DEVICE)
     one_pass, _ = block(x)
-    tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
+    tolerance = float32_tolerance(config) if dtype == torch.float32 else None
     assert_close(run_in_pieces(block, x, boundaries)[0], one_pass, dtype, tolerance)
     if length <= 200:
         assert_close(run_in_pieces(block, x, list(range(1, length)))[0], one_pass, dtype, tolerance)
@@ -54,9 +61,9 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
 @given(data=st.data())
 def test_model_one_pass_equals_chunks_equals_tokens(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 150), st.integers(1000, 2000)), max_boundaries=5)
-    model = tiny_model(dtype, **MODELS[name]).to(DEVICE)
+    model = tiny_model(dtype, **model_examples()[name]).to(DEVICE)
     ids = torch.randint(3, 61, (2, length)).to(DEVICE)
-    tolerance = FLOAT32_TOLERANCE.get(name) if dtype == torch.float32 else None
+    tolerance = float32_tolerance(model.config) if dtype == torch.float32 else None
     assert_model_pieces_agree(model, ids, boundaries, dtype, token_by_token=length <= 150, tolerance=tolerance)
 
 
@@ -115,7 +122,7 @@ class CountingForward:
 @pytest.mark.device
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_generate_equals_full_reforward_and_prefills_once(name):
-    model = tiny_model(**MODELS[name]).to(DEVICE)
+    model = tiny_model(**model_examples()[name]).to(DEVICE)
     prompt = torch.randint(3, 61, (2, 23)).to(DEVICE)
     counter = CountingForward(model)
     generated = model.generate(prompt, max_new_tokens=15, do_sample=False, eos_token_id=None)
@@ -223,3 +230,9 @@ def test_bf16_autocast_pieces_and_generation_agree_with_one_pass(name):
         with torch.no_grad():  # the generated tokens' logits, by re-running the whole sequence without a cache
             reforward = model(out.sequences, use_cache=False).logits[:, 19:-1]
     assert_close(torch.stack(out.logits, 1).float(), reforward.float(), torch.float32, BF16_TOLERANCE)
+
+
+# The tests above that run over the example models: the suite a block kind (or a kernel, in GSS) gets, each called
+# with a model's name, and a dtype where it takes one; test_extending.py runs it on a block registered inside the test.
+MODEL_INVARIANTS = (test_block_one_pass_equals_chunks_equals_steps, test_model_one_pass_equals_chunks_equals_tokens,
+                    test_greedy_generate_equals_full_reforward_and_prefills_once)

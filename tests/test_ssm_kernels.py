@@ -1,7 +1,9 @@
-"""The SSM kernels and the FFT convolution. Every kernel of the registry (ssmlm.kernels.KERNELS), in each of its
-option variants below, is checked for the core invariant one pass == arbitrary chunks with the state carried ==
-token by token, for causality, against its paper's defining formula written out naively, for gradients, and for a
-bounded state; a new kernel that is not listed here fails `test_every_registered_kernel_is_tested`."""
+"""The SSM kernels and the FFT convolution. Every kernel of the registry (ssmlm.kernels.KERNELS), in each of the
+option variants its class declares (EXAMPLE_OPTIONS), is checked for the core invariant one pass == arbitrary chunks
+with the state carried == token by token, for causality, against its paper's defining formula written out naively
+(its `reference`), for gradients, and for a bounded state. The tests take the kernel's name and look it up in the
+registry when they run, so a kernel registered later (test_extending.py) gets them all by calling KERNEL_INVARIANTS
+with its name; a kernel without a reference fails `test_every_registered_kernel_has_a_reference`."""
 
 import math
 
@@ -11,43 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssmlm.kernels import KERNELS, build_ssm
+from ssmlm.kernels import KERNELS, SSMKernel, build_ssm
 from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
+from ssmlm.kernels.reference import conjugate_pairs
 from ssmlm.kernels.s4 import hippo, nplr
 from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
 from invariants import assert_close, draw_pieces, run_in_pieces
 
-NORMALIZATION_LENGTH = 48
-# Each kernel's option variants, and the lengths at its own boundaries (where a block, a power of two or a
-# normalisation length ends), which every variant is run at besides random ones.
-VARIANTS = {
-    "dss": [{}],
-    "s4d": [{"init": init, "discretization": disc} for init in ("lin", "inv") for disc in ("zoh", "bilinear")],
-    "ema": [{}],
-    "dss-softmax": [{"normalization_length": NORMALIZATION_LENGTH}],
-    "dlr": [{}],
-    "s4": [{"measure": "legs"}, {"measure": "legt", "rank": 2}, {"measure": "fout"}, {"measure": "legs", "rank": 2}],
-    "s5": [{"blocks": 3}, {"blocks": 1, "clip_eigs": False}],
-    "liquid-s4": [{"order": 2}, {"order": 3, "discretization": "bilinear"}],
-    "sgconv": [{"kernel_length": 40, "kernel_dim": 8}, {"kernel_length": 33, "kernel_dim": 4, "init": "cos",
-                                                       "decay_min": 1.5, "decay_max": 3.0}],
-    "shift": [{}],
-}
-BOUNDARY_LENGTHS = {"dss-softmax": [NORMALIZATION_LENGTH - 1, NORMALIZATION_LENGTH, NORMALIZATION_LENGTH + 1],
-                    "s4": [63, 64, 65, 257], "sgconv": [32, 33, 34, 39, 40, 41], "shift": [5, 6, 7],
-                    "liquid-s4": [2, 3, 4]}
-# DLR's modes decay by as little as 5e-5 a step (Re Λ = -dt/2, dt from 1e-4), so an output sums thousands of
-# barely damped terms: in float32 the FFT's rounding and the recurrence's differ by several times more than DSS's
-# at a few thousand tokens. Float64 holds every kernel to 1e-10.
-FLOAT32_TOLERANCE = {"dlr": 5e-4}
-CASES = [pytest.param(kind, options, id=f"{kind}{'-' if options else ''}{'-'.join(map(str, options.values()))}")
-         for kind, variants in VARIANTS.items() for options in variants]
+
+def kernel_cases() -> list:
+    """(kind, options) for every registered kernel and each of its EXAMPLE_OPTIONS, as pytest params."""
+    return [pytest.param(kind, options, id=f"{kind}{'-' if options else ''}{'-'.join(map(str, options.values()))}")
+            for kind, kernel in KERNELS.items() for options in kernel.EXAMPLE_OPTIONS]
 
 
-def conjugate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """A DPLR system's full state representation [x, x̄] along the last axis (the kept modes and their conjugates)."""
-    return torch.cat([x, x.conj()], dim=-1)
+CASES = kernel_cases()
 
 
 def make_kernel(kind, options, dtype, channels=5, state_size=6, seed=0):
@@ -55,8 +36,10 @@ def make_kernel(kind, options, dtype, channels=5, state_size=6, seed=0):
     return build_ssm(kind, channels, state_size, options).to(dtype)
 
 
-def test_every_registered_kernel_is_tested():
-    assert set(VARIANTS) == set(KERNELS) == set(NAIVE)
+def test_every_registered_kernel_has_a_reference():
+    """A kernel is checked against its paper's formula only if it writes it out: `reference` of its own."""
+    missing = [kind for kind, kernel in KERNELS.items() if kernel.reference is SSMKernel.reference]
+    assert not missing, f"kernels without a reference(u) (docs/kernels.md, 'Adding a kernel or a block'): {missing}"
 
 
 # ---- the FFT convolution ----
@@ -141,10 +124,11 @@ def test_factored_powers_give_the_vandermonde_sums(length, modes):
 @settings(max_examples=6)
 @given(data=st.data())
 def test_one_pass_equals_chunks_equals_steps(kind, options, dtype, data):
-    lengths = st.one_of(st.integers(2, 300), st.integers(1000, 3000), st.sampled_from(BOUNDARY_LENGTHS.get(kind, [2])))
+    lengths = st.one_of(st.integers(2, 300), st.integers(1000, 3000),
+                        st.sampled_from(KERNELS[kind].BOUNDARY_LENGTHS or [2]))
     length, boundaries = draw_pieces(data, lengths, max_boundaries=6)
     ssm = make_kernel(kind, options, dtype)
-    tolerance = FLOAT32_TOLERANCE.get(kind) if dtype == torch.float32 else None
+    tolerance = KERNELS[kind].FLOAT32_TOLERANCE if dtype == torch.float32 else None
     x = torch.randn(2, length, ssm.channels, dtype=dtype)
     one_pass, no_state = ssm(x)
     assert no_state is None
@@ -173,7 +157,7 @@ def test_two_thousand_steps_equal_one_chunk(kind, options):
 def test_chunks_at_the_kernels_own_boundaries(kind, options):
     """Pieces that end exactly at, and one past, each boundary length, in float64."""
     ssm = make_kernel(kind, options, torch.float64)
-    for length in BOUNDARY_LENGTHS.get(kind, [33]):
+    for length in KERNELS[kind].BOUNDARY_LENGTHS or [33]:
         x = torch.randn(2, length + 3, ssm.channels, dtype=torch.float64)
         one_pass, _ = ssm(x)
         chunked, _ = run_in_pieces(ssm, x, sorted({1, length - 1, length, length + 1} - {0}))
@@ -263,152 +247,7 @@ def test_the_state_stays_bounded_in_long_generation(kind, options):
     assert torch.isfinite(y).all() and max(largest[10:]) <= 1.5 * max(largest[:10])
 
 
-# ---- every kernel against its paper's formula, written out naively ----
-
-def run_recurrence(a_bar, b_bar, c, d, u, project=lambda w: w.real):
-    """x_t = Ā x_{t-1} + B̄ u_t, y_t = project(C x_t) + D u_t, one channel at a time, by a Python loop: Ā (H, n, n),
-    B̄ (H, n), C (H, n), u (B, T, H)."""
-    x = torch.zeros(u.shape[0], *b_bar.shape, dtype=a_bar.dtype)
-    outputs = []
-    for t in range(u.shape[1]):
-        x = torch.einsum("hij,bhj->bhi", a_bar, x) + b_bar * u[:, t, :, None].to(a_bar.dtype)
-        outputs.append(project(torch.einsum("hi,bhi->bh", c, x)) + d * u[:, t])
-    return torch.stack(outputs, 1)
-
-
-def diagonal_recurrence(a_bar, b_bar, c, d, u, project):
-    return run_recurrence(torch.diag_embed(a_bar), b_bar, c, d, u, project)
-
-
-def naive_dss(ssm, u):
-    """GSS's DSS: Λ = -exp(λ_re) + iλ_im shared, Δ = 1, ZOH: x_t = e^Λ x_{t-1} + u_t, y = 2Re(C (e^Λ-1)/Λ · x)."""
-    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im).expand(ssm.channels, -1)
-    c = torch.complex(ssm.C_re, ssm.C_im) * (lam.exp() - 1) / lam
-    return diagonal_recurrence(lam.exp(), torch.ones_like(lam), c, ssm.D, u, lambda w: 2 * w.real)
-
-
-def naive_s4d(ssm, u):
-    """S4D eq. (4): ZOH Ā = e^{ΔΛ}, B̄ = (e^{ΔΛ}-1)/Λ; bilinear Ā = (1+ΔΛ/2)/(1-ΔΛ/2), B̄ = Δ/(1-ΔΛ/2)."""
-    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
-    dt = ssm.log_dt.exp().unsqueeze(-1)
-    if ssm.discretization == "zoh":
-        a_bar, b_bar = torch.exp(dt * lam), (torch.exp(dt * lam) - 1) / lam
-    else:
-        a_bar, b_bar = (1 + dt * lam / 2) / (1 - dt * lam / 2), dt / (1 - dt * lam / 2)
-    return diagonal_recurrence(a_bar, b_bar, torch.complex(ssm.C_re, ssm.C_im), ssm.D, u, lambda w: 2 * w.real)
-
-
-def naive_ema(ssm, u):
-    """Mega eq. (2): h_t = α ⊙ β u_t + (1 - α ⊙ δ) ⊙ h_{t-1}, y_t = η·h_t / √n + ω u_t."""
-    alpha, delta = torch.sigmoid(ssm.alpha_logit), torch.sigmoid(ssm.delta_logit)
-    return diagonal_recurrence(1 - alpha * delta, alpha * ssm.beta, ssm.eta / math.sqrt(ssm.modes), ssm.D, u,
-                               lambda w: w)
-
-
-def naive_dss_softmax(ssm, u):
-    """DSS-softmax (DSS eq. 6) as a convolution, with the softmax over positions 0 .. L-1 written as a sum."""
-    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
-    dt = ssm.log_dt.exp()
-    x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
-    length = ssm.normalization_length
-    normaliser = sum(torch.exp(j * x) for j in range(length))
-    w = torch.complex(ssm.W_re, ssm.W_im)
-    steps = torch.arange(u.shape[1], dtype=torch.float64)
-    kernel = (w[..., None] / lam[:, None] * torch.exp(steps * x[..., None]) / normaliser[..., None]).sum(1).real
-    return naive_convolution(kernel, ssm.D, u)
-
-
-def naive_dlr(ssm, u):
-    """DLR eq. (2): x_k = e^Λ x_{k-1} + u_k, y_k = Re(W x_k), Λ shared, Re Λ = -p²."""
-    lam = torch.complex(-ssm.lambda_re_root.square(), ssm.lambda_im).expand(ssm.channels, -1)
-    w = torch.complex(ssm.W_re, ssm.W_im)
-    return diagonal_recurrence(lam.exp(), torch.ones_like(lam), w, ssm.D, u, lambda v: v.real)
-
-
-def naive_s4(ssm, u):
-    """S4 eq. (3): the bilinear recurrence of the full 2N-state DPLR system A = Λ - PPᴴ, with dense matrices."""
-    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
-    p = conjugate_pairs(torch.complex(ssm.P_re, ssm.P_im))
-    a = torch.diag(conjugate_pairs(lam)) - p.T @ p.conj()
-    eye = torch.eye(a.shape[0], dtype=a.dtype)
-    dt = ssm.log_dt.exp()[:, None, None].to(a.dtype)
-    a_bar = torch.linalg.solve(eye - dt / 2 * a, eye + dt / 2 * a)
-    b = conjugate_pairs(torch.complex(ssm.B_re, ssm.B_im))
-    b_bar = torch.linalg.solve(eye - dt / 2 * a, (dt[..., 0] * b).unsqueeze(-1))[..., 0]
-    return run_recurrence(a_bar, b_bar, conjugate_pairs(torch.complex(ssm.C_re, ssm.C_im)), ssm.D, u)
-
-
-def naive_convolution(kernel, d, u):
-    return torch.stack([sum(kernel[:, s] * u[:, t - s] for s in range(t + 1)) + d * u[:, t]
-                        for t in range(u.shape[1])], 1)
-
-
-def naive_s5(ssm, u):
-    """S5 eq. (4)-(6), sequentially: x_k = Λ̄ x_{k-1} + B̄ u_k with ZOH per state, y_k = 2Re(C̃ x_k) + D u_k."""
-    re = ssm.lambda_re.clamp(max=-1e-4) if ssm.clip_eigs else ssm.lambda_re
-    lam = torch.complex(re, ssm.lambda_im)
-    dt = ssm.log_dt.exp()
-    lam_bar = torch.exp(lam * dt)
-    b_bar = ((lam_bar - 1) / lam)[:, None] * torch.complex(ssm.B_re, ssm.B_im)
-    c = torch.complex(ssm.C_re, ssm.C_im)
-    x = torch.zeros(u.shape[0], ssm.state_size, dtype=torch.complex128)
-    outputs = []
-    for t in range(u.shape[1]):
-        x = lam_bar * x + u[:, t].to(torch.complex128) @ b_bar.T
-        outputs.append(2 * (x @ c.T).real + ssm.D * u[:, t])
-    return torch.stack(outputs, 1)
-
-
-def naive_liquid_s4(ssm, u):
-    """S4D's recurrence plus, for p = 2..order, 2Re(Σ_n C_n B̄_n^p) · u_t u_{t-1} ⋯ u_{t-p+1} (inputs before the
-    start count as 0)."""
-    y = naive_s4d(ssm, u)
-    lam = torch.complex(-ssm.log_neg_lambda_re.exp(), ssm.lambda_im)
-    dt = ssm.log_dt.exp().unsqueeze(-1)
-    b_bar = (torch.exp(dt * lam) - 1) / lam if ssm.discretization == "zoh" else dt / (1 - dt * lam / 2)
-    c = torch.complex(ssm.C_re, ssm.C_im)
-    for t in range(u.shape[1]):
-        for p in range(2, ssm.order + 1):
-            product = torch.ones_like(u[:, t])
-            for lag in range(p):
-                product = product * (u[:, t - lag] if t - lag >= 0 else 0)
-            y[:, t] += 2 * (c * b_bar ** p).sum(-1).real * product
-    return y
-
-
-def linear_upsample(taps, factor):
-    """Linear interpolation with align_corners=False, written out: output i samples the input at
-    (i + 1/2) / factor - 1/2, clamped to the ends."""
-    d = taps.shape[-1]
-    out = []
-    for i in range(d * factor):
-        position = min(max((i + 0.5) / factor - 0.5, 0.0), d - 1)
-        left = int(math.floor(position))
-        right = min(left + 1, d - 1)
-        out.append(taps[:, left] * (1 - (position - left)) + taps[:, right] * (position - left))
-    return torch.stack(out, -1)
-
-
-def naive_sgconv(ssm, u):
-    """SGConv Sec. 3: sub-kernel i upsampled by 2^max(0, i-1) and weighted by decay^(S-1-i), laid end to end,
-    divided by the norm fixed at initialisation, cut to K taps; then the causal convolution, zero past K."""
-    scales = len(ssm.sub_kernels)
-    pieces = [linear_upsample(k, 2 ** max(0, i - 1)) * ssm.decay ** (scales - 1 - i)
-              for i, k in enumerate(ssm.sub_kernels)]
-    kernel = torch.cat(pieces, -1)[:, :ssm.kernel_length] / ssm.kernel_norm
-    padded = torch.cat([kernel, kernel.new_zeros(kernel.shape[0], max(0, u.shape[1] - kernel.shape[1]))], -1)
-    return naive_convolution(padded, ssm.D, u)
-
-
-def naive_shift(ssm, u):
-    """H3's shift SSM: the state is the last N inputs (A shifts, B = e₁), so y_t = Σ_{j<N} C_j u_{t-j} + D u_t."""
-    kernel = torch.cat([ssm.C, ssm.C.new_zeros(ssm.C.shape[0], max(0, u.shape[1] - ssm.C.shape[1]))], -1)
-    return naive_convolution(kernel, ssm.D, u)
-
-
-NAIVE = {"dss": naive_dss, "s4d": naive_s4d, "ema": naive_ema, "dss-softmax": naive_dss_softmax, "dlr": naive_dlr,
-         "s4": naive_s4, "s5": naive_s5, "liquid-s4": naive_liquid_s4, "sgconv": naive_sgconv, "shift": naive_shift}
-
+# ---- every kernel against its paper's formula, written out naively (its `reference`) ----
 
 def perturbed(ssm, seed=0):
     """The kernel with every parameter moved off its initialisation (Δ_re ≠ Δ_im, LegS's Re Λ not all -1/2, a
@@ -423,9 +262,9 @@ def perturbed(ssm, seed=0):
 @pytest.mark.parametrize("kind, options", CASES)
 def test_each_kernel_is_its_papers_formula(kind, options):
     ssm = perturbed(make_kernel(kind, options, torch.float64))
-    u = torch.randn(2, 40 if kind != "dss-softmax" else NORMALIZATION_LENGTH + 12, ssm.channels, dtype=torch.float64)
+    u = torch.randn(2, ssm.REFERENCE_LENGTH, ssm.channels, dtype=torch.float64)
     with torch.no_grad():
-        expected = NAIVE[kind](ssm, u)
+        expected = ssm.reference(u)
         torch.testing.assert_close(ssm(u)[0], expected, rtol=1e-10, atol=1e-10)
 
 
@@ -703,7 +542,7 @@ def test_ema_decay_stays_in_the_unit_interval_at_the_extremes_of_its_sigmoids():
 
 def test_step_coefficients_kept_during_generation_follow_buffer_changes():
     """SGConv's taps depend on buffers (the decay and the norm fixed at init) as well as on parameters."""
-    ssm = make_kernel("sgconv", VARIANTS["sgconv"][0], torch.float64)
+    ssm = make_kernel("sgconv", KERNELS["sgconv"].EXAMPLE_OPTIONS[0], torch.float64)
     state = ssm.initial_state(2)
     x = torch.randn(2, 1, ssm.channels, dtype=torch.float64)
     with torch.no_grad():
@@ -713,3 +552,13 @@ def test_step_coefficients_kept_during_generation_follow_buffer_changes():
         with torch.enable_grad():
             assert torch.equal(after, ssm(x, state)[0])
         assert not torch.equal(before, after)
+
+
+# Every test above that runs over CASES: the suite a kernel gets, each called with (kind, options), and a dtype
+# where it takes one; test_extending.py runs it on a kernel registered inside the test.
+KERNEL_INVARIANTS = (test_one_pass_equals_chunks_equals_steps, test_two_thousand_steps_equal_one_chunk,
+                     test_chunks_at_the_kernels_own_boundaries, test_outputs_depend_only_on_earlier_inputs,
+                     test_gradients_flow_to_every_kernel_parameter,
+                     test_no_matrix_product_of_a_training_step_runs_on_subnormal_numbers,
+                     test_the_state_stays_bounded_in_long_generation, test_each_kernel_is_its_papers_formula,
+                     test_a_kernel_built_on_the_meta_device_initialises_as_a_fresh_one)

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCau
 
 from ..blocks import BLOCKS
 from ..configuration import SSMLMConfig
+from ..kernels import KERNELS
 from ..modeling import SSMLMForCausalLM
 from . import BASELINE, CONTENDERS_DIR, GSS_PORT, LEGACY_MEGA, MAMBA, MODEL_NAMES
 from .public import ContenderUnavailable, GSSPort, WorkerContender, import_gss_port, start_legacy_mega
@@ -32,18 +33,11 @@ HYBRID_ATTENTION_WINDOW = 512  # the hybrid's Transformer block attends inside c
 PUBLIC_COUNTERPARTS = {"gss": GSS_PORT, "mega-chunk": LEGACY_MEGA}
 TARGET_SPEEDUP_VS_PUBLIC = 1.5
 
-# GSS with each of the other kernels, at each paper's own state size (S4: N = 64 real, 32 complex modes; DSS: 64
-# modes; DLR: 1024; S5: P = 256, 128 pairs), unless a GSS shape is given for all. DSS-softmax normalises at the 1k
-# tokens of the shortest training length; SGConv's kernel spans the longest, 16k (it is zero beyond its length).
-KERNEL_CONTENDERS = {
-    "gss-s4": dict(ssm_kernel="s4", ssm_state_size=32),
-    "gss-dss-softmax": dict(ssm_kernel="dss-softmax", ssm_state_size=64,
-                            ssm_kernel_options={"normalization_length": 1024}),
-    "gss-dlr": dict(ssm_kernel="dlr", ssm_state_size=1024),
-    "gss-s5": dict(ssm_kernel="s5", ssm_state_size=128, ssm_kernel_options={"blocks": 8}),
-    "gss-liquid-s4": dict(ssm_kernel="liquid-s4", ssm_kernel_options={"order": 2}),
-    "gss-sgconv": dict(ssm_kernel="sgconv", ssm_kernel_options={"kernel_length": 16384, "kernel_dim": 64}),
-}
+# GSS with each of the other kernels, at the settings its class declares (BENCHMARK_SETTINGS: each paper's own state
+# size and options), unless a GSS shape is given for all. The names are MODEL_NAMES' (which the assertion below
+# checks).
+KERNEL_CONTENDERS = {f"gss-{kind}": dict(ssm_kernel=kind, **kernel.BENCHMARK_SETTINGS)
+                     for kind, kernel in KERNELS.items() if kernel.BENCHMARK_SETTINGS is not None}
 
 
 # transformers' Mamba without its fused kernels (mamba_ssm and causal_conv1d, GPU only) runs its reference path: a

@@ -1,7 +1,8 @@
 """Blocks: the layers a model stacks, each `y, state = block(x, state, padding_mask)`.
 
 BLOCKS is the one registry: the config's allowed `block_types`, the model's layer classes and its
-`_no_split_modules` derive from it. A new block is one file plus its entry here.
+`_no_split_modules` derive from it. A new block is one file plus its entry here (docs/kernels.md, "Adding a
+kernel or a block").
 """
 
 from .attention import AttentionBlock

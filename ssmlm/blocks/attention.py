@@ -41,6 +41,8 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tenso
 
 
 class AttentionBlock(Block):
+    EXAMPLE_CONFIGS = {"attention": dict(attention_num_heads=2)}
+
     def __init__(self, config):
         super().__init__()
         self.num_heads = config.attention_num_heads

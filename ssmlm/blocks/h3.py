@@ -31,6 +31,10 @@ class H3State(NamedTuple):
 
 
 class H3Block(Block):
+    EXAMPLE_CONFIGS = {"h3": dict(h3_shift_size=6, h3_state_size=4),
+                       "h3-heads": dict(h3_head_dim=4, h3_shift_size=6, h3_state_size=4),
+                       "h3-hybrid": dict(block_types=["h3", "attention"], h3_shift_size=6, h3_state_size=4)}
+
     def __init__(self, config):
         super().__init__()
         width = config.hidden_size

@@ -79,6 +79,9 @@ class QueryKeyScaleOffset(nn.Module):
 
 
 class MegaBlock(Block):
+    EXAMPLE_CONFIGS = {"mega-chunk": dict(mega_ema_dim=4, mega_z_dim=16, mega_v_dim=48, intermediate_size=64,
+                                          mega_chunk_size=5)}
+
     def __init__(self, config):
         super().__init__()
         width = config.hidden_size

@@ -23,6 +23,9 @@ from .ffn import NormalizedFeedForward
 
 
 class SSMBlock(Block):
+    RUNS_SSM_KERNEL = True
+    EXAMPLE_KERNELS = ("s4", "dss", "s5")  # the S4 and DSS papers' language models, and S5's MIMO state
+
     def __init__(self, config):
         super().__init__()
         width = config.hidden_size

@@ -1,7 +1,8 @@
 """SSM kernels, one file each, all keeping the contract of base.py: `y, state = kernel(u, state)`.
 
 KERNELS is the one registry: the config's allowed `ssm_kernel` names and the tests derive from it, and a block
-builds its kernel with `build_ssm`. A new kernel is one file plus its entry here.
+builds its kernel with `build_ssm`. A new kernel is one file plus its entry here: what the file provides,
+the tests included, is in docs/kernels.md ("Adding a kernel or a block").
 """
 
 from .base import SSMKernel

@@ -15,6 +15,10 @@ only this type: the optimizer's SSM group, the model's re-initialisation and the
 Options a kernel takes (its keyword arguments after `channels` and `state_size`) are declared in `OPTIONS`:
 a tuple of choices or a type. `kernels.check_options` validates a config's `ssm_kernel_options` against them
 and then the kernel's own `check_options`.
+
+What the tests, the benchmark and the study need of a kernel comes from its class too (docs/kernels.md, "Adding a
+kernel"): the option variants that cover its code paths, the lengths where its own blocks end, its settings in the
+tests' small models and at the benchmark's size, and `reference(u)`, its paper's formula written out naively.
 """
 
 from __future__ import annotations
@@ -33,6 +37,24 @@ class SSMKernel(nn.Module):
     TRAINING_LENGTH_OPTION: ClassVar[str | None] = None
     # The state size when the config gives none (None: SSMLMConfig's default, 2H).
     DEFAULT_STATE_SIZE: ClassVar[int | None] = None
+
+    # ---- what the tests and the benchmark take from the class ----
+    # The option variants that between them run every code path; the invariant tests run each.
+    EXAMPLE_OPTIONS: ClassVar[tuple[dict, ...]] = ({},)
+    # Lengths at the kernel's own boundaries (where a block, a power of two or a normalisation length of the example
+    # options ends), each at least 2, run besides random ones; none: the tests' default lengths only.
+    BOUNDARY_LENGTHS: ClassVar[tuple[int, ...]] = ()
+    # The length `reference` is checked at: long enough to pass every boundary that matters, short for its loops.
+    REFERENCE_LENGTH: ClassVar[int] = 40
+    # The float32 tolerance of one pass against chunks and steps where the default (1e-4 of the largest output)
+    # is too tight for the kernel's rounding; float64 holds every kernel to 1e-10.
+    FLOAT32_TOLERANCE: ClassVar[float | None] = None
+    # SSMLMConfig fields for the tests' small models with this kernel (GSS over it); None where whole models with
+    # it are tested elsewhere.
+    EXAMPLE_MODEL_SETTINGS: ClassVar[dict | None] = {}
+    # SSMLMConfig fields of the benchmark's GSS with this kernel (the paper's own state size and options), or None
+    # for a kernel that is not a benchmark contender of its own.
+    BENCHMARK_SETTINGS: ClassVar[dict | None] = None
 
     def __init__(self, channels: int, state_size: int):
         super().__init__()
@@ -96,6 +118,15 @@ class SSMKernel(nn.Module):
         """FLOPs of one forward over `tokens` positions: continuing a state (`cached`, one token is a step) or
         the stateless training convolution. A multiply-add counts 2; elementwise work is not counted."""
         raise NotImplementedError
+
+    def reference(self, u: torch.Tensor) -> torch.Tensor:
+        """The output for u of (batch, length, channels), from the start, by the paper's defining formula written out
+        naively (a loop over tokens or taps, helpers in reference.py): what the tests hold the fast paths to. Slow;
+        for tests only."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no reference(u): a kernel must compute its output by its paper's defining "
+            f"formula, written out naively, for the tests to check it against (docs/kernels.md, 'Adding a kernel "
+            f"or a block')")
 
     # ---- the shared machinery ----
 

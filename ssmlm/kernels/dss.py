@@ -55,3 +55,11 @@ class DSSKernel(DiagonalSSM):
         c = torch.complex(self.C_re.to(dtype), self.C_im.to(dtype))
         c_tilde = c * torch.expm1(lam) / lam  # Δ = 1
         return lam.unsqueeze(0), c_tilde
+
+    def reference(self, u):
+        """GSS's DSS: Λ = -exp(λ_re) + iλ_im shared, Δ = 1, ZOH: x_t = e^Λ x_{t-1} + u_t, y = 2Re(C (e^Λ-1)/Λ · x)."""
+        from .reference import diagonal_recurrence
+
+        lam = torch.complex(-self.log_neg_lambda_re.exp(), self.lambda_im).expand(self.channels, -1)
+        c = torch.complex(self.C_re, self.C_im) * (lam.exp() - 1) / lam
+        return diagonal_recurrence(lam.exp(), torch.ones_like(lam), c, self.D, u, lambda w: 2 * w.real)

@@ -49,6 +49,12 @@ def hippo_skew_frequencies(modes: int) -> torch.Tensor:
 class DSSSoftmaxKernel(DiagonalSSM):
     OPTIONS = {"normalization_length": int, "dt_min": float, "dt_max": float}
     TRAINING_LENGTH_OPTION = "normalization_length"
+    EXAMPLE_OPTIONS = ({"normalization_length": 48},)
+    BOUNDARY_LENGTHS = (47, 48, 49)  # around the example's normalisation length
+    REFERENCE_LENGTH = 60  # past the normalisation length
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_kernel_options={"normalization_length": 40})
+    # Normalised at the 1k tokens of the benchmark's shortest training length; DSS's 64 modes.
+    BENCHMARK_SETTINGS = dict(ssm_state_size=64, ssm_kernel_options={"normalization_length": 1024})
 
     def __init__(self, channels: int, modes: int, normalization_length: int | None = None, dt_min: float = 1e-3,
                  dt_max: float = 1e-1):
@@ -92,3 +98,16 @@ class DSSSoftmaxKernel(DiagonalSSM):
         # 1/denominator, |z|² clamped (the docstring): Σ_{j<L} exp(jx) vanishes when Lx nears 2πik with no decay.
         inverse = denominator.conj() / denominator.abs().square().clamp(min=1e-7)
         return x, w * torch.expm1(x) * inverse / 2
+
+    def reference(self, u):
+        """DSS-softmax (DSS eq. 6) as a convolution, with the softmax over positions 0 .. L-1 written as a sum."""
+        from .reference import naive_convolution
+
+        lam = torch.complex(-self.log_neg_lambda_re.exp(), self.lambda_im)
+        dt = self.log_dt.exp()
+        x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
+        normaliser = sum(torch.exp(j * x) for j in range(self.normalization_length))
+        w = torch.complex(self.W_re, self.W_im)
+        steps = torch.arange(u.shape[1], dtype=torch.float64)
+        kernel = (w[..., None] / lam[:, None] * torch.exp(steps * x[..., None]) / normaliser[..., None]).sum(1).real
+        return naive_convolution(kernel, self.D, u)

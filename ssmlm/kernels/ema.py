@@ -26,6 +26,8 @@ from .diagonal import DiagonalSSM
 
 
 class DampedEMA(DiagonalSSM):
+    EXAMPLE_MODEL_SETTINGS = None  # whole models with it are Mega's (test_mega.py)
+
     def __init__(self, channels: int, expansion: int):
         super().__init__(channels, expansion)
         self.alpha_logit = nn.Parameter(torch.empty(channels, expansion))  # α = sigmoid(alpha_logit)
@@ -54,3 +56,11 @@ class DampedEMA(DiagonalSSM):
         log_a = torch.log(one_minus_alpha_delta).clamp(min=math.log(torch.finfo(dtype).tiny))  # (H, n), < 0
         c = self.eta.to(dtype) * alpha * self.beta.to(dtype) * self.modes ** -0.5
         return log_a, c
+
+    def reference(self, u):
+        """Mega eq. (2): h_t = α ⊙ β u_t + (1 - α ⊙ δ) ⊙ h_{t-1}, y_t = η·h_t / √n + ω u_t."""
+        from .reference import diagonal_recurrence
+
+        alpha, delta = torch.sigmoid(self.alpha_logit), torch.sigmoid(self.delta_logit)
+        return diagonal_recurrence(1 - alpha * delta, alpha * self.beta, self.eta / math.sqrt(self.modes), self.D, u,
+                                   lambda w: w)

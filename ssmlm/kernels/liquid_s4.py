@@ -36,6 +36,10 @@ class LiquidState(NamedTuple):
 
 class LiquidS4Kernel(S4DKernel):
     OPTIONS = {**S4DKernel.OPTIONS, "order": int}
+    EXAMPLE_OPTIONS = ({"order": 2}, {"order": 3, "discretization": "bilinear"})
+    BOUNDARY_LENGTHS = (2, 3, 4)  # around the orders' windows of inputs
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_kernel_options={"order": 3})
+    BENCHMARK_SETTINGS = dict(ssm_kernel_options={"order": 2})
 
     def __init__(self, channels: int, modes: int, order: int = 2, **s4d_options):
         self.validate_options({"order": order})
@@ -83,3 +87,19 @@ class LiquidS4Kernel(S4DKernel):
 
     def flops(self, tokens: int, cached: bool, batch: int) -> float:
         return super().flops(tokens, cached, batch) + batch * self.channels * tokens * 3 * (self.order - 1)
+
+    def reference(self, u):
+        """S4D's recurrence plus, for p = 2..order, 2Re(Σ_n C_n B̄_n^p) · u_t u_{t-1} ⋯ u_{t-p+1} (inputs before the
+        start count as 0)."""
+        y = super().reference(u)
+        lam = torch.complex(-self.log_neg_lambda_re.exp(), self.lambda_im)
+        dt = self.log_dt.exp().unsqueeze(-1)
+        b_bar = (torch.exp(dt * lam) - 1) / lam if self.discretization == "zoh" else dt / (1 - dt * lam / 2)
+        c = torch.complex(self.C_re, self.C_im)
+        for t in range(u.shape[1]):
+            for p in range(2, self.order + 1):
+                product = torch.ones_like(u[:, t])
+                for lag in range(p):
+                    product = product * (u[:, t - lag] if t - lag >= 0 else 0)
+                y[:, t] += 2 * (c * b_bar ** p).sum(-1).real * product
+        return y

@@ -148,6 +148,11 @@ class S4Kernel(SSMKernel):
     OPTIONS = {"measure": MEASURES, "rank": int, "dt_min": float, "dt_max": float}
     # S4's N = 64 real: the dense setup is cubic in the state, so not SSMLMConfig's 2H (docs/kernels.md).
     DEFAULT_STATE_SIZE = 32
+    EXAMPLE_OPTIONS = ({"measure": "legs"}, {"measure": "legt", "rank": 2}, {"measure": "fout"},
+                       {"measure": "legs", "rank": 2})
+    BOUNDARY_LENGTHS = (63, 64, 65, 257)  # where the powers' blocks and squarings end
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_state_size=8)
+    BENCHMARK_SETTINGS = dict(ssm_state_size=32)  # S4's N = 64 real, 32 complex modes
 
     def __init__(self, channels: int, state_size: int, measure: str = "legs", rank: int = 1, dt_min: float = 1e-3,
                  dt_max: float = 1e-1):
@@ -323,3 +328,17 @@ class S4Kernel(SSMKernel):
             power_products = whole.bit_length() + bin(whole).count("1") - 2 if whole else 0  # matrix_power(Ā^m, T//m)
             flops += power_products * product(size, size, size) + batch * product(size, size, 1)
         return flops
+
+    def reference(self, u):
+        """S4 eq. (3): the bilinear recurrence of the full 2N-state DPLR system A = Λ - PPᴴ, with dense matrices."""
+        from .reference import conjugate_pairs, run_recurrence
+
+        lam = torch.complex(-self.log_neg_lambda_re.exp(), self.lambda_im)
+        p = conjugate_pairs(torch.complex(self.P_re, self.P_im))
+        a = torch.diag(conjugate_pairs(lam)) - p.T @ p.conj()
+        eye = torch.eye(a.shape[0], dtype=a.dtype)
+        dt = self.log_dt.exp()[:, None, None].to(a.dtype)
+        a_bar = torch.linalg.solve(eye - dt / 2 * a, eye + dt / 2 * a)
+        b = conjugate_pairs(torch.complex(self.B_re, self.B_im))
+        b_bar = torch.linalg.solve(eye - dt / 2 * a, (dt[..., 0] * b).unsqueeze(-1))[..., 0]
+        return run_recurrence(a_bar, b_bar, conjugate_pairs(torch.complex(self.C_re, self.C_im)), self.D, u)

@@ -22,6 +22,8 @@ from .diagonal import DiagonalSSM, check_dt_range
 
 class S4DKernel(DiagonalSSM):
     OPTIONS = {"init": ("lin", "inv"), "discretization": ("zoh", "bilinear"), "dt_min": float, "dt_max": float}
+    EXAMPLE_OPTIONS = tuple({"init": init, "discretization": discretization} for init in ("lin", "inv")
+                            for discretization in ("zoh", "bilinear"))
 
     def __init__(self, channels: int, modes: int, init: str = "inv", discretization: str = "zoh",
                  dt_min: float = 1e-3, dt_max: float = 1e-1):
@@ -69,3 +71,15 @@ class S4DKernel(DiagonalSSM):
     def discretize(self):
         log_a, b_bar, c = self.discrete()
         return log_a, c * b_bar
+
+    def reference(self, u):
+        """S4D eq. (4): ZOH Ā = e^{ΔΛ}, B̄ = (e^{ΔΛ}-1)/Λ; bilinear Ā = (1+ΔΛ/2)/(1-ΔΛ/2), B̄ = Δ/(1-ΔΛ/2)."""
+        from .reference import diagonal_recurrence
+
+        lam = torch.complex(-self.log_neg_lambda_re.exp(), self.lambda_im)
+        dt = self.log_dt.exp().unsqueeze(-1)
+        if self.discretization == "zoh":
+            a_bar, b_bar = torch.exp(dt * lam), (torch.exp(dt * lam) - 1) / lam
+        else:
+            a_bar, b_bar = (1 + dt * lam / 2) / (1 - dt * lam / 2), dt / (1 - dt * lam / 2)
+        return diagonal_recurrence(a_bar, b_bar, torch.complex(self.C_re, self.C_im), self.D, u, lambda w: 2 * w.real)

@@ -64,6 +64,9 @@ def default_blocks(state_size: int) -> int:
 
 class S5Kernel(SSMKernel):
     OPTIONS = {"blocks": int, "dt_min": float, "dt_max": float, "clip_eigs": bool}
+    EXAMPLE_OPTIONS = ({"blocks": 3}, {"blocks": 1, "clip_eigs": False})
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_kernel_options={"blocks": 4})
+    BENCHMARK_SETTINGS = dict(ssm_state_size=128, ssm_kernel_options={"blocks": 8})  # S5's P = 256: 128 pairs
 
     def __init__(self, channels: int, state_size: int, blocks: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  clip_eigs: bool = True):
@@ -166,3 +169,17 @@ class S5Kernel(SSMKernel):
         # Complex FFTs of the states (and of the kernel, once): twice a real FFT's, and the complex product.
         ffts = (2 * batch + 1) * modes * 2 * real_fft_flops(size) + batch * modes * 6 * size
         return projections + ffts + (batch * 8 * modes * tokens if cached else 0)
+
+    def reference(self, u):
+        """S5 eq. (4)-(6), sequentially: x_k = Λ̄ x_{k-1} + B̄ u_k with ZOH per state, y_k = 2Re(C̃ x_k) + D u_k."""
+        re = self.lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.lambda_re
+        lam = torch.complex(re, self.lambda_im)
+        lam_bar = torch.exp(lam * self.log_dt.exp())
+        b_bar = ((lam_bar - 1) / lam)[:, None] * torch.complex(self.B_re, self.B_im)
+        c = torch.complex(self.C_re, self.C_im)
+        x = torch.zeros(u.shape[0], self.state_size, dtype=torch.complex128)
+        outputs = []
+        for t in range(u.shape[1]):
+            x = lam_bar * x + u[:, t].to(torch.complex128) @ b_bar.T
+            outputs.append(2 * (x @ c.T).real + self.D * u[:, t])
+        return torch.stack(outputs, 1)

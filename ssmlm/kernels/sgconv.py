@@ -30,6 +30,12 @@ INITS = ("randn", "cos")
 class SGConvKernel(WindowConv):
     OPTIONS = {"kernel_length": int, "kernel_dim": int, "decay_min": float, "decay_max": float, "init": INITS}
     TRAINING_LENGTH_OPTION = "kernel_length"
+    EXAMPLE_OPTIONS = ({"kernel_length": 40, "kernel_dim": 8},
+                       {"kernel_length": 33, "kernel_dim": 4, "init": "cos", "decay_min": 1.5, "decay_max": 3.0})
+    BOUNDARY_LENGTHS = (32, 33, 34, 39, 40, 41)  # around the examples' scales and kernel lengths
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_kernel_options={"kernel_length": 48, "kernel_dim": 8})
+    # The kernel spans the benchmark's longest training length, 16k (it is zero beyond its length).
+    BENCHMARK_SETTINGS = dict(ssm_kernel_options={"kernel_length": 16384, "kernel_dim": 64})
 
     def __init__(self, channels: int, state_size: int, kernel_length: int | None = None, kernel_dim: int = 64,
                  decay_min: float = 2.0, decay_max: float = 2.0, init: str = "randn"):
@@ -88,3 +94,14 @@ class SGConvKernel(WindowConv):
 
     def taps(self) -> torch.Tensor:
         return self.full_kernel()[:, :self.kernel_length] / self.kernel_norm.to(self.compute_dtype())
+
+    def reference(self, u):
+        """SGConv Sec. 3: sub-kernel i upsampled by 2^max(0, i-1) and weighted by decay^(S-1-i), laid end to end,
+        divided by the norm fixed at initialisation, cut to K taps; then the causal convolution, zero past K."""
+        from .reference import finite_filter, linear_upsample
+
+        scales = len(self.sub_kernels)
+        pieces = [linear_upsample(k, 2 ** max(0, i - 1)) * self.decay ** (scales - 1 - i)
+                  for i, k in enumerate(self.sub_kernels)]
+        taps = torch.cat(pieces, -1)[:, :self.kernel_length] / self.kernel_norm
+        return finite_filter(taps, self.D, u)

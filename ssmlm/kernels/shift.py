@@ -17,6 +17,9 @@ from .window import WindowConv
 
 
 class ShiftSSM(WindowConv):
+    BOUNDARY_LENGTHS = (5, 6, 7)
+    EXAMPLE_MODEL_SETTINGS = dict(ssm_state_size=12)
+
     def __init__(self, channels: int, state_size: int):
         super().__init__(channels, state_size)
         self.kernel_length = state_size
@@ -31,3 +34,9 @@ class ShiftSSM(WindowConv):
 
     def taps(self) -> torch.Tensor:
         return self.C.to(self.compute_dtype())
+
+    def reference(self, u):
+        """H3's shift SSM: the state is the last N inputs (A shifts, B = e₁), so y_t = Σ_{j<N} C_j u_{t-j} + D u_t."""
+        from .reference import finite_filter
+
+        return finite_filter(self.C, self.D, u)

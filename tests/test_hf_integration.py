@@ -252,9 +252,8 @@ def test_bad_config_file_is_rejected_on_load(tmp_path):
         AutoConfig.from_pretrained(tmp_path)
 
 
-KERNEL_OPTIONS = {"dss-softmax": {"normalization_length": 32}, "sgconv": {"kernel_length": 32, "kernel_dim": 8},
-                  "s5": {"blocks": 2}}
-SAVED_MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, ssm_kernel_options=KERNEL_OPTIONS.get(kernel, {}))
+# Each kernel in a GSS model with its class's example settings (the EMA's are Mega's: none), each block kind.
+SAVED_MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **(KERNELS[kernel].EXAMPLE_MODEL_SETTINGS or {}))
                 for kernel in KERNELS} | {f"{block}-block": dict(block_types=[block, block]) for block in BLOCKS}
 
 
@@ -275,7 +274,7 @@ def test_a_checkpoint_missing_one_tensor_keeps_the_saved_buffers_of_that_module(
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    model = SSMLMForCausalLM(tiny_config(ssm_kernel="sgconv", ssm_kernel_options=KERNEL_OPTIONS["sgconv"]))
+    model = SSMLMForCausalLM(tiny_config(**SAVED_MODELS["gss-sgconv"]))
     ssm = model.model.layers[0].ssm
     with torch.no_grad():
         for sub_kernel in ssm.sub_kernels:

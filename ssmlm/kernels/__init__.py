@@ -40,7 +40,7 @@ def check_options(kind: str, options: dict, field: str = "ssm_kernel_options", s
     KERNELS[kind].validate_options(options, field)
     if state_size is not None:
         try:
-            KERNELS[kind].check_state_size(state_size, options)
+            KERNELS[kind].check_state_size(state_size, KERNELS[kind].with_defaults(options))
         except ValueError as error:
             raise ValueError(f"{field}.{error}") from None
 

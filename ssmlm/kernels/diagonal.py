@@ -28,9 +28,10 @@ from ..ops.precision import without_subnormals
 from .base import SSMKernel
 
 
-def check_dt_range(options: dict, dt_min: float, dt_max: float) -> None:
-    """The step sizes Δ are drawn log-uniformly from [dt_min, dt_max]: both positive, in order."""
-    low, high = options.get("dt_min", dt_min), options.get("dt_max", dt_max)
+def check_dt_range(options: dict) -> None:
+    """The step sizes Δ are drawn log-uniformly from [dt_min, dt_max]: both positive, in order. `options` holds
+    both, the defaults filled in (SSMKernel.with_defaults)."""
+    low, high = options["dt_min"], options["dt_max"]
     if not 0 < low <= high:
         raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, got {low} and {high}")
 

@@ -43,7 +43,7 @@ class DLRKernel(DiagonalSSM):
 
     @classmethod
     def check_options(cls, options):
-        check_dt_range(options, 1e-4, 1e-1)
+        check_dt_range(options)
 
     @torch.no_grad()
     def reset_parameters(self):

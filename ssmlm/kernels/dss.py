@@ -35,7 +35,7 @@ class DSSKernel(DiagonalSSM):
 
     @classmethod
     def check_options(cls, options):
-        low, high = options.get("min_decay", 1e-3), options.get("max_decay", 1.0)
+        low, high = options["min_decay"], options["max_decay"]
         if not 0 < low <= high:
             raise ValueError(f"min_decay and max_decay must satisfy 0 < min_decay <= max_decay, got {low} and {high}")
 

@@ -9,8 +9,8 @@ Per channel h, with Λ: N complex modes shared by all channels, and two step siz
 The last factor is 1 / Σ_{j<L} exp(j x_n): a softmax of the mode's powers over positions 0 .. L-1. The reference
 normalises at each call's length L, so a position's kernel depends on how long the sequence is: its first outputs
 change when the sequence grows, which no causal model, and no recurrence, can do. Here L is fixed
-(`normalization_length`; train.py sets it to the training length, data.seq_len), so the kernel is that of the
-diagonal SSM
+(`normalization_length`, None in the signature: train.py sets it to the training length, data.seq_len), so the
+kernel is that of the diagonal SSM
 
     x_t = exp(x) ⊙ x_{t-1} + u_t,    y_t = Re(W̃ · x_t),    W̃ = W (exp(x) - 1) / (Λ (exp(Lx) - 1))
 
@@ -70,13 +70,13 @@ class DSSSoftmaxKernel(DiagonalSSM):
 
     @classmethod
     def check_options(cls, options):
-        length = options.get("normalization_length")
+        length = options["normalization_length"]
         if length is None:
             raise ValueError("normalization_length is required: the length the softmax normalises over, which "
                              "train.py sets to data.seq_len")
         if length < 1:
             raise ValueError(f"normalization_length must be at least 1, got {length}")
-        check_dt_range(options, 1e-3, 1e-1)
+        check_dt_range(options)
 
     @torch.no_grad()
     def reset_parameters(self):

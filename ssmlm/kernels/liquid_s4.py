@@ -48,7 +48,7 @@ class LiquidS4Kernel(S4DKernel):
 
     @classmethod
     def check_options(cls, options):
-        if options.get("order", 2) < 2:
+        if options["order"] < 2:
             raise ValueError(f"order must be at least 2 (order 1 is S4D itself), got {options['order']}")
         super().check_options(options)
 

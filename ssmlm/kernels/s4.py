@@ -173,13 +173,13 @@ class S4Kernel(SSMKernel):
 
     @classmethod
     def check_options(cls, options):
-        rank = options.get("rank", 1)
+        rank = options["rank"]
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
-        if options.get("measure", "legs") == "legt" and rank < 2:
+        if options["measure"] == "legt" and rank < 2:
             raise ValueError(f"measure 'legt' needs rank >= 2: its A + PPᵀ is normal only with two low-rank terms "
                              f"(its odd and its even rows), got rank {rank}")
-        check_dt_range(options, 1e-3, 1e-1)
+        check_dt_range(options)
 
     @torch.no_grad()
     def reset_parameters(self):

@@ -40,7 +40,7 @@ class S4DKernel(DiagonalSSM):
 
     @classmethod
     def check_options(cls, options):
-        check_dt_range(options, 1e-3, 1e-1)
+        check_dt_range(options)
 
     @torch.no_grad()
     def reset_parameters(self):

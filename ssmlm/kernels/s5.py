@@ -57,7 +57,8 @@ def blockwise_legs(modes: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def default_blocks(state_size: int) -> int:
-    """The reference's 8 blocks, or the largest count below it that divides the state size (which need not be a
+    """The default of S5Kernel's `blocks` (None in its signature, as it depends on the state size), computed here
+    only: the reference's 8 blocks, or the largest count below it that divides the state size (which need not be a
     multiple of 8: any hidden size sets a default state size)."""
     return max(blocks for blocks in range(1, 9) if state_size % blocks == 0)
 
@@ -68,8 +69,8 @@ class S5Kernel(SSMKernel):
     EXAMPLE_MODEL_SETTINGS = dict(ssm_kernel_options={"blocks": 4})
     BENCHMARK_SETTINGS = dict(ssm_state_size=128, ssm_kernel_options={"blocks": 8})  # S5's P = 256: 128 pairs
 
-    def __init__(self, channels: int, state_size: int, blocks: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 clip_eigs: bool = True):
+    def __init__(self, channels: int, state_size: int, blocks: int | None = None, dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, clip_eigs: bool = True):
         super().__init__(channels, state_size)
         blocks = default_blocks(state_size) if blocks is None else blocks
         options = dict(blocks=blocks, dt_min=dt_min, dt_max=dt_max, clip_eigs=clip_eigs)
@@ -87,9 +88,9 @@ class S5Kernel(SSMKernel):
 
     @classmethod
     def check_options(cls, options):
-        if options.get("blocks", 1) < 1:
+        if options["blocks"] is not None and options["blocks"] < 1:  # None: default_blocks, from the state size
             raise ValueError(f"blocks must be at least 1, got {options['blocks']}")
-        check_dt_range(options, 1e-3, 1e-1)
+        check_dt_range(options)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -109,7 +110,7 @@ class S5Kernel(SSMKernel):
 
     @classmethod
     def check_state_size(cls, state_size: int, options: dict) -> None:
-        blocks = options.get("blocks", default_blocks(state_size))
+        blocks = default_blocks(state_size) if options["blocks"] is None else options["blocks"]
         if state_size % blocks:
             raise ValueError(f"blocks: S5's {2 * state_size} states (ssm_state_size = {state_size} conjugate "
                              f"pairs) must divide into {blocks} blocks of an even size; choose blocks dividing "

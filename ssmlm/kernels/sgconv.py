@@ -10,8 +10,9 @@ and the pieces are laid end to end, d·2^(S−1) >= K taps, cut to K:
 with S = 1 + ⌈log2(K/d)⌉, the norm over the taps of the whole uncut kernel per channel, fixed at initialisation
 (the reference fixes it at its first forward; `kernel_norm` here is a buffer, saved with the weights). Training is
 the FFT convolution; a step is one dot product with the window of the last K − 1 inputs (window.py). The kernel
-length is an option, by default the training length (train.py sets it); **beyond K taps the kernel is zero**: the
-model sees the last K tokens, and decoding costs O(K) a token and K − 1 inputs of state per channel.
+length is an option, by default the training length (None in the signature: train.py sets it, as the kernel's
+TRAINING_LENGTH_OPTION); **beyond K taps the kernel is zero**: the model sees the last K tokens, and decoding costs
+O(K) a token and K − 1 inputs of state per channel.
 """
 
 import math
@@ -53,13 +54,13 @@ class SGConvKernel(WindowConv):
 
     @classmethod
     def check_options(cls, options):
-        length, dim = options.get("kernel_length"), options.get("kernel_dim", 64)
+        length, dim = options["kernel_length"], options["kernel_dim"]
         if length is None:
             raise ValueError("kernel_length is required: the taps of the kernel, which train.py sets to data.seq_len")
         if dim < 1 or length < dim:
             raise ValueError(f"kernel_length ({length}; train.py sets it to data.seq_len when it is not given) must be "
                              f"at least kernel_dim ({dim}), and kernel_dim at least 1")
-        low, high = options.get("decay_min", 2.0), options.get("decay_max", 2.0)
+        low, high = options["decay_min"], options["decay_max"]
         if not 0 < low <= high:
             raise ValueError(f"decay_min and decay_max must satisfy 0 < decay_min <= decay_max, got {low} and {high}")
 

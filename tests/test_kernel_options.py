@@ -1,0 +1,98 @@
+"""A kernel's option defaults are written once, in its `__init__` signature (issue 29): its `OPTIONS` name the same
+options, and docs/kernels.md's table "The kernels and their options" gives the same names and defaults."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ssmlm.kernels import KERNELS
+
+KERNELS_DOC = Path(__file__).resolve().parents[1] / "docs" / "kernels.md"
+# Defaults computed from other values, None in the signature: the table describes them in words (its first clause
+# is pinned here), and the code that computes them is named in the kernel's docstring.
+COMPUTED_DEFAULTS = {
+    ("dss-softmax", "normalization_length"): "required",  # train.py sets the training length
+    ("sgconv", "kernel_length"): "required",  # train.py sets the training length
+    ("s5", "blocks"): "8",  # s5.default_blocks, from the state size
+}
+# An option in the table: `name` (default, then any words), the default up to the first comma, semicolon or ")".
+DOCUMENTED_OPTION = re.compile(r"`(\w+)` \(([^,;)]*)")
+
+
+def documented_options() -> dict[str, dict[str, str]]:
+    """{ssm_kernel: {option: its default as written}} from the options column of the table."""
+    section = KERNELS_DOC.read_text().split("## The kernels and their options", 1)[1].split("\n## ", 1)[0]
+    rows = section.split("|---|", 1)[1]  # past the header
+    table = {}
+    for row in re.findall(r"^\| `([\w-]+)` \|(.*)\|$", rows, re.M):
+        kind, cells = row
+        options_cell = cells.split("|")[1]
+        table[kind] = {name: default.strip().strip("`") for name, default in DOCUMENTED_OPTION.findall(options_cell)}
+    return table
+
+
+def documents(text: str, default) -> bool:
+    """Whether `text`, a default as the table writes it (1e-3, 0.1, true, inv), is the value `default`."""
+    if isinstance(default, bool):
+        return text == str(default).lower()
+    if isinstance(default, str):
+        return text == default
+    try:
+        return float(text) == default and (isinstance(default, float) or text.isdigit())
+    except ValueError:
+        return False
+
+
+def test_every_registered_kernel_has_a_row():
+    assert set(documented_options()) == set(KERNELS)
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_options_are_the_signatures_keyword_arguments(kind):
+    """OPTIONS (what each option may be) and __init__ (where its default is written) name the same options, and
+    each default is one of its choices or of its type; None only where it is computed elsewhere."""
+    kernel = KERNELS[kind]
+    defaults = kernel.option_defaults()
+    assert set(kernel.OPTIONS) == set(defaults), f"{kind}: OPTIONS and __init__'s keyword arguments differ"
+    for name, default in defaults.items():
+        expected = kernel.OPTIONS[name]
+        if default is None:
+            assert (kind, name) in COMPUTED_DEFAULTS, f"{kind}.{name}: a default of None that nothing computes"
+        elif isinstance(expected, tuple):
+            assert default in expected, f"{kind}.{name}: default {default!r} is not one of its choices"
+        else:
+            assert isinstance(default, expected), f"{kind}.{name}: default {default!r} is not {expected.__name__}"
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_the_docs_table_gives_each_option_and_its_default(kind):
+    written = documented_options()[kind]
+    defaults = KERNELS[kind].option_defaults()
+    assert set(written) == set(defaults), (
+        f"docs/kernels.md's row for {kind} names options {sorted(written)}; the kernel takes {sorted(defaults)}")
+    for name, default in defaults.items():
+        if (kind, name) in COMPUTED_DEFAULTS:
+            assert default is None and written[name] == COMPUTED_DEFAULTS[kind, name], (kind, name, written[name])
+        else:
+            assert documents(written[name], default), (
+                f"docs/kernels.md gives {kind}'s {name} the default {written[name]!r}; its signature says {default!r}")
+
+
+def test_the_defaults_are_read_once_per_class():
+    kernel = KERNELS["s4d"]
+    assert kernel.option_defaults() is kernel.option_defaults()
+
+
+def test_a_changed_signature_default_is_what_validation_checks():
+    """The checks read the signature: a subclass that moves dt_max's default below dt_min's is refused without
+    being passed either."""
+    from ssmlm.kernels import S4DKernel
+
+    class NarrowS4D(S4DKernel):
+        def __init__(self, channels, modes, init="inv", discretization="zoh", dt_min=1e-3, dt_max=1e-4):
+            super().__init__(channels, modes, init, discretization, dt_min, dt_max)
+
+    with pytest.raises(ValueError, match=r"options: dt_min and dt_max must satisfy .* got 0.001 and 0.0001"):
+        NarrowS4D.validate_options({})
+    S4DKernel.validate_options({})

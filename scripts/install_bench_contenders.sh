@@ -7,7 +7,7 @@
 #                       packages. (`pip install -e ".[bench]"` installs it into the venv instead; either works.)
 #   DIR/transformers4   transformers 4.39.3, whose MegaForCausalLM transformers 5 removed, with the tokenizers and
 #                       huggingface_hub it needs; the harness runs it in a worker process with DIR/transformers4
-#                       first on PYTHONPATH (scripts/bench_worker_legacy_mega.py).
+#                       first on PYTHONPATH (ssmlm/benchmark/legacy_mega_worker.py).
 #
 # Both use the venv's torch and numpy: nothing here installs torch. Run it again to reinstall.
 #

@@ -115,3 +115,10 @@ def test_the_readme_layout_is_the_tree_as_it_is():
     absent = {folder: sorted(names - actual.get(folder, set())) for folder, names in listed.items()
               if names - actual.get(folder, set())}
     assert not missing and not absent, f"not in README's Layout: {missing}; named there but absent: {absent}"
+
+
+def test_no_module_of_the_package_reaches_out_of_it():
+    """An installed ssmlm has no checkout around it: no module finds files by climbing out of its own folder."""
+    climbing = [str(path.relative_to(REPO)) for path in (REPO / "ssmlm").rglob("*.py")
+                if ".parents[" in path.read_text() or ".parent.parent" in path.read_text()]
+    assert not climbing, climbing

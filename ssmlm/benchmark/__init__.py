@@ -6,7 +6,8 @@ against full-attention Mega. The model library never imports it.
     contenders.py   the contenders by name (MODEL_BUILDERS; MODEL_NAMES below), built by Contenders at one GSS
                     shape and matched to GSS's parameter count; describe_model
     public.py       the public implementations: lucidrains' GSS port, and transformers 4.x's Mega-chunk in a
-                    worker process (WorkerContender; scripts/bench_worker_legacy_mega.py speaks the protocol)
+                    worker process (WorkerContender)
+    legacy_mega_worker.py   that worker, run by path with transformers 4.x (never imported)
     settings.py     what each command measures, as its JSON records it: Settings (train, generate, all) with the
                     GPU's and --quick's defaults, and the settings of the other commands
     flops.py        FLOPs per forward, from the kernels' own `flops` and the blocks' `attention_shape`
@@ -39,8 +40,9 @@ WORKER_CONTENDERS = {LEGACY_MEGA}  # run in a worker process, not in the harness
 MODEL_NAMES = ["gss", "gss-logits-loss", GSS_PORT, "gss-s4", "gss-dss-softmax", "gss-dlr", "gss-s5", "gss-liquid-s4",
                "gss-sgconv", "s4-lm", "h3", "h3-hybrid", "mega-chunk", LEGACY_MEGA, "hybrid", BASELINE, MAMBA]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTENDERS_DIR = REPO_ROOT / ".bench-contenders"  # where scripts/install_bench_contenders.sh installs them
+# Where scripts/install_bench_contenders.sh installs them: relative to where the benchmark runs (a checkout's root),
+# not to where ssmlm is installed; --contenders-dir names another.
+CONTENDERS_DIR = Path(".bench-contenders")
 
 
 def display_path(path: Path) -> str:

@@ -26,10 +26,10 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..configuration import SSMLMConfig
-from . import REPO_ROOT, display_path
+from . import display_path
 from .size import BATCH_SIZE, HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
 
-LEGACY_MEGA_WORKER = REPO_ROOT / "scripts" / "bench_worker_legacy_mega.py"
+LEGACY_MEGA_WORKER = Path(__file__).with_name("legacy_mega_worker.py")
 INSTALL_HINT = "run scripts/install_bench_contenders.sh"
 
 

@@ -17,7 +17,6 @@ from torch import nn
 import transformers
 
 from ..tooling.memory import keep_freed_host_memory
-from . import REPO_ROOT
 from .compare import regression_figures
 from .contenders import BASELINE, PUBLIC_COUNTERPARTS, describe_model, skipped_at_length
 from .flops import generation_flops, training_flops_per_token
@@ -161,11 +160,13 @@ def cpu_model() -> str:
 
 
 def git_revision() -> str | None:
-    """The commit of the tree measured, "+dirty" with uncommitted changes: what a later comparison is against."""
+    """The commit of the tree measured, "+dirty" with uncommitted changes: what a later comparison is against. None
+    where ssmlm runs from no git checkout (an installed wheel)."""
+    package = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=package,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

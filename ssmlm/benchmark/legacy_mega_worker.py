@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Worker process of the benchmark's `mega-chunk-hf4` contender: transformers 4.x's `MegaForCausalLM` with
 chunking (Mega-chunk). transformers 5, which ssmlm needs, removed Mega, so it runs here, in a process of its own
-started by ssmlm/benchmark/public.py with a transformers 4.x environment first on the path:
+that public.py starts by this file's path, with a transformers 4.x environment first on the path:
 
-    PYTHONPATH=.bench-contenders/transformers4 .venv/bin/python scripts/bench_worker_legacy_mega.py
+    PYTHONPATH=.bench-contenders/transformers4 python ssmlm/benchmark/legacy_mega_worker.py
 
-(scripts/install_bench_contenders.sh creates that environment). It must not import ssmlm. It reads one JSON object
+(scripts/install_bench_contenders.sh creates that environment). It must not import ssmlm, and nothing imports it:
+it ships in the package so that an installed ssmlm finds it too. It reads one JSON object
 per line on stdin and answers each with one JSON line on stdout:
 
     {"cmd": "build", "vocab_size", "hidden_size", "num_layers", "chunk_size", "target_parameters", "threads",

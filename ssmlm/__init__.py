@@ -14,7 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["LORA_TARGET_MODULES", "SSMLMCache", "SSMLMConfig", "SSMLMForCausalLM", "SSMLMForSequenceClassification",
            "SSMLMModel", "SSMLMPreTrainedModel"]
 

@@ -11,22 +11,10 @@ from transformers.utils import logging
 
 from .blocks import BLOCKS
 from .kernels import KERNELS, check_options
+from .legacy import LEGACY_KERNEL_FIELDS, upgrade_legacy_fields
 
-# Configs saved before kernels took their options in one field: S4D's were flat fields.
 logger = logging.get_logger(__name__)
 
-LEGACY_KERNEL_FIELDS = {"s4d_init": "init", "s4d_discretization": "discretization", "s4d_dt_min": "dt_min",
-                        "s4d_dt_max": "dt_max"}
-
-
-def upgrade_legacy_fields(values: dict) -> dict:
-    """`values` (config keyword arguments) with the former flat `s4d_*` fields moved into `ssm_kernel_options`
-    where the kernel is S4D, and dropped elsewhere (they configured nothing else)."""
-    values = dict(values)
-    legacy = {LEGACY_KERNEL_FIELDS[key]: values.pop(key) for key in list(values) if key in LEGACY_KERNEL_FIELDS}
-    if legacy and values.get("ssm_kernel") == "s4d":
-        values["ssm_kernel_options"] = {**legacy, **(values.get("ssm_kernel_options") or {})}
-    return values
 MEGA_ATTENTION_FUNCTIONS = ("softmax", "laplace")
 MEGA_POSITION_BIASES = ("simple", "rotary")
 ATTENTION_SPANS = ("full", "sliding", "chunked")

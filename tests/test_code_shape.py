@@ -15,8 +15,8 @@ MAX_FUNCTION_LINES = 80
 # What the model classes may load of ssmlm: the model library (configuration, modeling, cache, blocks, kernels, ops)
 # and the compatibility layer. The tools (training, data, evaluation, benchmark, study, CLIs) import it, never the
 # other way round.
-MODEL_LIBRARY = ("ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.compat", "ssmlm.blocks",
-                 "ssmlm.kernels", "ssmlm.ops")
+MODEL_LIBRARY = ("ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.compat", "ssmlm.legacy",
+                 "ssmlm.blocks", "ssmlm.kernels", "ssmlm.ops")
 
 
 def sources() -> list[Path]:

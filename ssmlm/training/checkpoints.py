@@ -26,7 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from ..configuration import upgrade_legacy_fields
+from ..legacy import is_legacy_trainer_state, upgrade_legacy_fields
 from ..tooling.checksums import first_difference, is_record, record_files
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .run_dir import free_path, readable_by_all
@@ -82,18 +82,13 @@ def read_state(checkpoint: Path) -> dict:
             and type(state.get("step")) is int and isinstance(state.get("launch", {}), dict)
             and is_record(state.get("files", {}))):
         raise DamagedCheckpoint(f"{STATE_FILE} is not readable")
-    if "files" not in state and not is_0_1_0_state(state):
+    if "files" not in state and not is_legacy_trainer_state(state):
         raise DamagedCheckpoint(f"{STATE_FILE} lists no files to verify")
     if checkpoint.name != f"{PREFIX}{state['step']}":
         raise DamagedCheckpoint(f"{STATE_FILE} says step {state['step']}, not the step of its name")
     if difference := first_difference(checkpoint, state.get("files", {})):
         raise DamagedCheckpoint(difference)
     return state
-
-
-def is_0_1_0_state(state: dict) -> bool:
-    """A trainer state of ssmlm 0.1.0, the one kind that lists no files: {"step": N}, nothing else."""
-    return state.keys() == {"step"}
 
 
 def read_config(checkpoint: Path) -> dict | None:

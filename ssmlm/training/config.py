@@ -25,7 +25,8 @@ from typing import Any, Literal
 import yaml
 from accelerate.utils import LoggerType
 
-from ..configuration import SSMLMConfig, upgrade_legacy_fields
+from ..configuration import SSMLMConfig
+from ..legacy import upgrade_legacy_fields
 from ..kernels import KERNELS
 from ..data.tokenizer import SPECIAL_TOKENS
 from ..shipped import SHIPPED_CONFIGS, shipped_config_names

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import __version__
+from ..legacy import is_legacy_run
 from .config import ConfigError
 
 MARKER = "ssmlm-run.json"
@@ -61,12 +62,6 @@ def free_path(path: Path) -> Path:
     while candidate.exists() or candidate.is_symlink():
         candidate, number = path.with_name(f"{path.name}.{number}"), number + 1
     return candidate
-
-
-def is_legacy_run(path: Path) -> bool:
-    """A run written by ssmlm 0.1.0, before runs had markers: its config and a checkpoint with a trainer state."""
-    checkpoints = (path / "checkpoints").glob("checkpoint-*/trainer_state.json")
-    return (path / "train_config.yaml").is_file() and any(checkpoints)
 
 
 def check_writable(path: Path) -> None:

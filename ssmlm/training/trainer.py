@@ -54,7 +54,8 @@ from .config import ConfigError, TrainConfig, dump_config
 from .metrics_log import MetricsLog, TrainingLog, flat_hyperparameters
 from .model_card import model_card
 from .run_dir import abandon_start, check_not_busy, check_replaceable, check_writable, finish_run, free_path
-from .run_dir import is_empty, is_legacy_run, is_run, is_unfinished_replacement, readable_by_all, replaced_path
+from ..legacy import is_legacy_run
+from .run_dir import is_empty, is_run, is_unfinished_replacement, readable_by_all, replaced_path
 from .run_dir import start_run
 from .stop_requests import StopRequests
 from .tasks import TASKS, Task

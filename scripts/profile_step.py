@@ -10,9 +10,9 @@ benchmark's size (ssmlm/benchmark/contenders.py).
 
 Prints the operators by self CPU time (with their input shapes, which is how a waste shows: an exponential over
 a (channels, modes, length) tensor, a block of queries where one was needed) and optionally writes a Chrome trace
-(chrome://tracing or ui.perfetto.dev). For decoding it first counts the operators one step dispatches (what
-each costs in framework overhead, whatever their size). Warm-up steps run first, so one-off costs stay out of the table. Freed
-host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/tooling/memory.py) unless
+(chrome://tracing or ui.perfetto.dev). For decoding it first counts the operators one step dispatches (each
+costs framework overhead, whatever its size). Warm-up steps run first, so one-off costs stay out of the table.
+Freed host memory is kept for reuse as the trainer and the benchmark keep it (ssmlm/tooling/memory.py) unless
 --host-allocator system, which shows what fresh pages cost: a zero-fill or a log-softmax far slower per element
 at 16k tokens than at 1k.
 """

@@ -123,3 +123,30 @@ def test_no_module_of_the_package_reaches_out_of_it():
                 for line in path.read_text().splitlines()
                 if "__file__" in line and (".parents[" in line or ".parent.parent" in line)]
     assert not climbing, climbing
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The ssmlm modules a file imports, anywhere in it (inside functions too), as absolute names."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.split(".")[0] == "ssmlm"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base.split(".")[0] == "ssmlm":
+                names |= {base} if node.module else {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_model_library_imports_no_tool():
+    """Every import statement of the model library's modules, those run lazily inside functions too, stays in it."""
+    folders_and_modules = [REPO / name.replace(".", "/") for name in MODEL_LIBRARY]
+    files = [path.with_suffix(".py") for path in folders_and_modules if path.with_suffix(".py").is_file()]
+    files += [path for folder in folders_and_modules for path in folder.glob("**/*.py")]
+    outside = {f"{path.relative_to(REPO)}: {name}" for path in files for name in imported_modules(path)
+               if name != "ssmlm" and not name.startswith(MODEL_LIBRARY)}
+    assert files and not outside, sorted(outside)

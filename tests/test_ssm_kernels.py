@@ -378,6 +378,19 @@ def test_dss_softmax_kernel_sums_to_the_softmax_over_the_normalisation_length():
         torch.testing.assert_close(ssm.kernel(30).sum(-1), torch.full((2,), 3.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("log_dt", [-7.0, -12.0, -15.0, -20.0])
+def test_dss_softmax_is_its_formula_for_small_step_sizes(log_dt):
+    """For small Δ the normaliser's two factors, e^{Lx} − 1 and e^x − 1, both vanish while their ratio tends to L:
+    the kernel stays the formula's (it vanished before the ratio was taken first)."""
+    ssm = perturbed(make_kernel("dss-softmax", {"normalization_length": 64}, torch.float64))
+    u = torch.randn(2, 80, ssm.channels, dtype=torch.float64)
+    with torch.no_grad():
+        ssm.log_dt.fill_(log_dt)
+        expected = ssm.reference(u)
+        torch.testing.assert_close(ssm(u)[0], expected, rtol=1e-10, atol=1e-10)
+        assert expected.abs().max() > 0.1
+
+
 def test_an_s5_state_that_does_not_divide_into_its_blocks_is_named():
     from ssmlm import SSMLMConfig
 

@@ -324,7 +324,7 @@ def run_measurement_process(command: list[str]) -> dict:
 
 
 def peak_memory_command(name: str, length: int, settings: Settings) -> list[str]:
-    """The `peak-memory` command of cli.py for one (model, length), with the settings it needs."""
+    """The `peak-memory` command of ssmlm-bench (ssmlm/cli/bench.py) for one (model, length), with the settings it needs."""
     gss_shape = ["--gss-shape", *map(str, settings.gss_shape)] if settings.gss_shape else []
     return [sys.executable, "-m", "ssmlm.cli.bench", "peak-memory", "--model", name, "--length", str(length),
             "--threads", str(settings.threads),

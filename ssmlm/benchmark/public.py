@@ -114,7 +114,7 @@ class WorkerError(RuntimeError):
 
 class WorkerContender:
     """A contender run in a worker process of its own, driven over JSON lines (the protocol is described in
-    scripts/bench_worker_legacy_mega.py): transformers 4.x's Mega cannot be imported beside transformers 5. A
+    legacy_mega_worker.py): transformers 4.x's Mega cannot be imported beside transformers 5. A
     training step is one request; the worker times it itself, so the exchange is not in the figure."""
 
     generation_unsupported = (

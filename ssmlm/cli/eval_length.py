@@ -46,7 +46,8 @@ def build_parser(prog: str = "ssmlm-eval-length") -> argparse.ArgumentParser:
                              "recurrent state carried (default both)")
     parser.add_argument("--stream-chunk", type=int, default=DEFAULT_STREAM_CHUNK, metavar="N",
                         help="at most N tokens per forward in the streaming regime and the truncated pass (default "
-                             f"{DEFAULT_STREAM_CHUNK}); streaming reads every window in at least {MIN_STREAM_CHUNKS} chunks")
+                             f"{DEFAULT_STREAM_CHUNK}); streaming reads every window in at least {MIN_STREAM_CHUNKS} "
+                             "chunks")
     parser.add_argument("--baseline-context", type=int, metavar="C",
                         help="the context gain's truncated context: the same tokens are scored again with at most C "
                              "tokens before each (default --train-length; without either, no context gain)")

@@ -18,7 +18,7 @@ them filled in. `OPTIONS` declares what each may be: a tuple of choices or a typ
 options; a test holds them equal, and docs/kernels.md's table to both). `kernels.check_options` validates a
 config's `ssm_kernel_options` against them and then the kernel's own `check_options`.
 
-What the tests, the benchmark and the study need of a kernel comes from its class too (docs/kernels.md, "Adding a
+What the tests and the benchmark need of a kernel comes from its class too (docs/kernels.md, "Adding a
 kernel"): the option variants that cover its code paths, the lengths where its own blocks end, its settings in the
 tests' small models and at the benchmark's size, and `reference(u)`, its paper's formula written out naively.
 """
@@ -71,13 +71,14 @@ class SSMKernel(nn.Module):
     @functools.cache
     def option_defaults(cls) -> dict[str, object]:
         """{option: default} from `__init__`'s keyword arguments after the first two (channels and the state size),
-        in their order. A `**kwargs` there passes options on to the parent kernel, whose own are added. A default of
+        in their order. A `**kwargs` there passes options on to the parent kernel, whose own are added (a default the
+        subclass declares again is the subclass's). A default of
         None is one filled elsewhere (from the state size, or by train.py), which the kernel's docstring names."""
         parameters = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, channels, state
         defaults = {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if any(p.kind is p.VAR_KEYWORD for p in parameters):
             parent = next(base for base in cls.__mro__[1:] if issubclass(base, SSMKernel) and "__init__" in vars(base))
-            defaults.update(parent.option_defaults())
+            defaults = {**parent.option_defaults(), **defaults}
         return defaults
 
     @classmethod
@@ -146,7 +147,7 @@ class SSMKernel(nn.Module):
     def reference(self, u: torch.Tensor) -> torch.Tensor:
         """The output for u of (batch, length, channels), from the start, by the paper's defining formula written out
         naively (a loop over tokens or taps, helpers in reference.py): what the tests hold the fast paths to. Slow;
-        for tests only."""
+        for tests only, in float64 on the CPU."""
         raise NotImplementedError(
             f"{type(self).__name__} has no reference(u): a kernel must compute its output by its paper's defining "
             f"formula, written out naively, for the tests to check it against (docs/kernels.md, 'Adding a kernel "

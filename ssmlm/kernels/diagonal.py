@@ -163,7 +163,7 @@ class DiagonalSSM(SSMKernel):
         a_bar, weights, first_tap = self.step_coefficients()
         pairs = torch.view_as_real(state).flatten(-2) if state.is_complex() else state  # (B, H, 2N or N)
         read_out = torch.bmm(pairs.transpose(0, 1), weights)[..., 0].T  # per channel h: (B, 2N) @ (2N, 1)
-        y = torch.addcmul(read_out, first_tap, u)
+        y = (first_tap * u).add_(read_out)  # laid out as u: the read-out is (H, B) transposed
         # u made complex first: adding a real tensor to a complex one takes a slower mixed-dtype path.
         state = torch.addcmul(u.unsqueeze(-1).to(state.dtype), a_bar, state)
         return y, state
@@ -184,8 +184,8 @@ class DiagonalSSM(SSMKernel):
         mode_mac = 8 if is_complex else 2  # a multiply-add of two complex (real) numbers
         input_mac = 4 if is_complex else 2  # a real input times a complex (real) power
         channels, modes = self.channels, self.modes
-        if cached and tokens == 1:
-            return batch * 2 * mode_mac * channels * modes  # the step: z = Ā z + u, then P(C̃·z)
+        if cached and tokens == 1:  # the step: z = Ā z + u, and P(C̃Ā·z) as a real dot product of z's components
+            return batch * (mode_mac + input_mac) * channels * modes
         kernel = mode_mac * channels * modes * tokens  # K = P(C̃ Ā^t): one matrix product for the whole batch
         flops = kernel + convolution_flops(channels, tokens, batch)
         if cached:  # a chunk continuing a state: the state's contribution to y, and the state handed on

@@ -17,11 +17,11 @@ kernel is that of the diagonal SSM
 exact in every mode at any length (past L it keeps decaying; it is a softmax over the first L positions only).
 The reference lets Re Λ grow positive and rescales to avoid overflow; a recurrent state would then grow without
 bound, so here Re Λ = -exp(·) < 0 as in DSS-exp. The output is Re(·), not 2·Re(·): C̃ = W̃/2 in the diagonal
-machinery. 1/(Λ (exp(Lx) - 1)) is taken as z̄ / max(|z|², 1e-7): exact unless the normaliser Σ_{j<L} exp(jx)
-nearly vanishes (Lx close to 2πik with almost no decay), where it would blow the kernel up. The reference guards
-the same division by adding ε to it instead, which perturbs every mode a little; the clamp leaves all others exact.
-For very small step sizes (log Δ below about −15) x → 0 and the kernel tends to 0 (the normaliser grows as L while
-exp(x) − 1 shrinks as Δ): keep dt_min well above that, as the defaults do.
+machinery. W̃ is computed as W / (Λ S) with the normaliser S = Σ_{j<L} exp(jx) = (exp(Lx) - 1) / (exp(x) - 1)
+formed first (for small steps both factors vanish while S tends to L, so the kernel stays exact however small
+Δ is), and 1/(Λ S) as z̄ / max(|z|², 1e-7): exact unless S nearly vanishes (Lx close to 2πik with almost no
+decay), where it would blow the kernel up. The reference guards the same division by adding ε to it instead, which
+perturbs every mode a little; the clamp leaves all others exact.
 Init (the reference's "hippo_skew_pos_imag"): Λ_n = -1/2 + iω_n, the ω_n > 0 the eigenvalues of the
 skew-symmetric part of the 2N×2N HiPPO-LegS matrix; W complex normal; Δ log-uniform in [dt_min, dt_max].
 """
@@ -94,10 +94,11 @@ class DSSSoftmaxKernel(DiagonalSSM):
         dt = torch.exp(self.log_dt.to(dtype))  # (H, 2)
         x = torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)  # (H, N)
         w = torch.complex(self.W_re.to(dtype), self.W_im.to(dtype))
-        denominator = lam * torch.expm1(self.normalization_length * x)
-        # 1/denominator, |z|² clamped (the docstring): Σ_{j<L} exp(jx) vanishes when Lx nears 2πik with no decay.
+        # W̃ = W / (Λ S) with S = Σ_{j<L} exp(jx) = expm1(Lx) / expm1(x), the ratio taken first: for small steps
+        # both factors vanish while S tends to L. 1/(Λ S) with |Λ S|² clamped (the docstring).
+        denominator = lam * (torch.expm1(self.normalization_length * x) / torch.expm1(x))
         inverse = denominator.conj() / denominator.abs().square().clamp(min=1e-7)
-        return x, w * torch.expm1(x) * inverse / 2
+        return x, w * inverse / 2
 
     def reference(self, u):
         """DSS-softmax (DSS eq. 6) as a convolution, with the softmax over positions 0 .. L-1 written as a sum."""

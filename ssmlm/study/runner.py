@@ -30,7 +30,7 @@ from ..modeling import SSMLMForCausalLM
 from ..benchmark.measure import make_generation, make_training_step, run_interleaved, torch_threads
 from ..benchmark.runs import machine_info
 from ..cli.entry import CHECK_FAILED, OK
-from ..evaluation import DEFAULT_CACHE_DIR, DEFAULT_STREAM_CHUNK, DEFAULT_TEXT_COLUMN, REGIMES, default_baseline_stride
+from ..evaluation import DEFAULT_STREAM_CHUNK, DEFAULT_TEXT_COLUMN, REGIMES, default_baseline_stride
 from ..evaluation.extrapolation import DataSpec, Settings, evaluate, write_outputs
 from ..tooling.saved_models import load, pick_device
 from ..training import ConfigError, TrainConfig, TrainingDiverged, load_config, train
@@ -41,7 +41,6 @@ from .records import RUN_RECORD, read_json, run_dir, write_json
 from .report import gather, write_report
 
 SWEEP_EXTENSIONS = 2  # rates a family's sweep may add past the edge of its grid
-
 
 
 def reset_accelerate_state() -> None:
@@ -239,7 +238,8 @@ class Study:
             self.log(f"evaluating into {out}")
             start = time.perf_counter()
             with torch_threads(self.threads or torch.get_num_threads()):
-                results = evaluate(model_dirs, specs, settings, device, DEFAULT_TEXT_COLUMN, DEFAULT_CACHE_DIR)
+                results = evaluate(model_dirs, specs, settings, device, DEFAULT_TEXT_COLUMN,
+                                   self.shared_config.data.cache_dir)
             summary = write_outputs(results, out)
             self.log(f"{summary}; wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'perplexity.png'}")
             codes[folder] = CHECK_FAILED if summary.startswith("DISAGREE") else OK
@@ -297,6 +297,7 @@ class Study:
         configs += [sweep.config for sweep in self.plan.sweep.families.values()]
         for config in dict.fromkeys(configs):
             load_config(config, self.run_settings(config))
+        self.evaluation_runs()  # the evaluation's settings too, before anything is trained
 
     def disagreed(self) -> bool:
         """Whether the evaluation's window and streaming regimes disagreed anywhere."""

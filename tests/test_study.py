@@ -164,8 +164,9 @@ def test_an_evaluation_that_fails_stops_the_study_with_its_exit_code(tmp_path, m
     models = {"a": ModelEntry("gss-small", "gss")}
     assert Study(StudyPlan(models), tmp_path, log=lambda text: None).evaluate_models() == {"evaluation": 1, "within": 1}
     too_long = StudyPlan(models, evaluation=EvaluationPlan(within_context=10**6))
-    with pytest.raises(ConfigError, match="evaluation.within_context: 1000000 is longer than the training length"):
-        Study(too_long, tmp_path / "other", log=lambda text: None).evaluate_models()
+    for phase in ("check", "evaluate_models"):  # refused before anything trains, and by the phase itself
+        with pytest.raises(ConfigError, match="evaluation.within_context: 1000000 is longer than the training length"):
+            getattr(Study(too_long, tmp_path / "other", log=lambda text: None), phase)()
 
 
 def claim_inputs(losses: dict[str, list[float]], gss_lengths: dict | None = None, speeds: dict | None = None) -> dict:

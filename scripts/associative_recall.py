@@ -29,11 +29,11 @@ from ssmlm import SSMLMConfig, SSMLMForCausalLM
 from ssmlm.tooling.markdown import markdown_table
 
 MODELS = {
-    "attention": dict(block_types=["attention"] * 2, attention_num_heads=1, attention_span="full"),
-    "h3": dict(block_types=["h3"] * 2, h3_shift_size=8, h3_state_size=32),
+    "attention": dict(block_types=["attention"] * 2, block_options={"attention": {"num_heads": 1}}),
+    "h3": dict(block_types=["h3"] * 2, block_options={"h3": {"shift_size": 8, "state_size": 32}}),
     "gss": dict(block_types=["gss"] * 2),
     "s4d": dict(block_types=["ssm"] * 2, ssm_kernel="s4d", ssm_kernel_options={"init": "lin"}, ssm_state_size=32),
-    "mega": dict(block_types=["mega"] * 2, mega_max_positions=64),
+    "mega": dict(block_types=["mega"] * 2, block_options={"mega": {"max_positions": 64}}),
 }
 
 

@@ -27,7 +27,7 @@ from ssmlm.benchmark.batched import prefill, repeat_each_sequence
 from ssmlm.benchmark.contenders import MODEL_BUILDERS, Contenders
 from ssmlm.benchmark.measure import make_training_step
 from ssmlm.cli.bench import add_host_allocator_option
-from ssmlm.compat import returned_cache
+from ssmlm.model.compat import returned_cache
 from ssmlm.tooling.memory import keep_freed_host_memory
 
 

@@ -14,7 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["LORA_TARGET_MODULES", "SSMLMCache", "SSMLMConfig", "SSMLMForCausalLM", "SSMLMForSequenceClassification",
            "SSMLMModel", "SSMLMPreTrainedModel"]
 
@@ -32,13 +32,13 @@ def register() -> None:
     if registration_started:
         return
     registration_started = True
-    from .compat import check_installed_release
+    from .model.compat import check_installed_release
 
     check_installed_release()
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from .configuration import SSMLMConfig
-    from .modeling import SSMLMForCausalLM, SSMLMForSequenceClassification, SSMLMModel
+    from .model.configuration import SSMLMConfig
+    from .model.modeling import SSMLMForCausalLM, SSMLMForSequenceClassification, SSMLMModel
 
     AutoConfig.register(SSMLMConfig.model_type, SSMLMConfig, exist_ok=True)
     AutoModel.register(SSMLMConfig, SSMLMModel, exist_ok=True)
@@ -50,7 +50,7 @@ def __getattr__(name: str):
     if name not in PUBLIC_NAMES:
         raise AttributeError(f"module 'ssmlm' has no attribute {name!r}")
     register()
-    return getattr(importlib.import_module(f".{PUBLIC_NAMES[name]}", __name__), name)
+    return getattr(importlib.import_module(f".model.{PUBLIC_NAMES[name]}", __name__), name)
 
 
 class RegisterAfterImport(importlib.abc.MetaPathFinder):

@@ -8,8 +8,8 @@ import torch
 from hypothesis import strategies as st
 
 from ssmlm import SSMLMConfig
-from ssmlm.blocks import BLOCKS
-from ssmlm.kernels import KERNELS
+from ssmlm.model.blocks import BLOCKS
+from ssmlm.model.kernels import KERNELS
 
 # The device the core invariant tests (marked `device`) run on: the CPU unless SSMLM_TEST_DEVICE names another;
 # scripts/device_check.sh runs them with SSMLM_TEST_DEVICE=cuda.
@@ -22,6 +22,19 @@ VOCAB_SIZE = 61
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
+def merge_fields(*fields: dict) -> dict:
+    """Config fields from several dicts, the later ones winning; their block_options merge per block kind and per
+    option (a later {"mega": {"chunk_size": 4}} keeps the earlier mega options it does not name)."""
+    merged, block_options = {}, {}
+    for each in fields:
+        merged.update(each)
+        for kind, options in (each.get("block_options") or {}).items():
+            block_options[kind] = {**block_options.get(kind, {}), **options}
+    if block_options:
+        merged["block_options"] = block_options
+    return merged
+
+
 def model_examples() -> dict[str, dict]:
     """The invariant tests' models, by name, from the registries as they are now: each block's EXAMPLE_CONFIGS (two
     blocks of its kind unless it says otherwise), and for a block that runs the config's kernel, a model of it with
@@ -30,13 +43,14 @@ def model_examples() -> dict[str, dict]:
     examples = {}
     for kind, block in BLOCKS.items():
         for name, fields in block.EXAMPLE_CONFIGS.items():
-            examples[name] = {"block_types": [kind, kind], **fields}
+            examples[name] = merge_fields({"block_types": [kind, kind]}, block.EXAMPLE_SETTINGS, fields)
         if block.RUNS_SSM_KERNEL:
             kernels = block.EXAMPLE_KERNELS or [name for name, kernel in KERNELS.items()
                                                  if kernel.EXAMPLE_MODEL_SETTINGS is not None]
             for kernel in kernels:
-                examples[f"{kind}-{kernel}"] = dict(block_types=[kind, kind], ssm_kernel=kernel,
-                                                    **(KERNELS[kernel].EXAMPLE_MODEL_SETTINGS or {}))
+                examples[f"{kind}-{kernel}"] = merge_fields(dict(block_types=[kind, kind], ssm_kernel=kernel),
+                                                            block.EXAMPLE_SETTINGS,
+                                                            KERNELS[kernel].EXAMPLE_MODEL_SETTINGS or {})
     return examples
 
 

@@ -8,10 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssmlm.blocks.attention import AttentionBlock, rotary
+from ssmlm.model.blocks import build_block
+from ssmlm.model.blocks.attention import rotary
 
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
-from invariants import DEVICE, VOCAB_SIZE, run_in_pieces, tiny_config
+from invariants import DEVICE, VOCAB_SIZE, merge_fields, run_in_pieces, tiny_config
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 
@@ -24,9 +25,9 @@ SPANS = {
 
 def make_block(span, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    config = tiny_config(hidden_size=16, attention_num_heads=2, intermediate_size=32, block_types=["attention"] * 2,
-                         attention_span=span, attention_window=SPANS[span][0])
-    return AttentionBlock(config).to(dtype)
+    config = tiny_config(hidden_size=16, intermediate_size=32, block_types=["attention"] * 2,
+                         block_options={"attention": dict(num_heads=2, span=span, window=SPANS[span][0])})
+    return build_block("attention", config).to(dtype)
 
 
 def dense_reference(block, x, visible):
@@ -123,18 +124,20 @@ def test_local_cache_stays_bounded(span):
 from ssmlm import SSMLMConfig, SSMLMForCausalLM  # noqa: E402
 
 HYBRIDS = {
-    "gss+full": dict(block_types=["gss", "attention", "gss"], attention_span="full"),
-    "gss+sliding": dict(block_types=["gss", "gss", "attention"], attention_span="sliding", attention_window=6),
-    "mega-chunk+gss+chunked": dict(block_types=["mega", "gss", "attention"], attention_span="chunked",
-                                   attention_window=5, mega_chunk_size=4),
-    "transformer": dict(block_types=["attention", "attention"], attention_span="full"),
+    "gss+full": dict(block_types=["gss", "attention", "gss"], block_options={"attention": dict(span="full")}),
+    "gss+sliding": dict(block_types=["gss", "gss", "attention"],
+                        block_options={"attention": dict(span="sliding", window=6)}),
+    "mega-chunk+gss+chunked": dict(block_types=["mega", "gss", "attention"],
+                                   block_options={"attention": dict(span="chunked", window=5),
+                                                  "mega": dict(chunk_size=4)}),
+    "transformer": dict(block_types=["attention", "attention"], block_options={"attention": dict(span="full")}),
 }
 
 
 def hybrid_model(name, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    options = dict(HYBRIDS[name])
-    config = tiny_config(num_hidden_layers=len(options["block_types"]), attention_num_heads=4, **options)
+    options = merge_fields({"block_options": {"attention": dict(num_heads=4)}}, HYBRIDS[name])
+    config = tiny_config(num_hidden_layers=len(options["block_types"]), **options)
     return SSMLMForCausalLM(config).to(dtype).eval()
 
 
@@ -178,8 +181,9 @@ def test_hybrid_pipeline_generates_text(tokenizer_dir, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = SSMLMConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, attention_num_heads=4,
-                         block_types=["gss", "attention", "gss"], attention_span="sliding", attention_window=8,
+    config = SSMLMConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3,
+                         block_types=["gss", "attention", "gss"],
+                         block_options={"attention": dict(num_heads=4, span="sliding", window=8)},
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     SSMLMForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -210,19 +214,25 @@ def test_local_attention_hybrid_cache_is_flat_over_50k_tokens():
 
 
 def test_attention_config_errors_name_the_field():
-    with pytest.raises(Exception, match="attention_span"):
-        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_span="local")
-    with pytest.raises(Exception, match="attention_window"):
-        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_span="sliding")
-    with pytest.raises(Exception, match="attention_num_heads"):
-        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"], attention_num_heads=5)
-    SSMLMConfig(hidden_size=32, num_hidden_layers=1, attention_num_heads=5)  # no attention block: not used, not checked
+    with pytest.raises(Exception, match=r"block_options\.attention\.span must be one of"):
+        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"],
+                    block_options={"attention": {"span": "local"}})
+    with pytest.raises(Exception, match=r"block_options\.attention: window must be a positive int for span='sliding'"):
+        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"],
+                    block_options={"attention": {"span": "sliding"}})
+    with pytest.raises(Exception, match=r"block_options\.attention: num_heads \(5\) must be positive and divide"):
+        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_types=["attention"],
+                    block_options={"attention": {"num_heads": 5}})
+    # No attention block and no attention options: the default num_heads=4, which does not divide 30, is not checked.
+    SSMLMConfig(hidden_size=30, num_hidden_layers=1)
+    with pytest.raises(Exception, match=r"block_options\.attention: num_heads \(5\)"):  # options given are checked
+        SSMLMConfig(hidden_size=32, num_hidden_layers=1, block_options={"attention": {"num_heads": 5}})
 
 
 def test_the_key_value_window_keeps_the_latest_tokens_at_their_slots():
     """The bounded cache of local attention and Mega-chunk: token p at slot p mod w, the latest w kept, padding
     (position -1) and older tokens dropped, empty slots at -1; a step overwrites the token w back, in place."""
-    from ssmlm.blocks.key_value_window import keep_latest, write_token
+    from ssmlm.model.blocks.key_value_window import keep_latest, write_token
 
     positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [-1, -1, 0, 1, 2, -1, -1]])
     keys = positions.unsqueeze(-1).double() * 10

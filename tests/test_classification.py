@@ -24,8 +24,9 @@ def classifier(name="gss-dss", **overrides):
     return SSMLMForSequenceClassification(tiny_config(num_labels=3, **overrides)).to(torch.float64).eval()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"block_types": ["gss", "attention"], "attention_num_heads": 2},
-                                       {"block_types": ["mega", "mega"], "mega_chunk_size": 8}],
+@pytest.mark.parametrize("overrides", [{}, {"block_types": ["gss", "attention"],
+                                            "block_options": {"attention": {"num_heads": 2}}},
+                                       {"block_types": ["mega", "mega"], "block_options": {"mega": {"chunk_size": 8}}}],
                          ids=["gss", "hybrid", "mega-chunk"])
 def test_padding_on_either_side_gives_each_sequence_its_own_label_scores(overrides):
     model = classifier(**overrides)

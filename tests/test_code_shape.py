@@ -12,11 +12,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
-# What the model classes may load of ssmlm: the model library (configuration, modeling, cache, blocks, kernels, ops)
-# and the compatibility layer. The tools (training, data, evaluation, benchmark, study, CLIs) import it, never the
-# other way round.
-MODEL_LIBRARY = ("ssmlm.configuration", "ssmlm.modeling", "ssmlm.cache", "ssmlm.compat", "ssmlm.legacy",
-                 "ssmlm.blocks", "ssmlm.kernels", "ssmlm.ops")
+# What the model classes may load of ssmlm: the model library, one folder. The tools (training, data, evaluation,
+# benchmark, study, CLIs) import it, never the other way round.
+MODEL_LIBRARY = "ssmlm.model"
+
+
+def outside_the_model_library(module: str) -> bool:
+    return module not in ("ssmlm", MODEL_LIBRARY) and not module.startswith(MODEL_LIBRARY + ".")
 
 
 def sources() -> list[Path]:
@@ -73,22 +75,21 @@ def test_the_model_classes_load_only_the_model_library():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr
     loaded = run.stdout.split()
-    outside = [name for name in loaded if name != "ssmlm" and not name.startswith(tuple(MODEL_LIBRARY))]
-    assert "ssmlm.modeling" in loaded and not outside, outside
+    outside = [name for name in loaded if outside_the_model_library(name)]
+    assert "ssmlm.model.modeling" in loaded and not outside, outside
 
 
 def readme_layout() -> dict[str, set[str]]:
     """The modules README's Layout section names, by folder. A line indented by two spaces is the package's top
     level: its first `folder/` is a folder of the package, a later one a folder inside it; a continuation line
-    (indented further) goes on in the folder of the line above, and may open a folder inside it too."""
+    (indented further) goes on in the folder of the line above, and may open a folder inside the top-level one."""
     block = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
-    listed, parent = {}, ""
+    listed, parent, folder = {}, "", ""
     for line in block.splitlines():
         if not line.startswith("  "):  # the block's first and last lines: the package and the checkout
             continue
         if not line.startswith("   "):
-            parent = ""
-        folder = parent
+            parent = folder = ""
         for word in line.split():
             word = word.rstrip(":,;")
             if word.endswith("/") and word[:-1].isidentifier():
@@ -144,9 +145,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_model_library_imports_no_tool():
     """Every import statement of the model library's modules, those run lazily inside functions too, stays in it."""
-    folders_and_modules = [REPO / name.replace(".", "/") for name in MODEL_LIBRARY]
-    files = [path.with_suffix(".py") for path in folders_and_modules if path.with_suffix(".py").is_file()]
-    files += [path for folder in folders_and_modules for path in folder.glob("**/*.py")]
+    files = sorted((REPO / MODEL_LIBRARY.replace(".", "/")).glob("**/*.py"))
     outside = {f"{path.relative_to(REPO)}: {name}" for path in files for name in imported_modules(path)
-               if name != "ssmlm" and not name.startswith(MODEL_LIBRARY)}
+               if outside_the_model_library(name)}
     assert files and not outside, sorted(outside)

@@ -47,9 +47,9 @@ MEGA_MAX_POSITIONS = 64
 SHORT_DOCUMENT_TOKENS = 40  # qualifies at 32 tokens, not at 64
 MODELS = {
     "gss": {},
-    "mega-chunk": dict(block_types=["mega", "mega"], mega_chunk_size=8),
-    "mega-full": dict(block_types=["mega", "mega"], mega_max_positions=MEGA_MAX_POSITIONS),
-    "hybrid": dict(block_types=["gss", "attention"], attention_span="chunked", attention_window=16),
+    "mega-chunk": dict(block_types=["mega", "mega"], block_options={"mega": dict(chunk_size=8)}),
+    "mega-full": dict(block_types=["mega", "mega"], block_options={"mega": dict(max_positions=MEGA_MAX_POSITIONS)}),
+    "hybrid": dict(block_types=["gss", "attention"], block_options={"attention": dict(span="chunked", window=16)}),
 }
 # Buckets of 24 positions do not divide the lengths (a short last bucket), and streaming chunks (at most 20 tokens,
 # and a fifth of the window: 7, 13 and 20 tokens) cut Mega's 8-token attention chunks and the hybrid's 16-token
@@ -146,10 +146,11 @@ def test_a_model_that_cannot_extrapolate_is_reported_as_it_is(results):
     assert "agreement" not in beyond
     for regime in beyond["regimes"].values():
         assert regime["status"].startswith("not supported: ")
-        assert f"mega_max_positions={MEGA_MAX_POSITIONS}" in regime["status"]
+        assert f"block_options.mega.max_positions={MEGA_MAX_POSITIONS}" in regime["status"]
         assert "perplexity" not in regime  # no numbers from a cut-down window
     markdown = render_markdown(results)
-    assert "not supported [1]" in markdown and f"SSMLMConfig.mega_max_positions={MEGA_MAX_POSITIONS}" in markdown
+    limit = f"SSMLMConfig.block_options.mega.max_positions={MEGA_MAX_POSITIONS}"
+    assert "not supported [1]" in markdown and limit in markdown
     # The other models go on to 128 tokens.
     assert results_of(results, "mega-chunk")[128]["regimes"]["streaming"]["status"] == "ok"
 

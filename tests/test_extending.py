@@ -7,16 +7,18 @@ import inspect
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 import test_model_recurrence
 import test_ssm_kernels
-from invariants import model_examples
-from ssmlm.blocks import BLOCKS
-from ssmlm.blocks.base import Block
-from ssmlm.kernels import KERNELS, build_ssm
-from ssmlm.kernels.reference import finite_filter
-from ssmlm.kernels.window import WindowConv
+from invariants import model_examples, tiny_config
+from ssmlm import SSMLMForCausalLM
+from ssmlm.model.blocks import BLOCKS
+from ssmlm.model.blocks.base import Block
+from ssmlm.model.kernels import KERNELS, build_ssm
+from ssmlm.model.kernels.reference import finite_filter
+from ssmlm.model.kernels.window import WindowConv
 
 
 class TwoTapFilterWithoutReference(WindowConv):
@@ -47,13 +49,16 @@ class TwoTapFilter(TwoTapFilterWithoutReference):
 
 
 class FilterBlock(Block):
-    """x + W_out SSM(W_in x): the config's kernel between two linear layers, the least a block needs."""
+    """x + s · W_out SSM(W_in x): the config's kernel between two linear layers, the least a block needs, and one
+    option of its own, the residual branch's scale s."""
 
     RUNS_SSM_KERNEL = True
     EXAMPLE_KERNELS = ("toy-fir", "dss")
+    OPTIONS = {"residual_scale": float}
 
-    def __init__(self, config):
+    def __init__(self, config, residual_scale: float = 1.0):
         super().__init__()
+        self.residual_scale = residual_scale
         self.to_ssm = nn.Linear(config.hidden_size, config.ssm_size)
         self.ssm = build_ssm(config.ssm_kernel, config.ssm_size, config.ssm_state_size, config.ssm_kernel_options)
         self.to_out = nn.Linear(config.ssm_size, config.hidden_size)
@@ -66,7 +71,12 @@ class FilterBlock(Block):
         if padding_mask is not None:  # padded positions must not enter the state
             u = u * padding_mask.unsqueeze(-1).to(u.dtype)
         y, state = self.ssm(u, state)
-        return x + self.to_out(y), state
+        return x + self.residual_scale * self.to_out(y), state
+
+    @classmethod
+    def check_options(cls, options, config):
+        if options["residual_scale"] <= 0:
+            raise ValueError(f"residual_scale must be positive, got {options['residual_scale']}")
 
 
 class BlockWithoutExamples(FilterBlock):
@@ -124,6 +134,21 @@ def test_a_registered_block_gets_every_model_invariant(toys_registered, invarian
     """The block and the whole model: one pass == chunks == tokens in float64 and float32; generate() with the
     cache == re-running the prefix."""
     run_with_every_dtype(invariant, name=name)
+
+
+def test_a_registered_blocks_options_are_declared_checked_and_built(toys_registered):
+    """The block's options come from its constructor alone: the config takes, checks and names them, and the model
+    builds the block with them."""
+    config = tiny_config(block_types=["toy", "gss"], block_options={"toy": {"residual_scale": 0.5}})
+    assert config.block_options_of("toy") == {"residual_scale": 0.5}
+    assert SSMLMForCausalLM(config).model.layers[0].residual_scale == 0.5
+    assert tiny_config(block_types=["toy", "toy"]).block_options_of("toy") == {"residual_scale": 1.0}
+    for options, message in [({"residual_scal": 2.0}, r"block_options.toy.residual_scal: FilterBlock has no such "
+                                                       r"option \(did you mean 'residual_scale'\?\)"),
+                             ({"residual_scale": "big"}, r"block_options.toy.residual_scale expected float"),
+                             ({"residual_scale": -1.0}, r"block_options.toy: residual_scale must be positive")]:
+        with pytest.raises(StrictDataclassError, match=message):
+            tiny_config(block_types=["toy", "toy"], block_options={"toy": options})
 
 
 def test_a_kernel_without_a_reference_fails_the_suite_by_name(monkeypatch):

@@ -16,12 +16,12 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
 from ssmlm import LORA_TARGET_MODULES, SSMLMConfig, SSMLMForCausalLM, SSMLMModel
-from ssmlm.blocks import BLOCKS
-from ssmlm.compat import returned_cache
-from ssmlm.kernels import KERNELS
+from ssmlm.model.blocks import BLOCKS
+from ssmlm.model.compat import returned_cache
+from ssmlm.model.kernels import KERNELS
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
-from invariants import VOCAB_SIZE, decode_by_full_reforward, tiny_config
+from invariants import VOCAB_SIZE, decode_by_full_reforward, merge_fields, tiny_config
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 
@@ -157,10 +157,15 @@ def test_text_streamer_streams_the_continuation(tokenizer, model):
         ({"ssm_kernel": "s4d", "ssm_kernel_options": {"step": 1}}, r"ssm_kernel_options\.step: S4DKernel has no"),
         ({"ssm_kernel": "s4d", "s4d_discretization": "x"}, r"ssm_kernel_options\.discretization"),  # a saved config
         ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
-        ({"h3_head_dim": 3, "block_types": ["h3"] * 16}, r"h3_head_dim \(3\) must divide hidden_size \(1024\)"),
-        ({"h3_shift_size": 0, "block_types": ["h3"] * 16}, "h3_shift_size must be positive"),
-        ({"hidden_size": 37, "block_types": ["attention"] * 16}, r"attention_num_heads \(4\) must be positive and "),
-        ({"mega_ema_dim": 0, "block_types": ["mega"] * 16}, "mega_ema_dim must be positive"),
+        ({"block_options": {"h3": {"head_dim": 3}}, "block_types": ["h3"] * 16},
+         r"block_options\.h3: head_dim \(3\) must divide hidden_size \(1024\)"),
+        ({"block_options": {"h3": {"shift_size": 0}}, "block_types": ["h3"] * 16},
+         r"block_options\.h3: shift_size must be positive"),
+        ({"hidden_size": 37, "block_types": ["attention"] * 16},
+         r"block_options\.attention: num_heads \(4\) must be positive and "),
+        ({"block_options": {"mega": {"ema_dim": 0}}, "block_types": ["mega"] * 16},
+         r"block_options\.mega: ema_dim must be positive"),
+        ({"block_options": {"mgea": {}}}, r"block_options\.mgea: no block kind of that name \(did you mean 'mega'\?\)"),
     ],
 )
 def test_bad_config_fields_are_named(overrides, field):
@@ -173,8 +178,8 @@ def test_bad_config_fields_are_named(overrides, field):
     ({"intermediate_size": 0}, "intermediate_size must be positive, got 0"),
     ({"ssm_size": 0}, "ssm_size must be positive, got 0"),
     ({"block_types": []}, "block_types has 0 entries but num_hidden_layers is 16"),  # not 16 GSS blocks
-    ({"mega_z_dim": 0, "block_types": ["mega"] * 16}, "mega_z_dim must be positive, got 0"),
-    ({"mega_v_dim": 0, "block_types": ["mega"] * 16}, "mega_v_dim must be positive, got 0"),
+    ({"block_options": {"mega": {"z_dim": 0}}, "block_types": ["mega"] * 16}, "mega: z_dim must be positive, got 0"),
+    ({"block_options": {"mega": {"v_dim": 0}}, "block_types": ["mega"] * 16}, "mega: v_dim must be positive, got 0"),
 ])
 def test_a_zero_or_empty_setting_is_refused_not_replaced_by_its_default(settings, field):
     with pytest.raises(StrictDataclassError, match=field):
@@ -219,17 +224,18 @@ def test_a_cache_of_another_batch_or_model_is_refused():
 
 
 @pytest.mark.parametrize("block_kind", sorted(set(BLOCKS) - {"attention"}))
-def test_a_block_kinds_settings_are_checked_only_where_the_model_has_that_block(block_kind):
-    """transformers' ConfigTester builds configs of hidden size 37: a model without attention takes it, whatever
-    the (unused) head count; each block kind's settings are checked only where the model has that block."""
-    unused = {"attention_num_heads": 5, "h3_head_dim": 3, "mega_ema_dim": 0, "mega_chunk_size": 0}  # each refused
-    own = {"h3": ["h3_head_dim"], "mega": ["mega_ema_dim", "mega_chunk_size"]}.get(block_kind, [])
-    config = SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8,
-                         **{key: value for key, value in unused.items() if key not in own})
+def test_a_block_kinds_defaults_are_checked_only_where_the_model_has_that_block(block_kind):
+    """transformers' ConfigTester builds configs of hidden size 37: a model without attention takes it, although
+    the attention block's default head count (4) does not divide it; a block kind's defaults are checked only where
+    the model has that block. Options a config gives are checked whether or not the model has the kind."""
+    config = SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8)
     assert config.hidden_size == 37
-    for key in own:
-        with pytest.raises(StrictDataclassError, match=key):
-            SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8, **{key: unused[key]})
+    refused = [("attention", {"num_heads": 5}), ("h3", {"head_dim": 3}), ("mega", {"ema_dim": 0}),
+               ("mega", {"chunk_size": 0})]
+    for kind, options in refused:
+        with pytest.raises(StrictDataclassError, match=rf"block_options\.{kind}: {next(iter(options))}"):
+            SSMLMConfig(hidden_size=37, num_hidden_layers=1, block_types=[block_kind], ssm_size=8,
+                        block_options={kind: options})
 
 
 def test_a_config_saved_with_the_former_flat_s4d_fields_still_loads(tmp_path):
@@ -254,13 +260,14 @@ def test_bad_config_file_is_rejected_on_load(tmp_path):
 
 # Each kernel in a GSS model with its class's example settings (the EMA's are Mega's: none), each block kind.
 SAVED_MODELS = {f"gss-{kernel}": dict(ssm_kernel=kernel, **(KERNELS[kernel].EXAMPLE_MODEL_SETTINGS or {}))
-                for kernel in KERNELS} | {f"{block}-block": dict(block_types=[block, block]) for block in BLOCKS}
+                for kernel in KERNELS} | {f"{block}-block": dict(block_types=[block, block], **BLOCKS[block].EXAMPLE_SETTINGS) for block in BLOCKS}
+SAVED_MODELS["h3-block"]["block_options"] = {"h3": dict(shift_size=4, state_size=4)}  # a small H3
 
 
 @pytest.mark.parametrize("name", SAVED_MODELS)
 def test_save_then_load_gives_identical_logits_for_every_kernel_and_block(name, tmp_path):
     torch.manual_seed(0)
-    model = SSMLMForCausalLM(tiny_config(**SAVED_MODELS[name], h3_shift_size=4, h3_state_size=4)).eval()
+    model = SSMLMForCausalLM(tiny_config(**SAVED_MODELS[name])).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, VOCAB_SIZE, (2, 40))
@@ -298,14 +305,14 @@ def test_the_model_library_imports_no_tool():
         [sys.executable, "-c", "import sys, ssmlm; from ssmlm import SSMLMForCausalLM; "
                                "print(' '.join(name for name in sys.modules if name.startswith('ssmlm')))"],
         capture_output=True, text=True, check=True).stdout.split()
-    assert "ssmlm.modeling" in loaded
+    assert "ssmlm.model.modeling" in loaded
     assert not [name for name in loaded if name.startswith(tools)]
 
 
 def test_next_token_losses_average_to_the_labels_loss():
     """One next-token loss: the per-position losses the trainer's validation and the evaluation score with have
     the `labels` loss of training as their mean, in float32 and under bf16 weights alike."""
-    from ssmlm.modeling import next_token_losses
+    from ssmlm.model.modeling import next_token_losses
 
     torch.manual_seed(0)
     model = SSMLMForCausalLM(tiny_config()).eval()
@@ -430,8 +437,9 @@ def test_output_attentions_gives_the_attention_blocks_weights(span):
     """Weights of each attention block (None for the others): rows sum to 1, weights times the values equal the
     block's attention output, and a prefix read from the cache gives the rows of a whole pass."""
     torch.manual_seed(0)
-    model = SSMLMForCausalLM(tiny_config(block_types=["gss", "attention"], attention_num_heads=2, attention_span=span,
-                                         attention_window=None if span == "full" else 4)).double().eval()
+    attention = dict(num_heads=2, span=span, window=None if span == "full" else 4)
+    model = SSMLMForCausalLM(tiny_config(block_types=["gss", "attention"],
+                                         block_options={"attention": attention})).double().eval()
     ids = torch.randint(3, VOCAB_SIZE, (2, 10))
     whole = model(ids, output_attentions=True)
     assert len(whole.attentions) == 2 and whole.attentions[0] is None
@@ -456,7 +464,9 @@ def test_lora_targets_name_every_linear_layer_but_the_output_head(block_kind):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = SSMLMForCausalLM(tiny_config(block_types=[block_kind, block_kind], attention_num_heads=2))
+    model = SSMLMForCausalLM(tiny_config(**merge_fields(dict(block_types=[block_kind, block_kind],
+                                                             block_options={"attention": {"num_heads": 2}}),
+                                                        BLOCKS[block_kind].EXAMPLE_SETTINGS)))
     linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)} - {"lm_head"}
     assert {name.rsplit(".", 1)[-1] for name in linear} <= set(LORA_TARGET_MODULES)
 
@@ -479,7 +489,8 @@ def test_lora_targets_name_every_linear_layer_but_the_output_head(block_kind):
 def test_every_lora_target_is_a_layer_of_some_block_kind():
     names = set()
     for block_kind in BLOCKS:
-        model = SSMLMForCausalLM(tiny_config(block_types=[block_kind], num_hidden_layers=1, attention_num_heads=2))
+        model = SSMLMForCausalLM(tiny_config(block_types=[block_kind], num_hidden_layers=1,
+                                             block_options={"attention": {"num_heads": 2}}))
         names |= {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     assert set(LORA_TARGET_MODULES) == names - {"lm_head"}
 

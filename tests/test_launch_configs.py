@@ -37,6 +37,6 @@ def test_fsdp_wraps_each_block_of_the_model_and_nothing_else(block_types):
         plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2
     model = SSMLMForCausalLM(tiny_config(block_types=block_types, num_hidden_layers=len(block_types),
-                                         attention_num_heads=2))
+                                         block_options={"attention": {"num_heads": 2}}))
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     assert [module for module in model.modules() if policy(module)] == list(model.model.layers)

@@ -1,4 +1,4 @@
-"""The fused linear cross-entropy (ssmlm/ops/linear_cross_entropy.py): equal to the plain path (the logits, then
+"""The fused linear cross-entropy (ssmlm/model/ops/linear_cross_entropy.py): equal to the plain path (the logits, then
 cross-entropy) in float64 for the loss and every gradient, close in float32 and bf16, and never holding the
 (positions × vocabulary) logits."""
 
@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from invariants import VOCAB_SIZE, tiny_config
 from ssmlm import SSMLMForCausalLM
-from ssmlm.ops import linear_cross_entropy as fused
+from ssmlm.model.ops import linear_cross_entropy as fused
 
 
 @pytest.fixture

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from ssmlm import SSMLMForCausalLM
-from ssmlm.blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
-from ssmlm.blocks.mega import MegaBlock, QueryKeyScaleOffset, laplace, lower_toeplitz
+from ssmlm.model.blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
+from ssmlm.model.blocks import build_block
+from ssmlm.model.blocks.mega import QueryKeyScaleOffset, laplace, lower_toeplitz
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from invariants import assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces, left_padded
-from invariants import DEVICE, PAD, logits_in_pieces, run_in_pieces, tiny_config
+from invariants import DEVICE, PAD, logits_in_pieces, merge_fields, run_in_pieces, tiny_config
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 
@@ -28,8 +29,15 @@ VARIANTS = [(chunk, function, bias) for chunk in (None, 5) for function in ("sof
 
 
 def mega_config(chunk_size=5, **overrides):
-    return tiny_config(**{"block_types": ["mega", "mega"], "mega_ema_dim": 4, "mega_z_dim": 16, "mega_v_dim": 48,
-                          "intermediate_size": 64, "mega_chunk_size": chunk_size, **overrides})
+    """The tests' Mega model; `overrides` are config fields, their block_options merged with these per option."""
+    return tiny_config(**merge_fields(
+        {"block_types": ["mega", "mega"], "intermediate_size": 64,
+         "block_options": {"mega": {"ema_dim": 4, "z_dim": 16, "v_dim": 48, "chunk_size": chunk_size}}}, overrides))
+
+
+def mega_options(**options):
+    """Config fields that set these Mega block options (merged into mega_config's own)."""
+    return {"block_options": {"mega": options}}
 
 
 @torch.no_grad()
@@ -46,8 +54,8 @@ def sharpen(module, seed=0):
 
 def mega_block(dtype, chunk_size=5, attention="softmax", position_bias="simple", seed=0):
     torch.manual_seed(seed)
-    config = mega_config(chunk_size, mega_attention=attention, mega_position_bias=position_bias)
-    return sharpen(MegaBlock(config), seed).to(dtype)
+    config = mega_config(chunk_size, **mega_options(attention_function=attention, position_bias=position_bias))
+    return sharpen(build_block("mega", config), seed).to(dtype)
 
 
 def mega_model(dtype=torch.float64, chunk_size=5, seed=0, **overrides):
@@ -87,15 +95,15 @@ def test_rotary_table_equals_rotated_vectors_at_absolute_positions():
 
 
 def test_simple_bias_limit_is_a_clear_error_never_a_truncation():
-    model = mega_model(chunk_size=None, mega_max_positions=16)
+    model = mega_model(chunk_size=None, **mega_options(max_positions=16))
     with torch.no_grad():
         model(torch.randint(3, 61, (1, 16)))  # exactly at the limit
-        with pytest.raises(ValueError, match="mega_max_positions=16"):
+        with pytest.raises(ValueError, match=r"block_options\.mega\.max_positions=16"):
             model(torch.randint(3, 61, (1, 17)))
         cache = model(torch.randint(3, 61, (1, 16)), use_cache=True).past_key_values
-        with pytest.raises(ValueError, match="mega_max_positions=16"):
+        with pytest.raises(ValueError, match=r"block_options\.mega\.max_positions=16"):
             model(torch.randint(3, 61, (1, 1)), past_key_values=cache)
-        model_chunked = mega_model(chunk_size=4, mega_max_positions=16)  # chunks need only c distances
+        model_chunked = mega_model(chunk_size=4, **mega_options(max_positions=16))  # chunks need only c distances
         assert torch.isfinite(model_chunked(torch.randint(3, 61, (1, 100))).logits).all()
 
 
@@ -208,7 +216,8 @@ def test_a_decoding_step_writes_its_slot_in_place():
 MODEL_KINDS = {
     "mega-chunk": dict(chunk_size=5),
     "mega": dict(chunk_size=None),
-    "mega-chunk-laplace-rotary": dict(chunk_size=4, mega_attention="laplace", mega_position_bias="rotary"),
+    "mega-chunk-laplace-rotary": dict(chunk_size=4, **mega_options(attention_function="laplace",
+                                                                   position_bias="rotary")),
     "gss+mega-chunk": dict(chunk_size=6, block_types=["gss", "mega"]),
 }
 
@@ -282,7 +291,7 @@ def test_attention_weights_times_the_values_give_the_attention_output(chunk_size
     a chunk boundary, a few rows, a decoding step): times the values they give attend()'s output, they vanish
     where a key is not visible, softmax rows sum to 1, and the rest's rows are the whole pass's, its keys being
     the cache's slots then its own tokens."""
-    model = mega_model(chunk_size=chunk_size, mega_attention=attention)
+    model = mega_model(chunk_size=chunk_size, **mega_options(attention_function=attention))
     ids = torch.randint(3, 61, (2, 10))
     calls = record_attention(model, monkeypatch)
     with torch.no_grad():
@@ -362,7 +371,7 @@ def test_mega_chunk_cache_stays_flat_over_50k_tokens_while_full_attention_grows(
     assert cache.get_seq_length() >= 50_000 and torch.isfinite(out.logits).all()
 
     full = mega_model(torch.float32, chunk_size=None, num_hidden_layers=1, block_types=["mega"],
-                      mega_position_bias="rotary")
+                      **mega_options(position_bias="rotary"))
     with torch.no_grad():
         cache = full(torch.randint(3, 61, (1, 10)), use_cache=True).past_key_values
         before = cache.num_bytes()
@@ -409,7 +418,7 @@ def test_training_is_causal_reaches_every_parameter_and_allows_checkpointing():
 
 
 def test_dropouts_act_in_training_only():
-    model = mega_model(chunk_size=5, hidden_dropout=0.1, attention_dropout=0.1, mega_hidden_dropout=0.1)
+    model = mega_model(chunk_size=5, hidden_dropout=0.1, **mega_options(attention_dropout=0.1, hidden_dropout=0.1))
     ids = torch.randint(3, 61, (1, 20))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model(ids).logits)
@@ -419,7 +428,7 @@ def test_dropouts_act_in_training_only():
 
 def test_post_init_gives_the_mega_parameters_their_init_and_loading_keeps_them(tmp_path):
     torch.manual_seed(0)
-    model = SSMLMForCausalLM(mega_config(mega_position_bias="rotary")).eval()
+    model = SSMLMForCausalLM(mega_config(**mega_options(position_bias="rotary"))).eval()
     block = model.model.layers[0]
     assert torch.allclose(block.ema.beta, torch.tensor([1.0, -1.0, 1.0, -1.0]).expand(32, 4), atol=0.2)
     assert block.query_key.query_offset.abs().max() == 0 and 0 < block.query_key.key_scale.std() < 0.05
@@ -431,22 +440,19 @@ def test_post_init_gives_the_mega_parameters_their_init_and_loading_keeps_them(t
         assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-def test_mega_chunk_size_minus_one_means_full_attention():
-    assert mega_config(chunk_size=-1).mega_chunk_size is None
-
-
 @pytest.mark.parametrize(
-    "overrides, field",
+    "options, field",
     [
-        ({"mega_chunk_size": 0}, "mega_chunk_size"),
-        ({"mega_attention": "relu2"}, "mega_attention"),
-        ({"mega_position_bias": "alibi"}, "mega_position_bias"),
-        ({"mega_position_bias": "rotary", "mega_z_dim": 15}, "mega_z_dim"),
-        ({"mega_ema_dim": 0}, "mega_ema_dim"),
-        ({"mega_max_positions": 0}, "mega_max_positions"),
-        ({"attention_dropout": 1.0}, "attention_dropout"),
+        ({"chunk_size": 0}, r"block_options\.mega: chunk_size must be positive"),
+        ({"attention_function": "relu2"}, r"block_options\.mega\.attention_function must be one of"),
+        ({"position_bias": "alibi"}, r"block_options\.mega\.position_bias must be one of 'simple', 'rotary'"),
+        ({"position_bias": "rotary", "z_dim": 15}, r"block_options\.mega: z_dim must be even"),
+        ({"ema_dim": 0}, r"block_options\.mega: ema_dim must be positive"),
+        ({"max_positions": 0}, r"block_options\.mega: max_positions must be positive"),
+        ({"attention_dropout": 1.0}, r"block_options\.mega: attention_dropout must be in \[0, 1\)"),
+        ({"chunk": 4}, r"block_options\.mega\.chunk: MegaBlock has no such option \(did you mean 'chunk_size'\?\)"),
     ],
 )
-def test_bad_mega_config_fields_are_named(overrides, field):
+def test_bad_mega_config_fields_are_named(options, field):
     with pytest.raises(StrictDataclassError, match=field):
-        mega_config(**overrides)
+        mega_config(**mega_options(**options))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmlm import SSMLMCache, SSMLMForCausalLM
-from ssmlm.blocks import BLOCKS
-from ssmlm.kernels import KERNELS
+from ssmlm.model.blocks import BLOCKS, build_block
+from ssmlm.model.kernels import KERNELS
 
 from invariants import PAD, assert_close, assert_model_pieces_agree, decode_by_full_reforward, draw_pieces
 from invariants import DEVICE, MODELS, example_config, float32_tolerance, left_padded, model_examples, run_in_pieces
@@ -45,7 +45,7 @@ def test_block_one_pass_equals_chunks_equals_steps(name, dtype, data):
     length, boundaries = draw_pieces(data, st.one_of(st.integers(2, 200), st.integers(1000, 2500)), max_boundaries=5)
     torch.manual_seed(1)
     config = example_config(name)
-    block = BLOCKS[config.block_types[0]](config).to(DEVICE, dtype)
+    block = build_block(config.block_types[0], config).to(DEVICE, dtype)
     x = torch.randn(2, length, 32, dtype=dtype).to(DEVICE)
     one_pass, _ = block(x)
     tolerance = float32_tolerance(config) if dtype == torch.float32 else None

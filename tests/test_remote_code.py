@@ -21,7 +21,7 @@ from runs import free_port
 from test_hf_integration import run_fresh
 
 from ssmlm import LORA_TARGET_MODULES
-from ssmlm.configuration import AUTO_CLASSES, REMOTE_MODULE, REMOTE_MODULE_NAME
+from ssmlm.model.configuration import AUTO_CLASSES, REMOTE_MODULE, REMOTE_MODULE_NAME
 from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.hf

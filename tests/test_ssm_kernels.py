@@ -1,4 +1,4 @@
-"""The SSM kernels and the FFT convolution. Every kernel of the registry (ssmlm.kernels.KERNELS), in each of the
+"""The SSM kernels and the FFT convolution. Every kernel of the registry (ssmlm.model.kernels.KERNELS), in each of the
 option variants its class declares (EXAMPLE_OPTIONS), is checked for the core invariant one pass == arbitrary chunks
 with the state carried == token by token, for causality, against its paper's defining formula written out naively
 (its `reference`), for gradients, and for a bounded state. The tests take the kernel's name and look it up in the
@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssmlm.kernels import KERNELS, SSMKernel, build_ssm
-from ssmlm.kernels.diagonal import mode_sum, powers_of, time_sum
-from ssmlm.kernels.reference import conjugate_pairs
-from ssmlm.kernels.s4 import hippo, nplr
-from ssmlm.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
+from ssmlm.model.kernels import KERNELS, SSMKernel, build_ssm
+from ssmlm.model.kernels.diagonal import mode_sum, powers_of, time_sum
+from ssmlm.model.kernels.reference import conjugate_pairs
+from ssmlm.model.kernels.s4 import hippo, nplr
+from ssmlm.model.ops.fftconv import causal_fft_conv, fft_length, next_fast_len
 
 from invariants import assert_close, draw_pieces, run_in_pieces
 
@@ -308,7 +308,7 @@ def test_the_s4_kernel_is_algorithm_1():
 
 def hippo_by_hand(measure, size):
     """HiPPO's (A, B), entry by entry from the papers' definitions (S4 eq. 2 for LegS; "How to Train Your HiPPO"
-    for LegT, halved as the reference does, and FouT), independently of ssmlm.kernels.s4.hippo."""
+    for LegT, halved as the reference does, and FouT), independently of ssmlm.model.kernels.s4.hippo."""
     a = [[0.0] * size for _ in range(size)]
     b = [0.0] * size
     for n in range(size):
@@ -348,7 +348,7 @@ def test_s4_init_is_the_hippo_system_in_a_unitary_basis(measure, rank):
 def test_s4_flops_formula_counts_the_products_it_runs(rank, length, cached):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssmlm.ops.fftconv import convolution_flops
+    from ssmlm.model.ops.fftconv import convolution_flops
 
     ssm = make_kernel("s4", {"measure": "legt" if rank == 2 else "legs", "rank": rank}, torch.float32, channels=16,
                       state_size=8)

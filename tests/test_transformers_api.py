@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import ssmlm
-from ssmlm import compat
+from ssmlm.model import compat
 
 pytestmark = pytest.mark.hf
 
@@ -114,7 +114,7 @@ def test_a_transformers_below_the_floor_is_refused_at_import_in_one_line():
     run = run_import_with_transformers_version("5.16.1")
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1] == (
-        f"ssmlm.compat.UnsupportedTransformersError: ssmlm needs transformers >= {compat.OLDEST_SUPPORTED}, but "
+        f"ssmlm.model.compat.UnsupportedTransformersError: ssmlm needs transformers >= {compat.OLDEST_SUPPORTED}, but "
         f"5.16.1 is installed: pip install 'transformers>={compat.OLDEST_SUPPORTED},<6'")
 
 

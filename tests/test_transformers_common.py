@@ -1,6 +1,6 @@
 """transformers' own common model tests (ModelTesterMixin, ConfigTester) on ssmlm's models: one test class per block
-kind (`ssmlm.blocks.BLOCKS`) and one per SSM kernel (`ssmlm.kernels.KERNELS`, in GSS blocks), generated from the
-registries, so a new block or kernel is tested with no edit here. The common tests come from the sdist of the
+kind (`ssmlm.model.blocks.BLOCKS`) and one per SSM kernel (`ssmlm.model.kernels.KERNELS`, in GSS blocks), generated
+from the registries, so a new block or kernel is tested with no edit here. The common tests come from the sdist of the
 installed transformers (transformers_common.py); without it (no network) this module skips.
 
 Common tests are skipped only where they cannot apply to these models: SKIPPED, below, says which and why. The tests
@@ -14,8 +14,8 @@ import unittest
 import pytest
 
 from ssmlm import SSMLMConfig, SSMLMForCausalLM, SSMLMForSequenceClassification, SSMLMModel
-from ssmlm.blocks import BLOCKS
-from ssmlm.kernels import KERNELS
+from ssmlm.model.blocks import BLOCKS
+from ssmlm.model.kernels import KERNELS
 
 from transformers_common import CommonTestsUnavailable, load_common_tests
 
@@ -85,7 +85,7 @@ def attention_heads(kind: str):
     if kind in ATTENTION_HEADS:
         return ATTENTION_HEADS[kind]
     if hasattr(BLOCKS[kind], "attention_weights"):
-        return lambda config: config.attention_num_heads
+        return lambda config: config.block_options_of(kind)["num_heads"]
     return None
 
 
@@ -184,7 +184,7 @@ def identifier(name: str) -> str:
 
 
 for kind in BLOCKS:
-    add_test_class(f"TestBlock_{identifier(kind)}", kind, {})
+    add_test_class(f"TestBlock_{identifier(kind)}", kind, BLOCKS[kind].EXAMPLE_SETTINGS)
 
 for kernel in KERNELS:
     add_test_class(f"TestKernel_{identifier(kernel)}", "gss",

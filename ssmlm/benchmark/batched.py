@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..compat import returned_cache
+from ..model.compat import returned_cache
 from ..tooling.markdown import markdown_table
 from .contenders import BASELINE, Contenders, skipped_at_length
 from .flops import generation_flops

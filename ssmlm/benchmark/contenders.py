@@ -3,7 +3,7 @@ the GSS-Transformer hybrid, transformers' Llama (the baseline) and Mamba (the SS
 and the public implementations (public.py). Each is
 built at the benchmark's size (size.py) and, but for GSS and the kernel variants, matched to GSS's parameter count.
 
-A builder raises NotImplementedYet for a model whose block kind is not in the registry (ssmlm.blocks.BLOCKS), and
+A builder raises NotImplementedYet for a model whose block kind is not in the registry (ssmlm.model.blocks.BLOCKS), and
 the harness reports it as skipped.
 """
 
@@ -17,10 +17,10 @@ from torch import nn
 
 from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM, PreTrainedModel
 
-from ..blocks import BLOCKS
-from ..configuration import SSMLMConfig
-from ..kernels import KERNELS
-from ..modeling import SSMLMForCausalLM
+from ..model.blocks import BLOCKS
+from ..model.configuration import SSMLMConfig
+from ..model.kernels import KERNELS
+from ..model.modeling import SSMLMForCausalLM
 from . import BASELINE, CONTENDERS_DIR, GSS_PORT, LEGACY_MEGA, MAMBA, MODEL_NAMES
 from .public import ContenderUnavailable, GSSPort, WorkerContender, import_gss_port, start_legacy_mega
 from .size import HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_HEADS, NUM_LAYERS, VOCAB_SIZE, count_parameters
@@ -133,7 +133,7 @@ class Contenders:
 
 def require_block_type(kind: str):
     if kind not in BLOCKS:
-        raise NotImplementedYet(f"block type {kind!r} is not in ssmlm.blocks.BLOCKS")
+        raise NotImplementedYet(f"block type {kind!r} is not in ssmlm.model.blocks.BLOCKS")
 
 
 def build_gss(contenders: Contenders) -> PreTrainedModel:
@@ -162,8 +162,8 @@ def h3_with(contenders: Contenders, intermediate_size: int,
     `attention_layers` for the hybrid."""
     require_block_type("h3")
     blocks = ["attention" if index in attention_layers else "h3" for index in range(NUM_LAYERS)]
-    return SSMLMForCausalLM(contenders.ssmlm_config(block_types=blocks, attention_num_heads=NUM_HEADS,
-                                                    intermediate_size=intermediate_size))
+    return SSMLMForCausalLM(contenders.ssmlm_config(
+        block_types=blocks, block_options={"attention": {"num_heads": NUM_HEADS}}, intermediate_size=intermediate_size))
 
 
 def h3_hybrid_with(contenders: Contenders, intermediate_size: int) -> PreTrainedModel:
@@ -180,7 +180,7 @@ def s4_lm_with(contenders: Contenders, intermediate_size: int) -> PreTrainedMode
 def mega_chunk_with(contenders: Contenders, intermediate_size: int) -> PreTrainedModel:
     require_block_type("mega")
     return SSMLMForCausalLM(contenders.ssmlm_config(block_types=["mega"] * NUM_LAYERS,
-                                                    mega_chunk_size=MEGA_CHUNK_SIZE,
+                                                    block_options={"mega": {"chunk_size": MEGA_CHUNK_SIZE}},
                                                     intermediate_size=intermediate_size))
 
 
@@ -189,8 +189,9 @@ def hybrid_with(contenders: Contenders, intermediate_size: int) -> PreTrainedMod
     # The GSS paper's hybrid puts a Transformer block with chunked attention after every few GSS blocks: here the
     # last of the four.
     return SSMLMForCausalLM(contenders.ssmlm_config(block_types=["gss"] * (NUM_LAYERS - 1) + ["attention"],
-                                                    attention_num_heads=NUM_HEADS, attention_span="chunked",
-                                                    attention_window=HYBRID_ATTENTION_WINDOW,
+                                                    block_options={"attention": {
+                                                        "num_heads": NUM_HEADS, "span": "chunked",
+                                                        "window": HYBRID_ATTENTION_WINDOW}},
                                                     intermediate_size=intermediate_size))
 
 

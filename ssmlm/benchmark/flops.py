@@ -11,7 +11,7 @@ from torch import nn
 
 from transformers import PreTrainedModel
 
-from ..kernels import SSMKernel
+from ..model.kernels import SSMKernel
 from .size import BATCH_SIZE
 
 

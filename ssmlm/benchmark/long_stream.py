@@ -9,7 +9,7 @@ from dataclasses import asdict
 import psutil
 import torch
 
-from ..compat import returned_cache
+from ..model.compat import returned_cache
 from ..tooling.markdown import markdown_table
 from .batched import cache_bytes, prefill
 from .contenders import Contenders

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..compat import returned_cache
-from ..modeling import SSMLMForCausalLM
+from ..model.compat import returned_cache
+from ..model.modeling import SSMLMForCausalLM
 from ..tooling.memory import is_out_of_memory, mentions_out_of_memory, process_peak_resident_mib
 from . import WORKER_CONTENDERS
 from .public import WorkerContender

@@ -9,8 +9,8 @@ from dataclasses import asdict
 
 import torch
 
-from ..configuration import SSMLMConfig
-from ..modeling import SSMLMForCausalLM
+from ..model.configuration import SSMLMConfig
+from ..model.modeling import SSMLMForCausalLM
 from ..tooling.markdown import markdown_table
 from ..tooling.memory import available_memory_mib
 from .measure import random_tokens, run_interleaved, torch_threads
@@ -29,8 +29,8 @@ def build(settings: MegaChunkSettings, chunk_size: int | None) -> SSMLMForCausal
     torch.manual_seed(0)
     config = SSMLMConfig(
         vocab_size=settings.vocab_size, hidden_size=settings.hidden_size, num_hidden_layers=settings.layers,
-        block_types=["mega"] * settings.layers, mega_chunk_size=chunk_size,
-        mega_max_positions=max(settings.lengths),
+        block_types=["mega"] * settings.layers,
+        block_options={"mega": {"chunk_size": chunk_size, "max_positions": max(settings.lengths)}},
     )
     return SSMLMForCausalLM(config).train()
 

@@ -25,7 +25,7 @@ from torch import nn
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..configuration import SSMLMConfig
+from ..model.configuration import SSMLMConfig
 from . import display_path
 from .size import BATCH_SIZE, HIDDEN_SIZE, MEGA_CHUNK_SIZE, NUM_LAYERS, VOCAB_SIZE, count_parameters
 

@@ -6,6 +6,7 @@ and runnable as `python -m ssmlm.cli.NAME`:
     ssmlm-eval-length   eval_length.py    perplexity at 1x..16x the training length (ssmlm/evaluation/)
     ssmlm-bench         bench.py          speed, memory and FLOPs against transformers' Llama (ssmlm/benchmark/)
     ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
+    ssmlm-build-speech-corpus  build_speech_corpus.py  build or verify the spoken-digits corpus (ssmlm/data/speech/)
     ssmlm-study         study.py          train, evaluate and time every model of a study plan (ssmlm/study/)
 
 `train.py` and `generate.py` at the top of a checkout are two-line wrappers of ssmlm-train and ssmlm-generate.

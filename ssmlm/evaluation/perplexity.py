@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..compat import CACHE_ARGUMENT
+from ..model.compat import CACHE_ARGUMENT
 from ..tooling.memory import PeakMemory, release_freed_host_memory
 
 LN2 = math.log(2)

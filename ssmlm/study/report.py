@@ -218,7 +218,7 @@ def judge_mega(claims: Claims) -> None:
     if chunk and full:  # the lengths both ran in every domain
         common = set.intersection(*(set(by_length) for table in (chunk, full) for by_length in table.values()))
     if common:
-        both = str(max(map(int, common)))  # full Mega's simple position bias stops at mega_max_positions
+        both = str(max(map(int, common)))  # full Mega's simple position bias stops at its max_positions option
         chunk_ratio, full_ratio = (speed_ratio(table, str(train_length), both) for table in (chunk, full))
         if chunk_ratio and full_ratio:
             extra = (f"; evaluation tokens/s at {both} over that at {train_length}: Mega-chunk {chunk_ratio:.2f}, "

@@ -25,8 +25,8 @@ import datasets
 import torch
 from transformers.utils import logging as transformers_logging
 
-from ..configuration import SSMLMConfig
-from ..modeling import SSMLMForCausalLM
+from ..model.configuration import SSMLMConfig
+from ..model.modeling import SSMLMForCausalLM
 from ..benchmark.measure import make_generation, make_training_step, run_interleaved, torch_threads
 from ..benchmark.runs import machine_info
 from ..cli.entry import CHECK_FAILED, OK

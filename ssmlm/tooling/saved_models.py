@@ -19,7 +19,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 import ssmlm  # noqa: F401  (registers the ssmlm classes with the Auto* factories)
-from ssmlm.configuration import REMOTE_MODULE_NAME
+from ssmlm.model.configuration import REMOTE_MODULE_NAME
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from ..legacy import is_legacy_trainer_state, upgrade_legacy_fields
+from ..model.legacy import is_legacy_trainer_state, upgrade_legacy_fields
 from ..tooling.checksums import first_difference, is_record, record_files
 from .config import ConfigError, TrainConfig, dump_config, flat_values
 from .run_dir import free_path, readable_by_all

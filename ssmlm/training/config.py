@@ -25,9 +25,9 @@ from typing import Any, Literal
 import yaml
 from accelerate.utils import LoggerType
 
-from ..configuration import SSMLMConfig
-from ..legacy import upgrade_legacy_fields
-from ..kernels import KERNELS
+from ..model.configuration import SSMLMConfig
+from ..model.legacy import upgrade_legacy_fields
+from ..model.kernels import KERNELS
 from ..data.tokenizer import SPECIAL_TOKENS
 from ..shipped import SHIPPED_CONFIGS, shipped_config_names
 
@@ -215,7 +215,7 @@ class TrainConfig:
                               f"{', '.join(TRACKERS)}, or null")
 
     def _check_model_section(self):
-        self.model = upgrade_legacy_fields(self.model)
+        self.model = upgrade_legacy_fields(self.model, saved=False)
         allowed = {f.name for f in dataclasses.fields(SSMLMConfig)} - set(MODEL_KEYS_INTERNAL)
         for key in self.model:
             if key in MODEL_KEYS_FROM_TOKENIZER:

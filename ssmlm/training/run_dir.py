@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import __version__
-from ..legacy import is_legacy_run
+from ..model.legacy import is_legacy_run
 from .config import ConfigError
 
 MARKER = "ssmlm-run.json"

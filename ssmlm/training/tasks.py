@@ -32,7 +32,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from ..data.packing import pack_documents, window_documents
 from ..data.sources import load_documents
 from ..data.tokenizer import get_tokenizer, looks_like_a_path, tokenizer_for_packing
-from ..modeling import SSMLMForCausalLM, SSMLMForSequenceClassification
+from ..model.modeling import SSMLMForCausalLM, SSMLMForSequenceClassification
 from ..tooling.saved_models import UsageError, check_model_dir, load_model, load_tokenizer, one_line
 from .config import ConfigError, TrainConfig
 

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..data.sources import is_local, matching_paths, shared_files
-from ..kernels import SSMKernel
+from ..model.kernels import SSMKernel
 from ..tooling.memory import keep_freed_host_memory
 from ..tooling.saved_models import model_files, write_manifest
 from . import checkpoints
@@ -54,7 +54,7 @@ from .config import ConfigError, TrainConfig, dump_config
 from .metrics_log import MetricsLog, TrainingLog, flat_hyperparameters
 from .model_card import model_card
 from .run_dir import abandon_start, check_not_busy, check_replaceable, check_writable, finish_run, free_path
-from ..legacy import is_legacy_run
+from ..model.legacy import is_legacy_run
 from .run_dir import is_empty, is_run, is_unfinished_replacement, readable_by_all, replaced_path
 from .run_dir import start_run
 from .stop_requests import StopRequests

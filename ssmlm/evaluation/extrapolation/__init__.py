@@ -8,8 +8,8 @@ For a length L, every document with at least L tokens gives one window: its firs
 the tokens before it (the first given the EOS token that training puts between documents). Shorter documents
 are left out and counted, never padded or joined, unless --concatenate-documents asks for the token stream of
 all documents cut into L-token windows, which the output then says. A model that cannot run a length (full-
-attention Mega past `mega_max_positions`) is reported "not supported: <its error>" there, and the evaluation goes
-on. Outputs: results.json (every number), results.md (tables) and perplexity.png. docs/eval_length.md explains
+attention Mega past its `max_positions` option) is reported "not supported: <its error>" there, and the evaluation
+goes on. Outputs: results.json (every number), results.md (tables) and perplexity.png. docs/eval_length.md explains
 them.
 
 data.py reads the documents and cuts the windows, passes.py runs the models (results.json's dict), report.py

@@ -79,35 +79,72 @@ class QueryKeyScaleOffset(nn.Module):
 
 
 class MegaBlock(Block):
-    EXAMPLE_CONFIGS = {"mega-chunk": dict(mega_ema_dim=4, mega_z_dim=16, mega_v_dim=48, intermediate_size=64,
-                                          mega_chunk_size=5)}
+    """Options (SSMLMConfig.block_options["mega"]): ema_dim, n, the EMA's expansion dimension per channel (the paper
+    uses 16); z_dim, the width of the shared representation Z, queries and keys (None: E/4); v_dim, the width of the
+    values and the reset gate (None: 2E); chunk_size, c, attention only inside chunks of c tokens (None: full causal
+    attention, whose cache grows with the sequence); attention_function, "softmax" or "laplace"; position_bias,
+    "simple" (one learned scalar per distance) or "rotary" (a rotary-embedding bias, any distance); max_positions,
+    the longest sequence full attention with the "simple" bias accepts (Mega-chunk needs only c distances);
+    hidden_dropout, the reference's dropout on the values and on the hidden layer of the feed-forward network;
+    attention_dropout, dropout on the attention weights. The block's output dropout is the config's
+    hidden_dropout."""
 
-    def __init__(self, config):
+    OPTIONS = {"ema_dim": int, "z_dim": int, "v_dim": int, "chunk_size": int,
+               "attention_function": ("softmax", "laplace"), "position_bias": ("simple", "rotary"),
+               "max_positions": int, "hidden_dropout": float, "attention_dropout": float}
+    EXAMPLE_CONFIGS = {"mega-chunk": dict(intermediate_size=64, block_options={
+        "mega": dict(ema_dim=4, z_dim=16, v_dim=48, chunk_size=5)})}
+
+    def __init__(self, config, ema_dim: int = 16, z_dim: int | None = None, v_dim: int | None = None,
+                 chunk_size: int | None = None, attention_function: str = "softmax", position_bias: str = "simple",
+                 max_positions: int = 2048, hidden_dropout: float = 0.0, attention_dropout: float = 0.0):
         super().__init__()
         width = config.hidden_size
-        self.width, self.z_dim, self.v_dim = width, config.mega_z_dim, config.mega_v_dim
-        self.chunk_size = config.mega_chunk_size  # None: full causal attention
-        self.attention_function = config.mega_attention
+        self.width = width
+        self.z_dim, self.v_dim = self.widths(z_dim, v_dim, config)
+        self.chunk_size = chunk_size  # None: full causal attention
+        self.attention_function = attention_function
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.ema = build_ssm("ema", width, config.mega_ema_dim)
+        self.ema = build_ssm("ema", width, ema_dim)
         self.to_values = nn.Linear(width, self.v_dim)
         # From X', in one product: the update gate φ, Z, the reset gate γ, and X' W_h + b_h.
         self.from_shared = nn.Linear(width, width + self.z_dim + self.v_dim + width)
         self.query_key = QueryKeyScaleOffset(self.z_dim, config.initializer_range)
         self.from_attention = nn.Linear(self.v_dim, width, bias=False)  # U_h; b_h is in from_shared
-        if config.mega_position_bias == "rotary":
+        if position_bias == "rotary":
             self.position_bias = RotaryRelativeBias(self.z_dim, config.initializer_range)
         elif self.chunk_size is None:
-            self.position_bias = SimpleRelativeBias(config.mega_max_positions, config.initializer_range,
-                                                    "SSMLMConfig.mega_max_positions")
+            self.position_bias = SimpleRelativeBias(max_positions, config.initializer_range,
+                                                    "SSMLMConfig.block_options.mega.max_positions")
         else:
             self.position_bias = SimpleRelativeBias(self.chunk_size, config.initializer_range,
-                                                    "SSMLMConfig.mega_chunk_size")
+                                                    "SSMLMConfig.block_options.mega.chunk_size")
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.hidden_dropout = nn.Dropout(config.mega_hidden_dropout)
-        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
+        self.attention_dropout = nn.Dropout(attention_dropout)
         self.ffn = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
-                                         config.hidden_dropout, config.mega_hidden_dropout)
+                                         config.hidden_dropout, hidden_dropout)
+
+    @staticmethod
+    def widths(z_dim: int | None, v_dim: int | None, config) -> tuple[int, int]:
+        """(z_dim, v_dim), the unset ones at their defaults E/4 and 2E."""
+        return (max(1, config.hidden_size // 4) if z_dim is None else z_dim,
+                2 * config.hidden_size if v_dim is None else v_dim)
+
+    @classmethod
+    def check_options(cls, options: dict, config) -> None:
+        z_dim, v_dim = cls.widths(options["z_dim"], options["v_dim"], config)
+        for name, value in (("ema_dim", options["ema_dim"]), ("z_dim", z_dim), ("v_dim", v_dim),
+                            ("max_positions", options["max_positions"])):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if options["chunk_size"] is not None and options["chunk_size"] <= 0:
+            raise ValueError(f"chunk_size must be positive, or None for full attention, got {options['chunk_size']}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0 <= options[name] < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {options[name]}")
+        if options["position_bias"] == "rotary" and z_dim % 2:
+            raise ValueError(f"z_dim must be even for the rotary bias, got {z_dim}")
 
     def initial_state(self, batch_size: int):
         return (self.ema.initial_state(batch_size), *self._no_keys(batch_size))

@@ -41,22 +41,43 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tenso
 
 
 class AttentionBlock(Block):
-    EXAMPLE_CONFIGS = {"attention": dict(attention_num_heads=2)}
+    """Options (SSMLMConfig.block_options["attention"]): num_heads (the width must divide by it into even head
+    sizes, for rotary positions); span, "full", "sliding" or "chunked"; window, w for the sliding and chunked spans
+    (their cache keeps w keys); rope_theta, the base of the rotary position embedding; attention_dropout, dropout on
+    the attention weights."""
 
-    def __init__(self, config):
+    OPTIONS = {"num_heads": int, "span": ("full", "sliding", "chunked"), "window": int, "rope_theta": float,
+               "attention_dropout": float}
+    EXAMPLE_CONFIGS = {"attention": dict(block_options={"attention": dict(num_heads=2)})}
+
+    def __init__(self, config, num_heads: int = 4, span: str = "full", window: int | None = None,
+                 rope_theta: float = 10000.0, attention_dropout: float = 0.0):
         super().__init__()
-        self.num_heads = config.attention_num_heads
+        self.num_heads = num_heads
         self.head_dim = config.hidden_size // self.num_heads
-        self.span = config.attention_span
-        self.window = config.attention_window
-        self.rope_theta = config.rope_theta
+        self.span = span
+        self.window = window
+        self.rope_theta = rope_theta
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.to_qkv = nn.Linear(config.hidden_size, 3 * self.num_heads * self.head_dim, bias=False)
         self.to_out = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.attention_dropout = config.attention_dropout
+        self.attention_dropout = attention_dropout
         self.feed_forward = NormalizedFeedForward(config.hidden_size, config.intermediate_size,
                                                   config.layer_norm_eps, config.hidden_dropout)
+
+    @classmethod
+    def check_options(cls, options: dict, config) -> None:
+        if options["span"] != "full" and (options["window"] is None or options["window"] <= 0):
+            raise ValueError(f"window must be a positive int for span={options['span']!r}, got {options['window']}")
+        heads = options["num_heads"]
+        if heads <= 0 or config.hidden_size % heads:
+            raise ValueError(f"num_heads ({heads}) must be positive and divide hidden_size ({config.hidden_size})")
+        if (config.hidden_size // heads) % 2:
+            raise ValueError(f"num_heads: the head size hidden_size / num_heads must be even for rotary positions, "
+                             f"got {config.hidden_size // heads}")
+        if not 0 <= options["attention_dropout"] < 1:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {options['attention_dropout']}")
 
     def attention_shape(self):
         """(query/key width, value width, chunk or None) for the benchmark's FLOPs; a sliding span is counted as

@@ -16,25 +16,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 from ..kernels import build_ssm
 from .base import Block
 from .ffn import NormalizedFeedForward
 
 
-class SSMBlock(Block):
-    RUNS_SSM_KERNEL = True
-    EXAMPLE_KERNELS = ("s4", "dss", "s5")  # the S4 and DSS papers' language models, and S5's MIMO state
+class SSMLayer(nn.Module):
+    """The block's math at any width: SaShiMi (sashimi.py) runs it at each of its scales."""
 
-    def __init__(self, config):
+    def __init__(self, width: int, hidden_width: int, config):
         super().__init__()
-        width = config.hidden_size
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.ssm = build_ssm(config.ssm_kernel, width, config.ssm_state_size, config.ssm_kernel_options)
         self.to_out = nn.Linear(width, 2 * width)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.feed_forward = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
-                                                  config.hidden_dropout, activation="gelu")
+        self.feed_forward = NormalizedFeedForward(width, hidden_width, config.layer_norm_eps, config.hidden_dropout,
+                                                  activation="gelu")
 
     def initial_state(self, batch_size: int):
         return self.ssm.initial_state(batch_size)
@@ -46,3 +43,11 @@ class SSMBlock(Block):
         y, state = self.ssm(h, state)
         x = x + self.dropout(F.glu(self.to_out(F.gelu(y)), dim=-1))
         return self.feed_forward(x), state
+
+
+class SSMBlock(SSMLayer, Block):
+    RUNS_SSM_KERNEL = True
+    EXAMPLE_KERNELS = ("s4", "dss", "s5")  # the S4 and DSS papers' language models, and S5's MIMO state
+
+    def __init__(self, config):
+        super().__init__(config.hidden_size, config.intermediate_size, config)

@@ -15,7 +15,7 @@ from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
 
-from .blocks import BLOCKS
+from .blocks import BLOCKS, build_block
 from .blocks.attention_bias import RotaryRelativeBias, SimpleRelativeBias
 from .blocks.mega import QueryKeyScaleOffset
 from .cache import SSMLMCache
@@ -71,7 +71,7 @@ class SSMLMModel(SSMLMPreTrainedModel):
         check_consistent(config)
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(BLOCKS[kind](config) for kind in config.block_types)
+        self.layers = nn.ModuleList(build_block(kind, config) for kind in config.block_types)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()

@@ -31,24 +31,38 @@ class H3State(NamedTuple):
 
 
 class H3Block(Block):
-    EXAMPLE_CONFIGS = {"h3": dict(h3_shift_size=6, h3_state_size=4),
-                       "h3-heads": dict(h3_head_dim=4, h3_shift_size=6, h3_state_size=4),
-                       "h3-hybrid": dict(block_types=["h3", "attention"], h3_shift_size=6, h3_state_size=4)}
+    """Options (SSMLMConfig.block_options["h3"]): head_dim, d_h: each head's SSM runs over the d_h² products of its
+    keys and values (1, the H3 paper's language models: an elementwise k ⊙ v; the width must divide by it);
+    shift_size, N, the taps of the shift SSM (its state: the last N − 1 keys); state_size, the complex modes of the
+    diagonal SSM (S4D-Lin, bilinear; the paper's 64 real)."""
 
-    def __init__(self, config):
+    OPTIONS = {"head_dim": int, "shift_size": int, "state_size": int}
+    EXAMPLE_CONFIGS = {"h3": dict(block_options={"h3": dict(shift_size=6, state_size=4)}),
+                       "h3-heads": dict(block_options={"h3": dict(head_dim=4, shift_size=6, state_size=4)}),
+                       "h3-hybrid": dict(block_types=["h3", "attention"],
+                                         block_options={"h3": dict(shift_size=6, state_size=4)})}
+
+    def __init__(self, config, head_dim: int = 1, shift_size: int = 64, state_size: int = 32):
         super().__init__()
         width = config.hidden_size
-        self.head_dim = config.h3_head_dim
+        self.head_dim = head_dim
         self.heads = width // self.head_dim
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.to_qkv = nn.Linear(width, 3 * width)
-        self.shift = build_ssm("shift", width, config.h3_shift_size)
-        self.diagonal = build_ssm("s4d", self.heads, config.h3_state_size,
-                                  {"init": "lin", "discretization": "bilinear"})
+        self.shift = build_ssm("shift", width, shift_size)
+        self.diagonal = build_ssm("s4d", self.heads, state_size, {"init": "lin", "discretization": "bilinear"})
         self.to_out = nn.Linear(width, width)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.feed_forward = NormalizedFeedForward(width, config.intermediate_size, config.layer_norm_eps,
                                                   config.hidden_dropout, activation="gelu")
+
+    @classmethod
+    def check_options(cls, options: dict, config) -> None:
+        for name in ("head_dim", "shift_size", "state_size"):
+            if options[name] <= 0:
+                raise ValueError(f"{name} must be positive, got {options[name]}")
+        if config.hidden_size % options["head_dim"]:
+            raise ValueError(f"head_dim ({options['head_dim']}) must divide hidden_size ({config.hidden_size})")
 
     def initial_state(self, batch_size: int) -> H3State:
         diagonal = self.diagonal.initial_state(batch_size * self.head_dim ** 2)

@@ -11,13 +11,9 @@ from transformers.utils import logging
 
 from .blocks import BLOCKS
 from .kernels import KERNELS, check_options
-from .legacy import LEGACY_KERNEL_FIELDS, upgrade_legacy_fields
+from .legacy import LEGACY_FIELDS, upgrade_legacy_fields
 
 logger = logging.get_logger(__name__)
-
-MEGA_ATTENTION_FUNCTIONS = ("softmax", "laplace")
-MEGA_POSITION_BIASES = ("simple", "rotary")
-ATTENTION_SPANS = ("full", "sliding", "chunked")
 
 
 REMOTE_MODULE_NAME = "ssmlm_remote"  # the module saved beside a model's weights, for trust_remote_code
@@ -84,7 +80,7 @@ class SSMLMConfig(PreTrainedConfig):
     vocab_size (`int`): tokens in the vocabulary.
     hidden_size (`int`): E, the residual stream width.
     num_hidden_layers (`int`): number of blocks.
-    block_types (`list[str]`, *optional*): the kind of each block, a name in `ssmlm.blocks.BLOCKS`; defaults to
+    block_types (`list[str]`, *optional*): the kind of each block, a name in `ssmlm.model.blocks.BLOCKS`; defaults to
         all "gss".
         (Not `layer_types`: transformers validates that name against its own attention kinds.)
     intermediate_size (`int`, *optional*): F, the width of GSS's gated GELU branch and of the normalised
@@ -92,35 +88,19 @@ class SSMLMConfig(PreTrainedConfig):
     ssm_size (`int`, *optional*): H, the narrow width the SSM runs in (default E/4).
     ssm_state_size (`int`, *optional*): N, complex modes per SSM channel (default 2H, or the kernel's own: 32
         for S4); the real state is 2N.
-    ssm_kernel (`str`): the SSM of the GSS and plain SSM blocks, a name in `ssmlm.kernels.KERNELS`: "dss"
+    ssm_kernel (`str`): the SSM of the GSS and plain SSM blocks, a name in `ssmlm.model.kernels.KERNELS`: "dss"
         (DSS-exp with Δ = 1 and modes shared across channels, as in GSS), "s4d", ... (docs/kernels.md).
     ssm_kernel_options (`dict`, *optional*): that kernel's options, e.g. {"init": "lin"} for S4D; each kernel
         lists its own (`OPTIONS`) and their defaults (docs/kernels.md). Configs saved with the former flat
         `s4d_init`, `s4d_discretization`, `s4d_dt_min` and `s4d_dt_max` fields load into it.
-    mega_ema_dim (`int`): n, the expansion dimension of Mega's damped EMA per channel (the paper uses 16).
-    mega_z_dim (`int`, *optional*): width of Mega's shared representation Z, queries and keys (default E/4).
-    mega_v_dim (`int`, *optional*): width of Mega's values and reset gate (default 2E).
-    mega_chunk_size (`int`, *optional*): c; Mega-chunk attends only inside chunks of c tokens. None (or -1,
-        stored as None) is full causal attention, whose cache grows with the sequence.
-    mega_attention (`str`): Mega's attention function, "softmax" or "laplace".
-    mega_position_bias (`str`): Mega's relative position bias, "simple" (one learned scalar per distance) or
-        "rotary" (a rotary-embedding bias, any distance).
-    mega_max_positions (`int`): longest sequence full-attention Mega accepts with the "simple" bias; longer ones
-        raise (Mega-chunk needs only c distances).
-    attention_num_heads (`int`): heads of the Transformer ("attention") blocks; hidden_size must divide by it.
-    attention_span (`str`): "full" (causal over everything), "sliding" (the last `attention_window` tokens) or
-        "chunked" (block-local: tokens in the same chunk of `attention_window` positions).
-    attention_window (`int`, *optional*): w for sliding and chunked spans; their cache keeps w keys.
-    rope_theta (`float`): base of the rotary position embedding of the attention blocks.
-    h3_head_dim (`int`): d_h of the H3 blocks: each head's SSM runs over the d_h² products of its keys and values
-        (1, the H3 paper's language models: an elementwise k ⊙ v); hidden_size must divide by it.
-    h3_shift_size (`int`): N, the taps of H3's shift SSM (its state: the last N − 1 keys).
-    h3_state_size (`int`): complex modes of H3's diagonal SSM (S4D-Lin, bilinear; the paper's 64 real).
-    attention_dropout (`float`): dropout on attention weights (Mega's and the Transformer blocks').
-    mega_hidden_dropout (`float`): dropout on Mega's values and on the hidden layer of its feed-forward network.
+    block_options (`dict`, *optional*): each block kind's options, by kind, e.g. {"mega": {"chunk_size": 128},
+        "attention": {"num_heads": 8, "span": "sliding", "window": 256}, "h3": {"state_size": 64}}; each block
+        declares its own (`OPTIONS`, their defaults in its constructor; docs/kernels.md lists them). Configs saved
+        with the former flat `mega_*`, `attention_*`, `h3_*`, `rope_theta` and `mega_hidden_dropout` fields load into
+        it.
     layer_norm_eps (`float`): LayerNorm epsilon.
     hidden_dropout (`float`): dropout on each block's output before the residual sum (for Mega also on the EMA
-        output, as the paper's "dropout").
+        output, as the paper's "dropout"; Mega's own hidden_dropout is one of its block options).
     initializer_range (`float`): standard deviation of the linear and embedding weights at init.
     use_cache (`bool`): return the recurrent state so generation continues without re-reading the prefix.
     tie_word_embeddings (`bool`): share the input embedding with the output projection.
@@ -137,22 +117,7 @@ class SSMLMConfig(PreTrainedConfig):
     ssm_state_size: int | None = None
     ssm_kernel: str = "dss"
     ssm_kernel_options: dict | None = None
-    mega_ema_dim: int = 16
-    mega_z_dim: int | None = None
-    mega_v_dim: int | None = None
-    mega_chunk_size: int | None = None
-    mega_attention: str = "softmax"
-    mega_position_bias: str = "simple"
-    mega_max_positions: int = 2048
-    attention_num_heads: int = 4
-    attention_span: str = "full"
-    attention_window: int | None = None
-    rope_theta: float = 10000.0
-    h3_head_dim: int = 1
-    h3_shift_size: int = 64
-    h3_state_size: int = 32
-    attention_dropout: float = 0.0
-    mega_hidden_dropout: float = 0.0
+    block_options: dict | None = None
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.0
     initializer_range: float = 0.02
@@ -163,11 +128,17 @@ class SSMLMConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        legacy = {key: kwargs.pop(key) for key in LEGACY_KERNEL_FIELDS if key in kwargs}
+        legacy = {key: kwargs.pop(key) for key in LEGACY_FIELDS if key in kwargs}
         check_extra_settings(kwargs)
-        upgraded = upgrade_legacy_fields({**legacy, "ssm_kernel": self.ssm_kernel,
-                                          "ssm_kernel_options": self.ssm_kernel_options})
+        self.block_types = list(["gss"] * self.num_hidden_layers if self.block_types is None else self.block_types)
+        upgraded = upgrade_legacy_fields({**legacy, "ssm_kernel": self.ssm_kernel, "block_types": self.block_types,
+                                          "ssm_kernel_options": self.ssm_kernel_options,
+                                          "block_options": self.block_options}, saved="model_type" in kwargs)
         self.ssm_kernel_options = dict(upgraded.get("ssm_kernel_options") or {})
+        block_options = upgraded.get("block_options") or {}
+        self.block_options = ({kind: dict(options) if isinstance(options, dict) else options
+                               for kind, options in block_options.items()}
+                              if isinstance(block_options, dict) else block_options)  # refused below if no dict
         # Defaults only for what was left unset (None): a 0 or an empty list is the user's value, refused below.
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
@@ -176,13 +147,6 @@ class SSMLMConfig(PreTrainedConfig):
         if self.ssm_state_size is None:
             kernel_default = getattr(KERNELS.get(self.ssm_kernel), "DEFAULT_STATE_SIZE", None)
             self.ssm_state_size = kernel_default or 2 * self.ssm_size
-        self.block_types = list(["gss"] * self.num_hidden_layers if self.block_types is None else self.block_types)
-        if self.mega_z_dim is None:
-            self.mega_z_dim = max(1, self.hidden_size // 4)
-        if self.mega_v_dim is None:
-            self.mega_v_dim = 2 * self.hidden_size
-        if self.mega_chunk_size == -1:
-            self.mega_chunk_size = None  # the reference code's spelling of full attention
         super().__post_init__(**kwargs)
         # Saved in config.json: with trust_remote_code=True, transformers loads the classes through the module
         # saved beside it (REMOTE_MODULE, written by save_pretrained), which imports this package, in a process
@@ -196,10 +160,14 @@ class SSMLMConfig(PreTrainedConfig):
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         (Path(save_directory) / f"{REMOTE_MODULE_NAME}.py").write_text(REMOTE_MODULE, encoding="utf-8")
 
+    def block_options_of(self, kind: str) -> dict:
+        """Every option of the block kind `kind` in this model, the ones the config leaves out at their defaults."""
+        return BLOCKS[kind].with_defaults(self.block_options.get(kind, {}))
+
     def validate_architecture(self):
-        """Part of `@strict` validation: names the offending field. The settings of Mega, the attention block and
-        H3 are checked only when the model has a block of that kind (a GSS model takes any `attention_num_heads`);
-        the SSM's (ssm_size, ssm_state_size, ssm_kernel and its options) always."""
+        """Part of `@strict` validation: names the offending field. The SSM's settings (ssm_size, ssm_state_size,
+        ssm_kernel and its options) are always checked; each block kind's options where the model has that kind or
+        the config gives them."""
         super().validate_architecture()
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "ssm_size",
                      "ssm_state_size"):
@@ -217,65 +185,19 @@ class SSMLMConfig(PreTrainedConfig):
         if self.ssm_kernel not in KERNELS:
             raise ValueError(f"SSMLMConfig.ssm_kernel must be one of {', '.join(KERNELS)}, got {self.ssm_kernel!r}")
         check_options(self.ssm_kernel, self.ssm_kernel_options, "SSMLMConfig.ssm_kernel_options", self.ssm_state_size)
-        for name in ("hidden_dropout", "attention_dropout", "mega_hidden_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"SSMLMConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        kinds = set(self.block_types)
-        if "mega" in kinds:
-            self.check_mega_settings()
-        if "attention" in kinds:
-            self.check_attention_settings()
-        if "h3" in kinds:
-            self.check_h3_settings()
-
-    def check_mega_settings(self):
-        for name in ("mega_ema_dim", "mega_z_dim", "mega_v_dim", "mega_max_positions"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.mega_chunk_size is not None and self.mega_chunk_size <= 0:
-            raise ValueError(
-                "SSMLMConfig.mega_chunk_size must be positive, or None / -1 for full attention, "
-                f"got {self.mega_chunk_size}"
-            )
-        if self.mega_attention not in MEGA_ATTENTION_FUNCTIONS:
-            raise ValueError(
-                f"SSMLMConfig.mega_attention must be one of {MEGA_ATTENTION_FUNCTIONS}, got {self.mega_attention!r}"
-            )
-        if self.mega_position_bias not in MEGA_POSITION_BIASES:
-            raise ValueError(
-                f"SSMLMConfig.mega_position_bias must be one of {MEGA_POSITION_BIASES}, got {self.mega_position_bias!r}"
-            )
-        if self.mega_position_bias == "rotary" and self.mega_z_dim % 2:
-            raise ValueError(f"SSMLMConfig.mega_z_dim must be even for the rotary bias, got {self.mega_z_dim}")
-
-    def check_attention_settings(self):
-        if self.attention_span not in ATTENTION_SPANS:
-            raise ValueError(
-                f"SSMLMConfig.attention_span must be one of {ATTENTION_SPANS}, got {self.attention_span!r}"
-            )
-        if self.attention_span != "full" and (self.attention_window is None or self.attention_window <= 0):
-            raise ValueError(
-                f"SSMLMConfig.attention_window must be a positive int for attention_span={self.attention_span!r}, "
-                f"got {self.attention_window}"
-            )
-        if self.attention_num_heads <= 0 or self.hidden_size % self.attention_num_heads:
-            raise ValueError(
-                f"SSMLMConfig.attention_num_heads ({self.attention_num_heads}) must be positive and divide "
-                f"hidden_size ({self.hidden_size})"
-            )
-        if (self.hidden_size // self.attention_num_heads) % 2:
-            raise ValueError(
-                "SSMLMConfig.attention_num_heads: the head size hidden_size / attention_num_heads must be even for "
-                f"rotary positions, got {self.hidden_size // self.attention_num_heads}"
-            )
-
-    def check_h3_settings(self):
-        for name in ("h3_head_dim", "h3_shift_size", "h3_state_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SSMLMConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.h3_head_dim:
-            raise ValueError(f"SSMLMConfig.h3_head_dim ({self.h3_head_dim}) must divide hidden_size "
-                             f"({self.hidden_size})")
+        if not 0 <= self.hidden_dropout < 1:
+            raise ValueError(f"SSMLMConfig.hidden_dropout must be in [0, 1), got {self.hidden_dropout}")
+        if not isinstance(self.block_options, dict):
+            raise ValueError(f"SSMLMConfig.block_options must be a mapping of block kinds to their options, got "
+                             f"{type(self.block_options).__name__}")
+        for kind in self.block_options:
+            if kind not in BLOCKS:
+                close = difflib.get_close_matches(str(kind), BLOCKS, n=1)
+                raise ValueError(f"SSMLMConfig.block_options.{kind}: no block kind of that name"
+                                 f"{f' (did you mean {close[0]!r}?)' if close else ''}; expected one of "
+                                 f"{', '.join(BLOCKS)}")
+        for kind in dict.fromkeys([*self.block_types, *self.block_options]):  # the defaults of the kinds used too
+            BLOCKS[kind].validate_options(self.block_options.get(kind, {}), f"SSMLMConfig.block_options.{kind}", self)
 
 
 __all__ = ["SSMLMConfig"]

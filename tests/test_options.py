@@ -1,12 +1,14 @@
-"""A kernel's option defaults are written once, in its `__init__` signature (issue 29): its `OPTIONS` name the same
-options, and docs/kernels.md's table "The kernels and their options" gives the same names and defaults."""
+"""A kernel's or a block's option defaults are written once, in its `__init__` signature (issue 29): its `OPTIONS` name
+the same options, and docs/kernels.md's tables "The kernels and their options" and "The blocks and their options"
+give the same names and defaults."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from ssmlm.kernels import KERNELS
+from ssmlm.model.blocks import BLOCKS
+from ssmlm.model.kernels import KERNELS
 
 KERNELS_DOC = Path(__file__).resolve().parents[1] / "docs" / "kernels.md"
 # Defaults computed from other values, None in the signature: the table describes them in words (its first clause
@@ -15,14 +17,22 @@ COMPUTED_DEFAULTS = {
     ("dss-softmax", "normalization_length"): "required",  # train.py sets the training length
     ("sgconv", "kernel_length"): "required",  # train.py sets the training length
     ("s5", "blocks"): "8",  # s5.default_blocks, from the state size
+    ("mega", "z_dim"): "E/4",  # MegaBlock.widths, from the hidden size
+    ("mega", "v_dim"): "2E",
+    ("mega", "chunk_size"): "null",  # full attention
+    ("attention", "window"): "null",  # needed by the local spans only
 }
-# An option in the table: `name` (default, then any words), the default up to the first comma, semicolon or ")".
-DOCUMENTED_OPTION = re.compile(r"`(\w+)` \(([^,;)]*)")
+# Each table of docs/kernels.md and the registry its rows name.
+TABLES = {"The kernels and their options": KERNELS, "The blocks and their options": BLOCKS}
+DECLARED = [(kind, registry[kind]) for registry in TABLES.values() for kind in registry]
+# An option in the table: `name` (default, then any words), the default up to the first comma, semicolon or ")"
+# outside brackets (a list default is written [4, 4]).
+DOCUMENTED_OPTION = re.compile(r"`(\w+)` \(((?:\[[^\]]*\]|[^,;)])*)")
 
 
-def documented_options() -> dict[str, dict[str, str]]:
-    """{ssm_kernel: {option: its default as written}} from the options column of the table."""
-    section = KERNELS_DOC.read_text().split("## The kernels and their options", 1)[1].split("\n## ", 1)[0]
+def documented_options(title: str) -> dict[str, dict[str, str]]:
+    """{kind: {option: its default as written}} from the options column of docs/kernels.md's table `title`."""
+    section = KERNELS_DOC.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     rows = section.split("|---|", 1)[1]  # past the header
     table = {}
     for row in re.findall(r"^\| `([\w-]+)` \|(.*)\|$", rows, re.M):
@@ -32,8 +42,15 @@ def documented_options() -> dict[str, dict[str, str]]:
     return table
 
 
+def documented(kind: str, declared: type) -> dict[str, str]:
+    title = next(title for title, registry in TABLES.items() if registry.get(kind) is declared)
+    return documented_options(title)[kind]
+
+
 def documents(text: str, default) -> bool:
     """Whether `text`, a default as the table writes it (1e-3, 0.1, true, inv), is the value `default`."""
+    if isinstance(default, (list, tuple)):
+        return text == str(list(default))
     if isinstance(default, bool):
         return text == str(default).lower()
     if isinstance(default, str):
@@ -44,19 +61,19 @@ def documents(text: str, default) -> bool:
         return False
 
 
-def test_every_registered_kernel_has_a_row():
-    assert set(documented_options()) == set(KERNELS)
+@pytest.mark.parametrize("title", list(TABLES))
+def test_every_registered_kernel_and_block_has_a_row(title):
+    assert set(documented_options(title)) == set(TABLES[title])
 
 
-@pytest.mark.parametrize("kind", list(KERNELS))
-def test_options_are_the_signatures_keyword_arguments(kind):
+@pytest.mark.parametrize(("kind", "declared"), DECLARED, ids=[f"{declared.__name__}" for _, declared in DECLARED])
+def test_options_are_the_signatures_keyword_arguments(kind, declared):
     """OPTIONS (what each option may be) and __init__ (where its default is written) name the same options, and
     each default is one of its choices or of its type; None only where it is computed elsewhere."""
-    kernel = KERNELS[kind]
-    defaults = kernel.option_defaults()
-    assert set(kernel.OPTIONS) == set(defaults), f"{kind}: OPTIONS and __init__'s keyword arguments differ"
+    defaults = declared.option_defaults()
+    assert set(declared.OPTIONS) == set(defaults), f"{kind}: OPTIONS and __init__'s keyword arguments differ"
     for name, default in defaults.items():
-        expected = kernel.OPTIONS[name]
+        expected = declared.OPTIONS[name]
         if default is None:
             assert (kind, name) in COMPUTED_DEFAULTS, f"{kind}.{name}: a default of None that nothing computes"
         elif isinstance(expected, tuple):
@@ -65,10 +82,10 @@ def test_options_are_the_signatures_keyword_arguments(kind):
             assert isinstance(default, expected), f"{kind}.{name}: default {default!r} is not {expected.__name__}"
 
 
-@pytest.mark.parametrize("kind", list(KERNELS))
-def test_the_docs_table_gives_each_option_and_its_default(kind):
-    written = documented_options()[kind]
-    defaults = KERNELS[kind].option_defaults()
+@pytest.mark.parametrize(("kind", "declared"), DECLARED, ids=[f"{declared.__name__}" for _, declared in DECLARED])
+def test_the_docs_table_gives_each_option_and_its_default(kind, declared):
+    written = documented(kind, declared)
+    defaults = declared.option_defaults()
     assert set(written) == set(defaults), (
         f"docs/kernels.md's row for {kind} names options {sorted(written)}; the kernel takes {sorted(defaults)}")
     for name, default in defaults.items():
@@ -87,7 +104,7 @@ def test_the_defaults_are_read_once_per_class():
 def test_a_changed_signature_default_is_what_validation_checks():
     """The checks read the signature: a subclass that moves dt_max's default below dt_min's is refused without
     being passed either."""
-    from ssmlm.kernels import S4DKernel
+    from ssmlm.model.kernels import S4DKernel
 
     class NarrowS4D(S4DKernel):
         def __init__(self, channels, modes, init="inv", discretization="zoh", dt_min=1e-3, dt_max=1e-4):

@@ -12,11 +12,9 @@ or with bf16 weights, float64 for a float64 model), the layout (time last, for t
 and a cache of the step's coefficients while the parameters do not change. Everything outside `kernels/` sees
 only this type: the optimizer's SSM group, the model's re-initialisation and the benchmark's FLOPs all key on it.
 
-Options a kernel takes are its keyword arguments after `channels` and `state_size`, and their defaults are written
-there only: `option_defaults()` reads them from the signature, once per class, and the checks see the options with
-them filled in. `OPTIONS` declares what each may be: a tuple of choices or a type (its keys are the signature's
-options; a test holds them equal, and docs/kernels.md's table to both). `kernels.check_options` validates a
-config's `ssm_kernel_options` against them and then the kernel's own `check_options`.
+Options a kernel takes are its keyword arguments after `channels` and `state_size`, declared as a block's are
+(options.py: `OPTIONS`, the defaults read from the signature, `check_options`); `kernels.check_options` validates a
+config's `ssm_kernel_options` against them, and then the state size against them (`check_state_size`).
 
 What the tests and the benchmark need of a kernel comes from its class too (docs/kernels.md, "Adding a
 kernel"): the option variants that cover its code paths, the lengths where its own blocks end, its settings in the
@@ -25,18 +23,17 @@ tests' small models and at the benchmark's size, and `reference(u)`, its paper's
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..options import DeclaredOptions
 from ..ops.precision import full_precision, ssm_dtype
 
 
-class SSMKernel(nn.Module):
-    OPTIONS: ClassVar[dict[str, tuple | type]] = {}
+class SSMKernel(nn.Module, DeclaredOptions):
+    LEADING_ARGUMENTS = 2  # channels, state_size
     # An option that train.py sets to the training length (data.seq_len) when the config leaves it out.
     TRAINING_LENGTH_OPTION: ClassVar[str | None] = None
     # The state size when the config gives none (None: SSMLMConfig's default, 2H).
@@ -66,54 +63,6 @@ class SSMKernel(nn.Module):
         self.state_size = state_size
         self.D = nn.Parameter(torch.empty(channels))  # the skip term D ⊙ u
         self._inference_cache = None  # (parameter versions, value): see inference_constant
-
-    @classmethod
-    @functools.cache
-    def option_defaults(cls) -> dict[str, object]:
-        """{option: default} from `__init__`'s keyword arguments after the first two (channels and the state size),
-        in their order. A `**kwargs` there passes options on to the parent kernel, whose own are added (a default the
-        subclass declares again is the subclass's). A default of
-        None is one filled elsewhere (from the state size, or by train.py), which the kernel's docstring names."""
-        parameters = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, channels, state
-        defaults = {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if any(p.kind is p.VAR_KEYWORD for p in parameters):
-            parent = next(base for base in cls.__mro__[1:] if issubclass(base, SSMKernel) and "__init__" in vars(base))
-            defaults = {**parent.option_defaults(), **defaults}
-        return defaults
-
-    @classmethod
-    def with_defaults(cls, options: dict) -> dict:
-        """`options` with every option it leaves out at its default: what the checks below are given."""
-        return {**cls.option_defaults(), **options}
-
-    @classmethod
-    def validate_options(cls, options: dict, field: str = "options") -> None:
-        """Raise ValueError naming `field.key` for an option the kernel does not take, or of the wrong type or
-        value; then for values that cannot work together (`check_options`)."""
-        for key, value in options.items():
-            if key not in cls.OPTIONS:
-                raise ValueError(f"{field}.{key}: {cls.__name__} has no such option; it takes "
-                                 f"{', '.join(cls.OPTIONS) or 'none'}")
-            expected = cls.OPTIONS[key]
-            if value is None and key == cls.TRAINING_LENGTH_OPTION:  # left for train.py; check_options says so
-                continue
-            if isinstance(expected, tuple):
-                if value not in expected:
-                    raise ValueError(f"{field}.{key} must be one of {', '.join(map(repr, expected))}, got {value!r}")
-            elif isinstance(value, bool) and expected is not bool or not isinstance(
-                    value, (int, float) if expected is float else expected):
-                raise ValueError(f"{field}.{key} expected {expected.__name__}, got {type(value).__name__} {value!r}")
-        try:
-            cls.check_options(cls.with_defaults(options))
-        except ValueError as error:
-            raise ValueError(f"{field}: {error}") from None
-
-    # ---- what a kernel defines ----
-
-    @classmethod
-    def check_options(cls, options: dict) -> None:
-        """Raise ValueError for option values that are of the right type but cannot work together. `options` holds
-        every option, the defaults filled in (`with_defaults`)."""
 
     @classmethod
     def check_state_size(cls, state_size: int, options: dict) -> None:

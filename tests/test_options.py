@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from invariants import tiny_config
 from ssmlm.model.blocks import BLOCKS
 from ssmlm.model.kernels import KERNELS
 
@@ -113,3 +114,15 @@ def test_a_changed_signature_default_is_what_validation_checks():
     with pytest.raises(ValueError, match=r"options: dt_min and dt_max must satisfy .* got 0.001 and 0.0001"):
         NarrowS4D.validate_options({})
     S4DKernel.validate_options({})
+
+
+@pytest.mark.parametrize(("kind", "name"), sorted(COMPUTED_DEFAULTS))
+def test_an_option_left_at_none_is_filled_or_refused_by_name(kind, name):
+    """None is accepted wherever the default is None (one filled elsewhere): the class then fills it, or its check
+    says which option it needs."""
+    declared = KERNELS.get(kind) or BLOCKS[kind]
+    context = () if kind in KERNELS else (tiny_config(),)
+    try:
+        declared.validate_options({name: None}, "options", *context)
+    except ValueError as error:
+        assert name in str(error), error

@@ -71,6 +71,13 @@ def check_extra_settings(kwargs: dict) -> None:
         raise ValueError(f"SSMLMConfig has no setting {described}")
 
 
+def plain_options(options):
+    """A kind's options with tuples as lists, as config.json gives them back; anything but a mapping as it is."""
+    if not isinstance(options, dict):
+        return options
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in options.items()}
+
+
 @strict
 class SSMLMConfig(PreTrainedConfig):
     r"""
@@ -136,9 +143,11 @@ class SSMLMConfig(PreTrainedConfig):
                                           "block_options": self.block_options}, saved="model_type" in kwargs)
         self.ssm_kernel_options = dict(upgraded.get("ssm_kernel_options") or {})
         block_options = upgraded.get("block_options") or {}
-        self.block_options = ({kind: dict(options) if isinstance(options, dict) else options
+        # Each kind's options as plain JSON values (a tuple is saved and read back as a list); anything that is no
+        # mapping is refused below, by name.
+        self.block_options = ({kind: {} if options is None else plain_options(options)
                                for kind, options in block_options.items()}
-                              if isinstance(block_options, dict) else block_options)  # refused below if no dict
+                              if isinstance(block_options, dict) else block_options)
         # Defaults only for what was left unset (None): a 0 or an empty list is the user's value, refused below.
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
@@ -162,7 +171,7 @@ class SSMLMConfig(PreTrainedConfig):
 
     def block_options_of(self, kind: str) -> dict:
         """Every option of the block kind `kind` in this model, the ones the config leaves out at their defaults."""
-        return BLOCKS[kind].with_defaults(self.block_options.get(kind, {}))
+        return BLOCKS[kind].with_defaults((self.block_options or {}).get(kind, {}))
 
     def validate_architecture(self):
         """Part of `@strict` validation: names the offending field. The SSM's settings (ssm_size, ssm_state_size,

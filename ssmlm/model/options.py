@@ -59,7 +59,7 @@ class DeclaredOptions:
             if isinstance(expected, tuple):
                 if value not in expected:
                     raise ValueError(f"{field}.{key} must be one of {', '.join(map(repr, expected))}, got {value!r}")
-            elif isinstance(value, bool) and expected is not bool or not isinstance(
+            elif (isinstance(value, bool) and expected is not bool) or not isinstance(
                     value, (int, float) if expected is float else expected):
                 raise ValueError(f"{field}.{key} expected {expected.__name__}, got {type(value).__name__} {value!r}")
         try:

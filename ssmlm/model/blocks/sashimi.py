@@ -10,6 +10,9 @@ and head are the reference's encoder, final norm and decoder).
         y = s + layers(s)                  `layers` residual pairs at width H
     centre(z) = z + layers(z)
 
+`layers(·)` is the pairs applied in turn, each with its own residual; the skip around them comes on top, as in the
+reference (its `x = x + outputs.pop()` after the residual blocks), so y = 2s + F(s): a reader should not "fix" it.
+
 Each residual pair is the plain SSM block's math (ssm.py `SSMLayer`: pre-norm SSM, GELU, GLU; then a GELU
 feed-forward `ff_expand`·H wide), running the config's `ssm_kernel` (the paper's S4, whose Re Λ < 0 keeps the
 recurrence stable). The down path has no layers, as the reference's autoregressive model.
@@ -23,8 +26,19 @@ slots, the first `phase` of them filled), the UpPool outputs of the last complet
 sample), the next level's state and its layers' states. A chunk of T samples starting at phase c completes
 ⌊(c + T)/p⌋ groups: those alone go down (none: the inner levels do not run), and the outputs are the samples
 c … c + T − 1 of [ready, UpPool(new groups)]. One pass is the chunk from the empty state, a step a chunk of one,
-so a pooled stage steps every p-th sample, and no length need divide by the pooling product. A row's samples are
-its real positions: a padded batch runs row by row (rows at different phases too), each row as it runs alone.
+so a pooled stage steps every p-th sample, and no length need divide by the pooling product.
+
+Padding: a row's samples are its real positions, and a padded position is no sample (its output is zero): pooling
+groups samples by their count, so a padded position that took a place in a group would shift every group after it.
+A batch with padding, or whose rows stand at different phases of some level (after a left-padded prefill), runs row
+by row, each row as it runs alone: exact, at a Python loop's cost over the batch (prompts of equal length avoid it;
+a training batch is unpadded).
+
+Where it differs from the reference: the p samples of a group sit sample-major in the channels (index s·H + h; the
+reference's is h·p + s, a permutation of W_d's columns and W_u's rows, so its checkpoints load only permuted); the
+pooling layers have no weight normalisation (a reparametrisation of the same function); linear layers start as the
+model's others (normal, 0.02); the residual dropout comes after the GLU; the head is the model's (untied from the
+embedding with `tie_word_embeddings: false`, as the reference's, but without a bias).
 """
 
 from collections.abc import Sequence
@@ -99,8 +113,9 @@ class Stage(nn.Module):
         return s + y, LevelState(pending, upsampled[:, -p:], torch.full_like(state.phase, left), inner_state, layers)
 
     def whole_sequence(self, x: torch.Tensor):
-        """The training mode: the sequence zero-padded to whole groups (a last, partial group reaches no output:
-        the inner levels are causal), so that every length traces as one graph."""
+        """The training mode: the sequence zero-padded to whole groups, so that every length traces as one graph. A
+        last, partial group reaches no output: nothing inside mixes over time but causal SSMs (norms are over the
+        channels), so the padded samples only touch outputs past the end, which are cut."""
         batch, length, width = x.shape
         p = self.pool
         padded = nn.functional.pad(x, (0, 0, 0, (-length) % p))
@@ -135,6 +150,7 @@ class SaShiMiBlock(Block):
     # A pooled level steps its inner levels at the end of a group only: the step branches on the phase.
     STEP_COMPILES_WHOLE = False
     EXAMPLE_CONFIGS = {"sashimi-4x4": dict(block_types=["sashimi"], num_hidden_layers=1, ssm_kernel="s4",
+                                           tie_word_embeddings=False,
                                            block_options={"sashimi": dict(pools=[4, 4], layers=2)})}
 
     def __init__(self, config, pools: Sequence[int] = (4, 4), expand: int = 2, ff_expand: int = 2, layers: int = 8):
@@ -156,12 +172,11 @@ class SaShiMiBlock(Block):
         return self.stage.initial_state(batch_size, next(self.parameters()))
 
     def forward(self, x: torch.Tensor, state=None, padding_mask: torch.Tensor | None = None):
-        rows_apart = padding_mask is not None or (
-            state is not None and bool(self.pools) and bool((state.phase != state.phase[0]).any()))
-        if not rows_apart:
+        if x.shape[1] == 0:
+            return x, state
+        if padding_mask is None and (state is None or not phases_differ(state)):
             return self.stage(x, state)
-        # Rows whose samples do not line up (padding, or phases that differ): each runs alone, its padded positions
-        # no samples (their outputs zero).
+        # Rows whose samples do not line up: each runs alone, its padded positions no samples (outputs zero).
         outputs, states = torch.zeros_like(x), []
         for row in range(x.shape[0]):
             real = torch.ones_like(x[row, :, 0], dtype=torch.bool) if padding_mask is None else padding_mask[row].bool()
@@ -171,6 +186,15 @@ class SaShiMiBlock(Block):
                 outputs[row, real] = y[0]
             states.append(row_state)
         return outputs, None if state is None else join_rows(states)
+
+
+def phases_differ(state) -> bool:
+    """Whether the rows of a state stand at different phases of some level."""
+    while isinstance(state, LevelState):
+        if bool((state.phase != state.phase[0]).any()):
+            return True
+        state = state.inner
+    return False
 
 
 def join_rows(states: list):

@@ -21,8 +21,11 @@ from runs import records, run_in_process, tiny_config_values
 
 pytestmark = pytest.mark.hf  # run again on the oldest and newest transformers (scripts/test_transformers_range.sh)
 
+# Each kernel compiles in GSS (gss-<kernel>), every other example model over its default kernel: S4 inside another
+# block traces as it does in GSS, and its loops make it the slowest to trace.
 COMPILED = {
-    **MODELS,
+    **{name: fields for name, fields in MODELS.items()
+       if name.startswith("gss-") or fields.get("ssm_kernel", "dss") == "dss"},
     "mega-chunk": dict(block_types=["mega", "mega"], intermediate_size=64, block_options={"mega": {"chunk_size": 16}}),
     "mega-full": dict(block_types=["mega", "mega"], intermediate_size=64,
                       block_options={"mega": {"chunk_size": None}}),

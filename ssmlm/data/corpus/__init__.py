@@ -35,10 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ...tooling.staging import build_in_place
 from .extractors import DOMAIN_EXTRACTORS
 from .fetch import ChecksumMismatchError, SourceFetchError, fetch_source, sha256_file
 from .pins import DOMAIN_CREDITS, DOMAIN_SOURCES, DOMAINS, SourcePin
@@ -175,20 +175,7 @@ def build_corpus(
         report(f"[{number}/{len(pins)}] {pin.label} ({pin.size / 2**20:.1f} MiB; downloaded once, then cached)")
         paths[pin.label] = fetch_source(pin, cache_dir)
 
-    created = next((path for path in reversed(out.parents) if not path.exists()), None)  # the top folder we make
-    staging = out.parent / f".{out.name}.building-{os.getpid()}"
-    replaced = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    try:
-        staging.mkdir(parents=True)
-        manifest = write_corpus(domains, pins, paths, staging, report)
-        if out.exists():
-            os.replace(out, replaced)  # an earlier corpus (check_replaceable), deleted once the new one is in place
-        os.replace(staging, out)
-    except BaseException:  # a failure or Ctrl-C: leave nothing half-built
-        shutil.rmtree(created or staging, ignore_errors=True)
-        raise
-    shutil.rmtree(replaced, ignore_errors=True)
-    return manifest
+    return build_in_place(out, lambda folder: write_corpus(domains, pins, paths, folder, report))
 
 
 def check_replaceable(out: Path) -> None:

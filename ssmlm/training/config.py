@@ -63,6 +63,7 @@ MODEL_KEYS_INTERNAL = ("transformers_version", "architectures")
 @dataclass
 class SourceConfig:
     """Where one domain's documents come from. `train` and `validation` each take local files or a Hub dataset.
+    (The audio-lm task reads WAV files, folders and globs instead, and also `test`: audio_task.py.)
 
     A local source is one or more paths or globs: `.txt` files are one document each, `.jsonl`/`.json` files one
     document per record (its `text_column` field). Anything else is a Hugging Face Hub dataset name, optionally
@@ -76,13 +77,16 @@ class SourceConfig:
     hub_config: str | None = None  # configuration name of a Hub dataset, e.g. a language of a code set
     streaming: bool = False  # stream a Hub dataset instead of downloading it whole (then set max_documents)
     max_documents: int | None = None  # a seeded random sample of N documents per split (the first N when streaming)
+    test: str | list[str] | None = None  # audio-lm only: a test split, scored once at the end of training
 
 
 @dataclass
 class DataConfig:
     sources: dict[str, SourceConfig]  # domain name -> its documents; validation is reported per domain
     seq_len: int = 512  # tokens per training block
-    build_corpus: str | None = None  # build ssmlm's default corpus (ssmlm.data.corpus) here first if it is missing
+    # Build the task's default corpus here first if it is missing (and a source reads from it): the books/code/math
+    # text corpus (ssmlm.data.corpus), or for audio-lm the spoken digits (ssmlm.data.speech).
+    build_corpus: str | None = None
     cache_dir: str = "~/.cache/ssmlm"  # datasets' Arrow caches and trained tokenizers
     num_proc: int = 2  # processes for tokenizing and packing
     seed: int = 0  # for max_documents sampling
@@ -140,8 +144,9 @@ class OutputConfig:
 class TrainConfig:
     data: DataConfig
     # What is trained (tasks.py): "causal-lm", the language model; "domain-classification", which data source a
-    # window of data.seq_len tokens comes from.
-    task: Literal["causal-lm", "domain-classification"] = "causal-lm"
+    # window of data.seq_len tokens comes from; "audio-lm", raw audio as 256 µ-law codes (audio_task.py; it builds
+    # its own fixed vocabulary, so the `tokenizer` section is not used).
+    task: Literal["causal-lm", "domain-classification", "audio-lm"] = "causal-lm"
     model: dict[str, Any] = field(default_factory=dict)  # SSMLMConfig keyword arguments
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

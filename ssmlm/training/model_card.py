@@ -69,10 +69,11 @@ def card_metadata(config: TrainConfig, model_config, default_corpus: bool) -> di
     """The Hub's YAML front matter. The model is loaded through transformers with remote code (`custom_code`). Its
     licence follows from its data's: mixed ("other", listed under Data) for the default corpus, and `unknown` for
     the user's own data, whose licences only the user knows."""
+    pipeline_tag = TASKS[config.task].pipeline_tag  # None where no Hugging Face pipeline fits (audio-lm)
     return {
         "library_name": "transformers",
         "license": "other" if default_corpus else "unknown",
-        "pipeline_tag": TASKS[config.task].pipeline_tag,
+        **({"pipeline_tag": pipeline_tag} if pipeline_tag else {}),
         "tags": ["ssmlm", "custom_code", "state-space-model", *sorted(set(model_config.block_types)),
                  f"ssm-kernel-{model_config.ssm_kernel}"],
     }
@@ -98,7 +99,9 @@ def data_lines(config: TrainConfig, default_corpus: bool) -> list[str]:
     inputs' licences; otherwise a note that the data's licences are the user's to state."""
     lines = []
     for domain, source in config.data.sources.items():
-        lines.append(f"- **{domain}**: train {source_text(source.train)}; validation {source_text(source.validation)}")
+        test = f"; test {source_text(source.test)}" if source.test is not None else ""
+        lines.append(f"- **{domain}**: train {source_text(source.train)}; validation {source_text(source.validation)}"
+                     f"{test}")
     lines.append("")
     manifest_path = Path(config.data.build_corpus or "") / MANIFEST_NAME
     if not (default_corpus and manifest_path.is_file()):
@@ -106,6 +109,8 @@ def data_lines(config: TrainConfig, default_corpus: bool) -> list[str]:
                   "`license: unknown` until you set it.", ""]
         return lines
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if "engine" in manifest:  # the spoken-digits corpus (ssmlm.data.speech)
+        return lines + speech_corpus_lines(manifest, manifest_path)
     lines += [f"The default corpus, built by `{manifest['builder']['module']}` {manifest['builder']['version']}; "
               f"its manifest's SHA-256: `{sha256_file(manifest_path)}`.", "",
               "| domain | split | documents | characters |", "|---|---|---:|---:|"]
@@ -119,13 +124,25 @@ def data_lines(config: TrainConfig, default_corpus: bool) -> list[str]:
     return lines
 
 
+def speech_corpus_lines(manifest: dict, manifest_path: Path) -> list[str]:
+    """The spoken-digits corpus's builder, engine, digest and clips per split."""
+    engine = manifest["engine"]
+    lines = [f"The spoken-digits corpus, built by `{manifest['builder']['module']}` {manifest['builder']['version']} "
+             f"with {engine['name']} {engine['version']} (`{engine['package']}` {engine['package_version']}, "
+             f"GPL-3.0: the clips are its synthetic speech); its manifest's SHA-256: `{sha256_file(manifest_path)}`.",
+             "", "| split | speakers | clips |", "|---|---:|---:|"]
+    lines += [f"| {split} | {info['speakers']:,} | {info['clips']:,} |" for split, info in manifest["splits"].items()]
+    return [*lines, ""]
+
+
 def source_text(spec: str | list[str]) -> str:
     """Local files with their sizes, or a Hub dataset's name."""
     specs = spec_list(spec)
     if not all(is_local(item) for item in specs):
         return ", ".join(f"`{item}` (Hugging Face Hub)" for item in specs)
     files = matching_paths(specs)
-    return ", ".join(f"`{path}` ({path.stat().st_size:,} bytes)" for path in files)
+    return ", ".join(f"`{path}` ({len(list(path.glob('*.wav'))):,} WAV files)" if path.is_dir() else
+                     f"`{path}` ({path.stat().st_size:,} bytes)" for path in files)
 
 
 def program(tool: str) -> str:

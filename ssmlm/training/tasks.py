@@ -8,6 +8,7 @@ validation data. The loop around them (trainer.py: devices, processes, checkpoin
                             so the training and validation windows come from different documents (the corpus's
                             splits are by document), and the domains are balanced: each has as many windows as
                             the smallest, so chance is 1 / the number of domains.
+    audio-lm                raw audio as 256 µ-law codes, the next sample's loss in bits per sample (audio_task.py)
 
 `training.init_from` starts either task from a saved ssmlm model (its architecture, weights and, unless
 `tokenizer.path` says otherwise, its tokenizer): fine-tuning a pretrained language model as a classifier. It is
@@ -20,7 +21,7 @@ model's, fine-tuned as a classifier), which start new. A local path is never loo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -46,6 +47,7 @@ class TaskData:
     tokenizer: object
     train: datasets.Dataset  # rows with "input_ids" (and "labels" where the task has them)
     validation: dict[str, datasets.Dataset]  # per domain
+    test: dict[str, datasets.Dataset] = field(default_factory=dict)  # per domain, scored once at the end (audio-lm)
 
 
 def perplexity(loss: float) -> float:
@@ -55,7 +57,8 @@ def perplexity(loss: float) -> float:
 class Task:
     """What both tasks share. A task also has prepare_data(config) -> TaskData, build_model(config, tokenizer,
     domains), loss(model, batch), evaluate(model, loaders, accelerator) -> metrics with "val/loss",
-    validation_line(metrics, domains), and the model card's description, card_validation and card_usage."""
+    validation_line(metrics, domains), and the model card's description, card_validation and card_usage. A task
+    whose TaskData has test data also takes evaluate(..., split="test"), called once after the final validation."""
 
     name: str
     model_class: type
@@ -289,4 +292,6 @@ class DomainClassification(Task):
         ]
 
 
-TASKS = {task.name: task for task in (CausalLanguageModeling(), DomainClassification())}
+from .audio_task import AudioLanguageModeling  # noqa: E402  (it builds on Task, above)
+
+TASKS = {task.name: task for task in (CausalLanguageModeling(), DomainClassification(), AudioLanguageModeling())}

@@ -107,7 +107,7 @@ def read_paths(config: TrainConfig, config_file: str | None) -> list[Path]:
     data cache, the corpus folder and the model it starts from."""
     paths = [Path(config.data.cache_dir)]
     for source in config.data.sources.values():
-        for specs in (source.train, source.validation):
+        for specs in (source.train, source.validation, source.test or []):
             paths += matching_paths([spec for spec in ([specs] if isinstance(specs, str) else specs) if is_local(spec)])
     for path in (config_file, config.tokenizer.path, config.data.build_corpus, config.training.init_from):
         if path:
@@ -377,7 +377,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
         warn(accelerator, warning)
     with accelerator.main_process_first():
         data = task.prepare_data(config)
-    tokenizer, train_blocks, validation_blocks = data.tokenizer, data.train, data.validation
+    tokenizer, train_blocks, validation_blocks, test_blocks = data.tokenizer, data.train, data.validation, data.test
 
     training = config.training
     blocks_per_step = training.batch_size * accelerator.num_processes * training.gradient_accumulation_steps
@@ -395,10 +395,13 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     train_loader = DataLoader(train_blocks, batch_size=training.batch_size, shuffle=True, drop_last=True)
     validation_loaders = {domain: DataLoader(blocks, batch_size=training.batch_size)
                           for domain, blocks in validation_blocks.items()}
+    test_loaders = {domain: DataLoader(blocks, batch_size=training.batch_size)
+                    for domain, blocks in test_blocks.items()}
     accelerator.register_save_state_pre_hook(drop_tied_copies)
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *validation_loaders.values())
+        model, optimizer, train_loader, scheduler, *validation_loaders.values(), *test_loaders.values())
     validation_loaders = dict(zip(validation_loaders, prepared))
+    test_loaders = dict(zip(test_loaders, prepared[len(validation_loaders):]))
 
     start_step = 0
     if mode == "continue":
@@ -425,7 +428,7 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
     on_main_process(accelerator, take_output_dir)
     try:
         metrics = run_steps(config, accelerator, model, optimizer, scheduler, train_loader, validation_loaders,
-                            tokenizer, output_dir, start_step, num_parameters, len(train_blocks), task)
+                            tokenizer, output_dir, start_step, num_parameters, len(train_blocks), task, test_loaders)
         if accelerator.is_main_process and (warning := finish_run(output_dir)):
             warn(accelerator, warning)
     finally:
@@ -437,8 +440,9 @@ def train(config: TrainConfig, resume: bool = False, resume_from: str | None = N
 
 def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, train_loader,
               validation_loaders: dict, tokenizer, output_dir: Path, start_step: int, num_parameters: int,
-              num_blocks: int, task: Task) -> dict:
-    """The loop from `start_step` to `training.max_steps`, then the final model and the final checkpoint."""
+              num_blocks: int, task: Task, test_loaders: dict) -> dict:
+    """The loop from `start_step` to `training.max_steps`, then the final model and the final checkpoint; the test
+    data (`test_loaders`, where the task has any) is scored with the final validation."""
     training = config.training
     accelerator.init_trackers("ssmlm", config=flat_hyperparameters(config))
     metrics_file = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, start_step)
@@ -455,6 +459,8 @@ def run_steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, s
     def validate(step):
         model.eval()
         metrics = task.evaluate(model, validation_loaders, accelerator)
+        if step == training.max_steps and test_loaders:
+            metrics |= task.evaluate(model, test_loaders, accelerator, split="test")
         model.train()
         log.record(step, metrics)
         log.say(f"step {step}: validation " + task.validation_line(metrics, validation_loaders))

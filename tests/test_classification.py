@@ -122,5 +122,6 @@ def test_task_mistakes_are_one_line_config_errors(corpus, cache_dir, tmp_path, t
     values["data"]["sources"] = {"books": values["data"]["sources"]["books"]}
     with pytest.raises(ConfigError, match=r"^task: domain-classification needs at least two data.sources"):
         run_in_process(values)
-    with pytest.raises(ConfigError, match=r"^task: expected 'causal-lm' or 'domain-classification', got str"):
+    with pytest.raises(ConfigError, match=r"^task: expected 'causal-lm' or 'domain-classification' or 'audio-lm', "
+                                          r"got str"):
         run_in_process(values, "task=summarisation")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from audio_data import audio_config, clip, write_clips
 from invariants import decode_by_full_reforward
 from runs import records, reset_accelerate, run_in_process
 
@@ -21,23 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-SEQ_LEN = 400
-
-
-def clip(samples: int, seed: int) -> torch.Tensor:
-    """A decaying tone with a little noise: something with structure to learn."""
-    generator = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples, dtype=torch.float64) / 16000
-    tone = 0.5 * torch.sin(2 * math.pi * (200 + 50 * seed) * t) * torch.exp(-3 * t)
-    return tone + 0.01 * torch.randn(samples, generator=generator, dtype=torch.float64)
-
-
-def write_clips(folder: Path, lengths: list[int], seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, samples in enumerate(lengths):
-        write_wav(folder / f"clip{index}.wav", clip(samples, seed + index), 16000)
-    return folder
-
 
 def write_stereo_wav(path: Path, left: torch.Tensor, right: torch.Tensor, rate: int) -> None:
     frames = torch.stack([left, right], dim=1).flatten()
@@ -46,24 +30,6 @@ def write_stereo_wav(path: Path, left: torch.Tensor, right: torch.Tensor, rate: 
         file.setsampwidth(2)
         file.setframerate(rate)
         file.writeframes(torch.round(frames * 32767).to(torch.int16).numpy().astype("<i2").tobytes())
-
-
-def audio_config(tmp_path: Path, train, validation, test=None, **sections) -> dict:
-    """A tiny SaShiMi on the audio-lm task (widths 8 -> 16 -> 32, one pair a level)."""
-    source = {"train": str(train), "validation": str(validation), **({"test": str(test)} if test else {})}
-    values = {
-        "task": "audio-lm",
-        "model": {"block_types": ["sashimi"], "num_hidden_layers": 1, "hidden_size": 8, "ssm_kernel": "s4",
-                  "ssm_state_size": 4, "tie_word_embeddings": False,
-                  "block_options": {"sashimi": {"pools": [2, 2], "expand": 2, "ff_expand": 2, "layers": 1}}},
-        "data": {"sources": {"clips": source}, "seq_len": SEQ_LEN, "cache_dir": str(tmp_path / "cache")},
-        "training": {"max_steps": 3, "batch_size": 2, "learning_rate": 3e-3, "warmup_steps": 1, "eval_every": 3,
-                     "eval_blocks": 8},
-        "output": {"dir": str(tmp_path / "run"), "save_every": 3, "log_every": 1, "tracker": None},
-    }
-    for section, settings in sections.items():
-        values[section] = {**values.get(section, {}), **settings}
-    return values
 
 
 def prepare(values: dict):
@@ -132,6 +98,13 @@ def test_unreadable_files_are_skipped_other_rates_resampled_stereo_averaged_shor
     with torch.no_grad():
         losses = model(input_ids=inputs, shift_labels=targets, return_logits=False, loss_per_position=True).loss
     assert (losses[0, 100:] == 0).all() and (losses[0, :100] > 0).all()
+
+
+def test_a_silent_file_is_data_like_any_other(tmp_path):
+    train = write_clips(tmp_path / "train", [400])
+    write_wav(train / "silent.wav", torch.zeros(400, dtype=torch.float64), 16000)
+    rows = prepare(audio_config(tmp_path, train, train)).train[:]
+    assert rows["scored"].tolist() == [400, 400] and (rows["codes"][1] == SILENCE).all()
 
 
 def test_the_mu_law_rows_are_cached_and_a_second_run_does_not_read_the_files(tmp_path):

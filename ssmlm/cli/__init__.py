@@ -3,11 +3,13 @@ and runnable as `python -m ssmlm.cli.NAME`:
 
     ssmlm-train         train.py          train (or resume) a model from a YAML config or a shipped config's name
     ssmlm-generate      generate.py       stream a continuation of a prompt from a saved model
+    ssmlm-generate-audio  generate_audio.py  sample audio clips from a raw-audio model (ssmlm/evaluation/)
     ssmlm-eval-length   eval_length.py    perplexity at 1x..16x the training length (ssmlm/evaluation/)
     ssmlm-bench         bench.py          speed, memory and FLOPs against transformers' Llama (ssmlm/benchmark/)
     ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
     ssmlm-build-speech-corpus  build_speech_corpus.py  build or verify the spoken-digits corpus (ssmlm/data/speech/)
     ssmlm-study         study.py          train, evaluate and time every model of a study plan (ssmlm/study/)
+    ssmlm-audio-study   audio_study.py    SaShiMi against a flat S4 stack and a Transformer on audio (ssmlm/study/)
 
 `train.py` and `generate.py` at the top of a checkout are two-line wrappers of ssmlm-train and ssmlm-generate.
 The list above is checked against pyproject.toml's console scripts (tests/test_code_shape.py).

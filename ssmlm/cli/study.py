@@ -53,7 +53,6 @@ def study_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | N
     # Imported after parsing, so --help is quick.
     from ..study.plan import load_plan
     from ..study.runner import Study
-    from ..training import TrainingStopped
 
     plan = load_plan(args.plan)
     if args.quick:
@@ -63,15 +62,25 @@ def study_from_command_line(parser: argparse.ArgumentParser, argv: list[str] | N
     study.check()  # every config, before anything trains
     if "evaluate" in args.phases and find_spec("matplotlib") is None:
         raise CommandError("the evaluation's plots need matplotlib: pip install 'ssmlm[plots]' (or matplotlib)")
+    if (stopped := run_to_a_stop(parser.prog, lambda: study.run(args.phases))) is not None:
+        return stopped
+    return CHECK_FAILED if study.disagreed() else 0
+
+
+def run_to_a_stop(prog: str, run_study) -> int | None:
+    """Run a study; a run stopped by Ctrl-C or SIGTERM (which keeps its checkpoint) is said with how to continue,
+    and gives STOPPED; None when the study ran to its end."""
+    from ..training import TrainingStopped
+
     try:
-        study.run(args.phases)
+        run_study()
     except TrainingStopped as stop:
-        print(f"{parser.prog}: a run stopped at step {stop.step}, with a checkpoint; {CONTINUE}", file=sys.stderr)
+        print(f"{prog}: a run stopped at step {stop.step}, with a checkpoint; {CONTINUE}", file=sys.stderr)
         return STOPPED
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; {CONTINUE}", file=sys.stderr)
+        print(f"{prog}: interrupted; {CONTINUE}", file=sys.stderr)
         return STOPPED
-    return CHECK_FAILED if study.disagreed() else 0
+    return None
 
 
 def main(argv: list[str] | None = None, prog: str = "ssmlm-study") -> int:

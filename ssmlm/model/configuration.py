@@ -143,10 +143,11 @@ class SSMLMConfig(PreTrainedConfig):
                                           "block_options": self.block_options}, saved="model_type" in kwargs)
         self.ssm_kernel_options = dict(upgraded.get("ssm_kernel_options") or {})
         block_options = upgraded.get("block_options") or {}
-        # Each kind's options as plain JSON values (a tuple is saved and read back as a list); anything that is no
-        # mapping is refused below, by name.
-        self.block_options = ({kind: {} if options is None else plain_options(options)
-                               for kind, options in block_options.items()}
+        # Each kind's options as plain JSON values (a tuple is saved and read back as a list); a kind given None has
+        # none (a config that extends another can drop that one's kind this way); anything that is no mapping is
+        # refused below, by name.
+        self.block_options = ({kind: plain_options(options) for kind, options in block_options.items()
+                               if options is not None}
                               if isinstance(block_options, dict) else block_options)
         # Defaults only for what was left unset (None): a 0 or an empty list is the user's value, refused below.
         if self.intermediate_size is None:

@@ -69,6 +69,47 @@ def evaluation_settings(lengths: list[int], train_length: int, bucket_size: int,
                     baseline_stride=default_baseline_stride(baseline_context))
 
 
+def train_and_record(config_name: str, settings: list[str], output_dir: Path, log: Callable[[str], None]) -> dict:
+    """Train `config_name` with `settings` into `output_dir`, in this process, and write its record beside the model:
+    the run's settings, its seconds, parameters, median training tokens/s, and its final validation, test and data
+    metrics (the audio-lm task's unigram floor is a data metric). A run with a record is not trained again; one
+    stopped midway resumes from its newest checkpoint. A run that diverges is a result (status "diverged: ..."), not
+    a failure."""
+    record_path = output_dir / RUN_RECORD
+    if (record := read_json(record_path)) is not None:
+        log(f"{output_dir}: done before")
+        return record
+    config = load_config(config_name, [*settings, f"output.dir={output_dir}"])
+    resume = latest_checkpoint(output_dir) is not None
+    log(f"{output_dir}: training {config_name}" + (" (resumed)" if resume else ""))
+    start = time.perf_counter()
+    try:
+        final = train(config, resume=resume, overwrite=output_dir.exists() and not resume)
+        status = "ok"
+    except TrainingDiverged as error:  # a sweep's highest rate may diverge: a result, not a failure
+        final, status = {}, f"diverged: {error}"
+    finally:
+        reset_accelerate_state()
+    metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    speeds = [record["train/tokens_per_second"] for record in metrics if "train/tokens_per_second" in record]
+    record = {
+        "config": config_name,
+        "status": status,
+        "seconds": time.perf_counter() - start,
+        "learning_rate": config.training.learning_rate,
+        "ssm_learning_rate": config.training.ssm_learning_rate,
+        "seed": config.training.seed,
+        "steps": config.training.max_steps,
+        "tokens": config.training.max_steps * config.training.batch_size * config.data.seq_len,
+        "parameters": parameter_count(output_dir) if status == "ok" else None,
+        "train_tokens_per_second": statistics.median(speeds) if speeds else None,
+        **{part: {key.removeprefix(prefix): value for key, value in final.items() if key.startswith(prefix)}
+           for part, prefix in (("validation", "val/"), ("test", "test/"), ("data", "data/"))},
+    }
+    write_json(record_path, record)
+    return record
+
+
 @dataclass
 class Study:
     plan: StudyPlan
@@ -104,38 +145,7 @@ class Study:
     # One training run, in this process.
 
     def train_run(self, config_name: str, settings: list[str], output_dir: Path) -> dict:
-        record_path = output_dir / RUN_RECORD
-        if (record := read_json(record_path)) is not None:
-            self.log(f"{output_dir}: done before")
-            return record
-        config = load_config(config_name, [*settings, f"output.dir={output_dir}"])
-        resume = latest_checkpoint(output_dir) is not None
-        self.log(f"{output_dir}: training {config_name}" + (" (resumed)" if resume else ""))
-        start = time.perf_counter()
-        try:
-            final = train(config, resume=resume, overwrite=output_dir.exists() and not resume)
-            status = "ok"
-        except TrainingDiverged as error:  # a sweep's highest rate may diverge: a result, not a failure
-            final, status = {}, f"diverged: {error}"
-        finally:
-            reset_accelerate_state()
-        metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-        speeds = [record["train/tokens_per_second"] for record in metrics if "train/tokens_per_second" in record]
-        record = {
-            "config": config_name,
-            "status": status,
-            "seconds": time.perf_counter() - start,
-            "learning_rate": config.training.learning_rate,
-            "ssm_learning_rate": config.training.ssm_learning_rate,
-            "seed": config.training.seed,
-            "steps": config.training.max_steps,
-            "tokens": config.training.max_steps * config.training.batch_size * config.data.seq_len,
-            "parameters": parameter_count(output_dir) if status == "ok" else None,
-            "train_tokens_per_second": statistics.median(speeds) if speeds else None,
-            "validation": {key.removeprefix("val/"): value for key, value in final.items() if key.startswith("val/")},
-        }
-        write_json(record_path, record)
-        return record
+        return train_and_record(config_name, settings, output_dir, self.log)
 
     # ------------------------------------------------------------------------------------------------------------
     # The phases.

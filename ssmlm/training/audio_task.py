@@ -5,7 +5,7 @@ its *.wav files, sorted) or globs. Every file is read with `read_wav` (8/16/24/3
 averaged), resampled to 16 kHz where it has another rate (said once per split, with the number of files), and µ-law
 encoded. The rule for bad files: a file that `read_wav` refuses (not a PCM WAV, truncated, empty) is skipped, and a
 split's skipped files are named in one warning line with their count; a split left with no readable file is a
-ConfigError naming its key.
+ConfigError naming its key. A silent file is data like any other (all code 128), trained on and scored.
 
 Rows: each clip is cut into windows of data.seq_len samples; a clip shorter than that, and a longer clip's last
 partial window, is padded at the end with silence (code 128), and its padded samples are not scored (said once per
@@ -47,14 +47,12 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from ..data.sources import ensure_corpus, reads_default_corpus, spec_list
-from ..data.speech.audio import LEVELS, AudioFileError, mu_law_encode, read_wav, resample
+from ..data.speech.audio import LEVELS, SAMPLE_RATE, SILENCE, AudioFileError, mu_law_encode, read_wav, resample
 from ..model.modeling import SSMLMForCausalLM
 from ..model.ops.linear_cross_entropy import IGNORE_INDEX
 from .config import ConfigError, TrainConfig
 from .tasks import REMOTE_CODE_COMMENT, Task, TaskData
 
-SAMPLE_RATE = 16000
-SILENCE = LEVELS // 2  # the µ-law code of 0.0: the padding, and the input before a window's first sample
 CLIP_FEATURES = datasets.Features({"path": datasets.Value("string"), "error": datasets.Value("string"),
                                    "rate": datasets.Value("int64"), "codes": datasets.List(datasets.Value("uint8"))})
 WINDOWS_PER_BATCH = 64
@@ -275,5 +273,12 @@ class AudioLanguageModeling(Task):
             f"codes = model.generate(torch.tensor([[{SILENCE}]]), do_sample=True, top_k=0, max_new_tokens="
             f"{SAMPLE_RATE})",
             f'write_wav("sample.wav", mu_law_decode(codes[0, 1:]), {SAMPLE_RATE})',
+            "```",
+            "",
+            "Or from the command line, clips sorted by their log-likelihood, with a picture of their waveforms and "
+            "spectrograms:",
+            "",
+            "```bash",
+            f"ssmlm-generate-audio --model {model_path} --out samples --num-clips 8 --seed 0",
             "```",
         ]

@@ -12,6 +12,8 @@ The command line is `ssmlm-build-speech-corpus` (ssmlm/cli/build_speech_corpus.p
 
 from .audio import (
     LEVELS,
+    SAMPLE_RATE,
+    SILENCE,
     AudioFileError,
     load_audio,
     mu_law_decode,
@@ -24,7 +26,6 @@ from .digits import (
     CLIP_SAMPLES,
     DIGITS,
     MANIFEST_NAME,
-    SAMPLE_RATE,
     SPLITS,
     CorpusDirectoryError,
     ManifestMismatchError,
@@ -39,6 +40,7 @@ __all__ = [
     "LEVELS",
     "MANIFEST_NAME",
     "SAMPLE_RATE",
+    "SILENCE",
     "SPLITS",
     "AudioFileError",
     "CorpusDirectoryError",

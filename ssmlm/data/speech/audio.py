@@ -28,6 +28,8 @@ import torch
 
 MU = 255
 LEVELS = MU + 1
+SILENCE = LEVELS // 2  # the µ-law code of 0.0
+SAMPLE_RATE = 16000  # the rate every clip is resampled to (SC09's)
 RESAMPLE_ZERO_CROSSINGS = 64
 RESAMPLE_ROLLOFF = 0.9475
 RESAMPLE_KAISER_BETA = 14.769656459379492

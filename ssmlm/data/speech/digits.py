@@ -43,14 +43,13 @@ import torch
 
 from ...tooling.staging import build_in_place
 from . import espeak
-from .audio import resample, write_wav
+from .audio import SAMPLE_RATE, resample, write_wav
 
 BUILDER_VERSION = "1.0.0"
 MANIFEST_NAME = "manifest.json"
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "validation", "test")
 HELD_OUT_VARIANT_FRACTION = 0.15  # of the variants, for validation and again for test
-SAMPLE_RATE = 16000
 CLIP_SAMPLES = 16000
 PEAK = 0.9
 DITHER_STD = 1e-3

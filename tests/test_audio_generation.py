@@ -93,16 +93,21 @@ def test_recurrent_generation_equals_rerunning_the_prefix_and_the_stability_chec
     assert report["spans"][0]["flatness"] == pytest.approx(0.56, abs=0.05) and report["real"]["flatness"] < 1e-3
 
 
-def test_bad_inputs_are_one_line_errors(model_dir, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(model_dir, tiny_model_dir, tmp_path, capsys):
     base = ["--model", str(model_dir), "--out", str(tmp_path / "out"), "--no-picture"]
     write_wav(tmp_path / "long.wav", clip(400, 1), SAMPLE_RATE)  # as long as the training windows
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVE")
+    write_wav(tmp_path / "odd-rate.wav", clip(400, 1), 16001)  # a ratio of rates no filter bank here takes
     cases = [
         (["--prompt", str(tmp_path / "long.wav")], "not fewer than the 400-sample windows the model was trained on; "
                                                    "use --prompt-seconds"),
         (["--prompt", str(tmp_path / "broken.wav")], "broken.wav"),
+        (["--prompt", str(tmp_path / "odd-rate.wav")], "odd-rate.wav: cannot resample 16001 Hz"),
+        (["--real", str(tmp_path / "broken.wav")], "broken.wav"),
+        (["--seconds", "0.00001"], "--seconds 1e-05 is less than one sample (1/16000 s)"),
+        (["--seconds", "nan"], "--seconds must be a positive number"),
         (["--prompt-seconds", "0.1"], "--prompt-seconds needs --prompt"),
-        (["--seconds", "0"], "--seconds must be positive"),
+        (["--seconds", "0"], "--seconds must be a positive number"),
         (["--num-clips", "0"], "--num-clips must be at least 1"),
     ]
     for arguments, message in cases:
@@ -111,12 +116,23 @@ def test_bad_inputs_are_one_line_errors(model_dir, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("ssmlm-generate-audio: error: ") and message in lines[0]
     assert not (tmp_path / "out").exists()
 
-    # Past the training window: allowed, and said.
-    assert generate_audio.main(base + ["--seconds", "0.03", "--num-clips", "1"]) == 0
-    assert "generating 480 samples, past the 400-sample windows" in capsys.readouterr().err
+    # A text model, by its vocabulary; and one of 256 tokens by the task its training config names.
+    assert generate_audio.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--no-picture"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("ssmlm-generate-audio: error: ") and "not an audio model: its vocabulary has" in line
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match="not an audio model: it was trained by the causal-lm task, not audio-lm"):
+        audio_samples.check_audio_model(model, {"task": "causal-lm"})
+    assert audio_samples.check_audio_model(model, audio_samples.training_settings(model_dir)) == 400
+    assert audio_samples.check_audio_model(model, audio_samples.training_settings(tmp_path)) is None
 
-    with pytest.raises(ValueError, match="not an audio model: its vocabulary has 300 tokens"):
-        audio_samples.check_audio_model(type("Model", (), {"config": type("Config", (), {"vocab_size": 300})})())
+    # Past the training window: allowed, and said; a clip shorter than one spectrogram frame is still drawn.
+    assert generate_audio.main(["--model", str(model_dir), "--out", str(tmp_path / "out"), "--seconds", "0.03",
+                                "--num-clips", "1"]) == 0
+    assert "generating 480 samples, past the 400-sample windows" in capsys.readouterr().err
+    assert generate_audio.main(["--model", str(model_dir), "--out", str(tmp_path / "short"), "--seconds", "0.005",
+                                "--num-clips", "1"]) == 0
+    assert (tmp_path / "short" / "clips.png").stat().st_size > 0
 
 
 def test_the_audio_study_runs_end_to_end_quick(tmp_path, capsys):
@@ -125,20 +141,22 @@ def test_the_audio_study_runs_end_to_end_quick(tmp_path, capsys):
     write_clips(data / "validation", [400], seed=10)
     write_clips(data / "test", [400, 400], seed=20)
     out = tmp_path / "report"
-    assert audio_study.main(["--out", str(out), "--runs", str(tmp_path / "runs"), "--data", str(data),
-                             "--quick"]) == 0
+    assert audio_study.main(["--out", str(out), "--data", str(data), "--quick"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["sashimi", "flat-s4", "transformer"]
+    assert list(results["runs"]) == ["sashimi", "flat-s4", "gss"]
     for name, run in results["runs"].items():
         assert run["status"] == "ok" and run["test"]["samples"] == 800 and run["data"]["unigram_bits"] > 0
         generation = results["generation"][name]
         assert generation["speed"]["same_codes"], name
         assert len(generation["stability"]["spans"]) == 2 and (out / name / "clip-0.wav").exists()
+        assert (out / "runs" / name / "generated" / "generation.json").exists()
     readme = (out / "README.md").read_text()
-    assert "| sashimi |" in readme and "| flat-s4 |" in readme and "| transformer |" in readme
+    assert "| sashimi |" in readme and "| flat-s4 |" in readme and "| gss |" in readme
     assert "Pooling and NLL" in readme and (out / "clips.png").stat().st_size > 0
-    # Done before: a second call trains nothing.
+    # Done before: a second call trains nothing; other settings are refused, not served the quick runs.
     capsys.readouterr()
-    assert audio_study.main(["--out", str(out), "--runs", str(tmp_path / "runs"), "--data", str(data),
-                             "--quick"]) == 0
+    assert audio_study.main(["--out", str(out), "--data", str(data), "--quick"]) == 0
     assert "training" not in capsys.readouterr().err
+    assert audio_study.main(["--out", str(out), "--data", str(data), "--minutes", "1"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"ssmlm-audio-study: error: {out / 'runs'} holds runs of other settings (") and "minutes" in line

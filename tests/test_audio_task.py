@@ -12,7 +12,7 @@ import pytest
 import torch
 from audio_data import audio_config, clip, write_clips
 from invariants import decode_by_full_reforward
-from runs import records, reset_accelerate, run_in_process
+from runs import records, reset_accelerate, run_in_process, tiny_config_values
 
 from ssmlm.data.speech import mu_law_encode, resample, write_wav
 from ssmlm.training.audio_task import SILENCE, audio_tokenizer, pairs
@@ -134,6 +134,14 @@ def test_an_empty_split_and_a_tokenizer_path_are_refused_by_key(tmp_path):
         prepare(audio_config(tmp_path, train, train, test=tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"^tokenizer\.path: the audio-lm task's vocabulary is the 256 µ-law"):
         prepare(audio_config(tmp_path, train, train, tokenizer={"path": str(tmp_path)}))
+
+
+def test_a_test_split_is_refused_for_the_text_tasks(corpus, tmp_path):
+    values = tiny_config_values(corpus, tmp_path / "cache", tmp_path / "run")
+    values["data"]["sources"]["books"]["test"] = values["data"]["sources"]["books"]["validation"]
+    with pytest.raises(ConfigError, match=r"^data\.sources\.books\.test: only the audio-lm task scores a test split "
+                                          r"\(task: causal-lm\)"):
+        TASKS["causal-lm"].prepare_data(config_from_dict(values))
 
 
 def test_the_tokenizer_is_the_256_codes():

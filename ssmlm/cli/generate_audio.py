@@ -11,8 +11,8 @@ clips.png, waveforms and spectrograms of the real clips (the prompt, and any --r
 (it needs matplotlib: pip install 'ssmlm[plots]'; --no-picture skips it).
 
 The prompt clip is read as training reads its data: 8- to 32-bit PCM WAV, channels averaged, another sample rate
-resampled to 16 kHz (said once). A prompt longer than the windows the model was trained on (train_config.yaml in
-the model folder) is refused: --prompt-seconds takes its beginning. Generating past that window is allowed (a
+resampled to 16 kHz (said once). A prompt not shorter than the windows the model was trained on (train_config.yaml
+in the model folder) is refused: --prompt-seconds takes its beginning. Generating past that window is allowed (a
 recurrent model has no length limit) and said once: the model has not been trained on such lengths.
 
 Exit codes: 0 done; 2 a problem the user can fix (a wrong folder, a text model, an unreadable prompt file, an option
@@ -22,6 +22,7 @@ out of range), as one line on stderr; 74 writing failed; 130 stopped by Ctrl-C.
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -57,9 +58,9 @@ def build_parser(prog: str = "ssmlm-generate-audio") -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.num_clips < 1:
         parser.error("--num-clips must be at least 1")
-    if not args.seconds > 0:  # also false for NaN
-        parser.error(f"--seconds must be positive, got {args.seconds}")
-    if args.prompt_seconds is not None and (args.prompt is None or not args.prompt_seconds > 0):
+    if not 0 < args.seconds < math.inf:  # also false for NaN
+        parser.error(f"--seconds must be a positive number, got {args.seconds}")
+    if args.prompt_seconds is not None and (args.prompt is None or not 0 < args.prompt_seconds < math.inf):
         parser.error("--prompt-seconds needs --prompt and a positive number of seconds")
     if not args.temperature > 0 or args.temperature == float("inf"):
         parser.error(f"--temperature must be a positive number, got {args.temperature}")
@@ -75,15 +76,24 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def read_clip(path: str):
     """A WAV file as 16 kHz float64 audio, resampled where it has another rate (said once); one-line errors."""
-    from ..data.speech.audio import SAMPLE_RATE, AudioFileError, read_wav, resample
+    from ..data.speech.audio import SAMPLE_RATE, AudioFileError, read_resampled
 
     try:
-        audio, rate = read_wav(path)
+        audio, rate = read_resampled(path, SAMPLE_RATE)
     except AudioFileError as error:
         raise CommandError(str(error)) from None
     if rate != SAMPLE_RATE:
         print(f"note: {path} is at {rate} Hz; resampled to {SAMPLE_RATE} Hz", file=sys.stderr)
-    return resample(audio, rate, SAMPLE_RATE)
+    return audio
+
+
+def samples_of(seconds: float, option: str) -> int:
+    """Seconds as a number of 16 kHz samples, at least one."""
+    from ..data.speech.audio import SAMPLE_RATE
+
+    if (samples := round(seconds * SAMPLE_RATE)) < 1:
+        raise CommandError(f"{option} {seconds} is less than one sample (1/{SAMPLE_RATE} s)")
+    return samples
 
 
 def prompt_codes(args: argparse.Namespace, window: int | None):
@@ -94,7 +104,7 @@ def prompt_codes(args: argparse.Namespace, window: int | None):
         return None
     audio = read_clip(args.prompt)
     if args.prompt_seconds is not None:
-        audio = audio[: round(args.prompt_seconds * SAMPLE_RATE)]
+        audio = audio[: samples_of(args.prompt_seconds, "--prompt-seconds")]
     if window is not None and len(audio) >= window:
         raise CommandError(f"the prompt {args.prompt} has {len(audio):,} samples ({len(audio) / SAMPLE_RATE:.2f} s), "
                            f"not fewer than the {window:,}-sample windows the model was trained on; use "
@@ -115,22 +125,21 @@ def generate_from_command_line(parser: argparse.ArgumentParser, argv: list[str] 
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     _, model = load(model_dir, pick_device(args.device), dtype)
     try:
-        audio_samples.check_audio_model(model)
+        window = audio_samples.check_audio_model(model, audio_samples.training_settings(model_dir))
     except ValueError as error:
         raise CommandError(f"{model_dir}: {error}") from None
-    window = audio_samples.training_window(model_dir)
     prompt = prompt_codes(args, window)
     real = [(f"real: {Path(path).name}", read_clip(path)) for path in args.real]
-    num_samples = round(args.seconds * SAMPLE_RATE)
+    num_samples = samples_of(args.seconds, "--seconds")
     total = num_samples + (0 if prompt is None else len(prompt))
     if window is not None and total > window:
         print(f"note: generating {total:,} samples, past the {window:,}-sample windows the model was trained on",
               file=sys.stderr)
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before the work: a folder that cannot be made fails at once
     clips = audio_samples.generate_clips(model, args.num_clips, num_samples, prompt, args.temperature, args.top_k,
                                          args.seed, args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if prompt is not None:
         write_wav(out / "prompt.wav", clips[0].audio()[: len(prompt)], SAMPLE_RATE)
         real.insert(0, ("real: the prompt", clips[0].audio()[: len(prompt)]))
@@ -142,7 +151,7 @@ def generate_from_command_line(parser: argparse.ArgumentParser, argv: list[str] 
                         "bits_per_sample": clip.bits_per_sample})
         print(f"{out / name}: {clip.bits_per_sample:.3f} bits/sample")
     settings = {key: getattr(args, key) for key in ("model", "num_clips", "seconds", "prompt", "prompt_seconds",
-                                                    "temperature", "top_k", "seed")}
+                                                    "temperature", "top_k", "seed", "batch_size")}
     (out / "clips.json").write_text(json.dumps({"settings": settings, "clips": records}, indent=2) + "\n",
                                     encoding="utf-8")
     if not args.no_picture:

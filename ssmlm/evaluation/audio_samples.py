@@ -22,11 +22,14 @@ from transformers import set_seed
 from transformers.generation.streamers import BaseStreamer
 
 from ..data.speech.audio import LEVELS, SAMPLE_RATE, SILENCE, mu_law_decode
+from ..training.audio_task import AudioLanguageModeling
+from ..training.checkpoints import CONFIG_FILE
 
 LOUDNESS_WINDOW_S = 0.25  # the stability check's RMS is taken over windows of this length
 SOUNDING_FRACTION = 0.1  # a window sounds when its RMS is at least this fraction of the loudest real window's
 SPECTROGRAM_FFT = 512
 SPECTROGRAM_HOP = 128
+AUDIO_TASK = AudioLanguageModeling.name
 
 
 @dataclass
@@ -64,21 +67,28 @@ class StepProgress(BaseStreamer):
         self.bar.close()
 
 
-def training_window(model_dir: Path) -> int | None:
-    """The window (samples) the model in `model_dir` was trained on, from the train_config.yaml the trainer saves
-    beside it; None for a model saved some other way."""
-    path = Path(model_dir) / "train_config.yaml"
-    if not path.is_file():
-        return None
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return (config.get("data") or {}).get("seq_len")
+def training_settings(model_dir: Path) -> dict:
+    """The config values the model in `model_dir` was trained with (the train_config.yaml the trainer saves beside
+    it); {} for a model saved some other way, or a file that is no YAML mapping."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return values if isinstance(values, dict) else {}
 
 
-def check_audio_model(model) -> None:
-    """Refuse a model whose vocabulary is not the 256 µ-law codes (a text model given by mistake)."""
+def check_audio_model(model, settings: dict) -> int | None:
+    """Refuse a model not trained on audio (a text model given by mistake): its vocabulary is not the 256 µ-law
+    codes, or its training config names another task. Returns the window (samples) it was trained on, if known."""
     if model.config.vocab_size != LEVELS:
         raise ValueError(f"this is not an audio model: its vocabulary has {model.config.vocab_size} tokens, not the "
-                         f"{LEVELS} µ-law codes of the audio-lm task")
+                         f"{LEVELS} µ-law codes of the {AUDIO_TASK} task")
+    if settings.get("task", AUDIO_TASK) != AUDIO_TASK:
+        raise ValueError(f"this is not an audio model: it was trained by the {settings['task']} task, not "
+                         f"{AUDIO_TASK}")
+    window = (settings.get("data") or {}).get("seq_len")
+    return window if isinstance(window, int) else None
 
 
 @torch.inference_mode()
@@ -153,7 +163,9 @@ def loudness(audio: torch.Tensor, window_s: float = LOUDNESS_WINDOW_S) -> torch.
 
 
 def power_frames(audio: torch.Tensor) -> torch.Tensor:
-    """The STFT's power spectrum, frame × frequency (the picture's frames)."""
+    """The STFT's power spectrum, frame × frequency (the picture's frames); a clip shorter than one frame is padded
+    with silence to one."""
+    audio = torch.nn.functional.pad(audio, (0, max(0, SPECTROGRAM_FFT - len(audio))))
     window = torch.hann_window(SPECTROGRAM_FFT, dtype=audio.dtype)
     return torch.stft(audio, SPECTROGRAM_FFT, SPECTROGRAM_HOP, window=window, return_complex=True).abs().pow(2).T
 
@@ -171,7 +183,8 @@ def sound_measures(clips: list[torch.Tensor], window_s: float, sounding_rms: flo
     frame_rms = (frames.mean(dim=1) / (SPECTROGRAM_FFT * 3 / 8)).sqrt()
     sounding = frames[frame_rms >= sounding_rms] + 1e-20
     flatness = sounding.log().mean(dim=1).exp() / sounding.mean(dim=1)
-    extreme = torch.cat([clip.abs() >= mu_law_decode(torch.tensor(LEVELS - 1)) for clip in clips])
+    lowest, highest = mu_law_decode(torch.tensor([0, LEVELS - 1])).tolist()
+    extreme = torch.cat([(clip <= lowest) | (clip >= highest) for clip in clips])
     return {
         "loudest_rms": loudest,
         "sounding_share": (windows >= sounding_rms).double().mean().item(),
@@ -217,5 +230,5 @@ def write_picture(clips: list[tuple[str, torch.Tensor]], path: Path) -> None:
                              extent=(0, seconds, 0, SAMPLE_RATE / 2000), vmin=-60, vmax=40)
         spectrum_axis.set(title=f"{title}: spectrogram", xlabel="seconds", ylabel="kHz")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=72)
     plt.close(figure)

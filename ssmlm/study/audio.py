@@ -1,20 +1,27 @@
 """The SaShiMi comparison (issue 30; `ssmlm-audio-study --out reports/sashimi-digits`): SaShiMi against a flat S4
-stack (SaShiMi without pooling) and a Transformer, each of about its parameter count, on the same spoken-digits data
+stack (SaShiMi without pooling) and a GSS stack, each of about its parameter count, on the same spoken-digits data
 with the same optimizer, schedule, batch and training time on this machine; then each model's test NLL in bits per
 sample against the data's unigram entropy, its training tokens/s, its generation samples/s recurrently and by
-re-running the prefix every step, and whether its generations stay as loud as real speech over 1 s and 4 s.
+re-running the prefix every step, and whether its generations stay within real speech (no louder, how much sounds,
+how noise-like) over 1 s and 4 s.
 
-Equal training *time*, not equal steps: at one parameter count the flat stack and the Transformer run every layer at
-the full sample rate and take several times SaShiMi's time per step, and a CPU budget is time. Each model's step
+Equal training *time*, not equal steps: at one parameter count the flat stacks run every layer at the full sample
+rate and take several times SaShiMi's time per step, and a CPU budget is time. (A Transformer is not among them:
+attention over one-second clips, even a sliding window of 512 samples, is out of this CPU's reach; docs/sashimi.md.) Each model's step
 time is measured first by a short probe run (the same settings, a few steps), and its steps are the budget over it.
 
-Phases, each skipped when done before (an interrupted study continues): the probes, the training runs
-(study.runner.train_and_record, the text study's runs), the generation checks, and the report: OUT/results.json,
-OUT/README.md, OUT/clips.png (real clips above each model's most likely generated clip), OUT/MODEL/clip-K.wav.
+Phases, each skipped when done before (an interrupted study continues; the runs folder is stamped with the
+settings, and runs of other settings are refused, not reused): the probes, the training runs
+(study.runner.train_and_record, the text study's runs), the generation checks (kept beside each run), and the report:
+OUT/results.json, OUT/README.md, OUT/clips.png (real clips above each model's most likely generated clip),
+OUT/MODEL/clip-K.wav.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +30,7 @@ import torch
 from ..data.speech.audio import SAMPLE_RATE, load_audio, write_wav
 from ..evaluation import audio_samples
 from ..model.modeling import SSMLMForCausalLM
-from ..training import load_config
+from ..training import ConfigError, load_config
 from ..training.audio_task import audio_files
 from .records import RUN_RECORD, read_json, write_json
 from .runner import train_and_record
@@ -31,9 +38,10 @@ from .runner import train_and_record
 MODELS = {  # name in the report: the shipped config
     "sashimi": "sashimi-digits-small",
     "flat-s4": "s4-digits-small",
-    "transformer": "transformer-digits-small",
+    "gss": "gss-digits-small",
 }
 POOLED, FLAT = "sashimi", "flat-s4"
+STAMP = "audio-study.json"  # in the runs folder: the settings its runs were trained with
 
 
 @dataclass
@@ -48,7 +56,7 @@ class AudioStudySettings:
     seed: int = 0
 
 
-QUICK = AudioStudySettings(minutes=0.0, probe_steps=2, clips=2, clip_seconds=(0.04, 0.08), reconvolving_samples=16,
+QUICK = AudioStudySettings(minutes=0.0, probe_steps=3, clips=2, clip_seconds=(0.04, 0.08), reconvolving_samples=16,
                            real_clips=2, run_settings=("output.tracker=null", "output.log_every=1",
                                                        "training.eval_blocks=2", "training.batch_size=2",
                                                        "data.seq_len=256", "data.num_proc=1", "model.hidden_size=16",
@@ -70,14 +78,29 @@ class AudioStudy:
     def settings_of(self, *more: str) -> list[str]:
         return [*self.settings.run_settings, *self.data_settings(), f"training.seed={self.settings.seed}", *more]
 
+    def check_runs(self) -> None:
+        """The runs folder holds this study's runs, of these settings, or none: a run done before is only reused
+        when it was trained as this study would train it."""
+        stamp = {"settings": json.loads(json.dumps(vars(self.settings))), "data": str(self.data)}
+        path = self.runs / STAMP
+        if (before := read_json(path)) is None:
+            write_json(path, stamp)
+        elif before != stamp:
+            changed = sorted(key for key in {**before["settings"], **stamp["settings"]}
+                             if before["settings"].get(key) != stamp["settings"].get(key))
+            changed += ["data"] if before["data"] != stamp["data"] else []
+            raise ConfigError(f"{self.runs} holds runs of other settings ({', '.join(changed)} differ); pass another "
+                              f"--runs, or remove that folder")
+
     def step_seconds(self, name: str) -> float:
-        """Seconds per training step, from a probe run of a few steps (no test split, no checkpoint kept)."""
+        """Seconds per training step: the median of a short probe run's steps (no test split)."""
         path = self.runs / "probes" / name / RUN_RECORD
         if (record := read_json(path)) is None:
             steps = self.settings.probe_steps
             record = train_and_record(MODELS[name], self.settings_of(
                 f"training.max_steps={steps}", "training.warmup_steps=1", f"training.eval_every={steps}",
-                f"output.save_every={steps}", "data.sources.digits.test=null"), path.parent, self.log)
+                f"output.save_every={steps}", "output.log_every=1", "data.sources.digits.test=null"), path.parent,
+                self.log)
         config = load_config(MODELS[name], self.settings_of())
         return config.training.batch_size * config.data.seq_len / record["train_tokens_per_second"]
 
@@ -97,8 +120,9 @@ class AudioStudy:
                 ][: self.settings.real_clips]
 
     def generation(self, name: str, real: list[torch.Tensor]) -> dict:
-        """Speed both ways, and `clips` clips of the longest span, their loudness against the real clips'."""
-        path = self.out / name / "generation.json"
+        """Speed both ways, and `clips` clips of the longest span, their loudness against the real clips' (kept beside
+        the run: RUNS/NAME/generated/)."""
+        path = self.runs / name / "generated" / "generation.json"
         if (result := read_json(path)) is not None:
             return result
         model = SSMLMForCausalLM.from_pretrained(self.runs / name, dtype=torch.float32).eval()
@@ -119,11 +143,15 @@ class AudioStudy:
         return result
 
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_runs()
         runs = {name: self.train(name) for name in MODELS}
         real = self.real_clips()
         generation = {name: self.generation(name, real) for name in MODELS if runs[name]["status"] == "ok"}
         results = {"settings": {**vars(self.settings), "models": MODELS}, "runs": runs, "generation": generation}
+        for name, result in generation.items():
+            (self.out / name).mkdir(parents=True, exist_ok=True)
+            for clip in result["clips"]:
+                shutil.copyfile(self.runs / name / "generated" / clip["file"], self.out / name / clip["file"])
         write_json(self.out / "results.json", results)
         (self.out / "README.md").write_text(report(results), encoding="utf-8")
         pictured = [(f"real test clip {index}", clip) for index, clip in enumerate(real[:2])]
@@ -136,10 +164,10 @@ class AudioStudy:
 def report(results: dict) -> str:
     """README.md of the comparison: the settings, two tables, and what they show, each sentence from the numbers."""
     runs, generation, settings = results["runs"], results["generation"], results["settings"]
-    floor = next(run["data"]["unigram_bits"] for run in runs.values() if run["status"] == "ok")
+    floor = next((run["data"]["unigram_bits"] for run in runs.values() if run["status"] == "ok"), math.nan)
     samples = settings["reconvolving_samples"]
     lines = [
-        "# SaShiMi against a flat S4 stack and a Transformer, on spoken digits",
+        "# SaShiMi against a flat S4 stack and a GSS stack, on spoken digits",
         "",
         f"Written by `ssmlm-audio-study` (ssmlm/study/audio.py); every number below is in `results.json`. The models "
         f"are the shipped configs {', '.join(f'`{config}`' for config in settings['models'].values())}, trained on "
@@ -172,17 +200,19 @@ def report(results: dict) -> str:
         f"spectral flatness of the frames that sound (near 0 for voiced speech, about 0.56 for white noise), against "
         f"{settings['real_clips']} real test clips.",
         "",
-        f"| clips | loudest RMS ({spans}) | sounding share ({spans}) | flatness ({spans}) | no blow-up |",
-        "|---|---|---|---|---|",
+        f"| clips | loudest RMS ({spans}) | sounding share ({spans}) | flatness ({spans}) | at the extreme codes "
+        f"({spans}) | no blow-up |",
+        "|---|---|---|---|---|---|",
     ]
     real = next(iter(generation.values()))["stability"]["real"] if generation else None
     if real:
         lines.append(f"| real test clips | {real['loudest_rms']:.3f} | {real['sounding_share']:.2f} | "
-                     f"{format_flatness(real['flatness'])} | |")
+                     f"{format_flatness(real['flatness'])} | {real['extreme_share']:.2%} | |")
     for name, result in generation.items():
         spans_of = result["stability"]["spans"]
         lines.append(f"| {name} | {per_span(spans_of, 'loudest_rms', '{:.3f}')} | "
                      f"{per_span(spans_of, 'sounding_share', '{:.2f}')} | {per_span(spans_of, 'flatness', '{:.3f}')} | "
+                     f"{per_span(spans_of, 'extreme_share', '{:.2%}')} | "
                      f"{'yes' if all(span['stable'] for span in spans_of) else 'no'} |")
     lines += ["", "## What it shows", ""] + findings(results, floor)
     return "\n".join(lines) + "\n"
@@ -207,9 +237,9 @@ def findings(results: dict, floor: float) -> list[str]:
         training = done[POOLED]["train_tokens_per_second"] / done[FLAT]["train_tokens_per_second"]
         sampling = (generation[POOLED]["speed"]["recurrent_samples_per_s"]
                     / generation[FLAT]["speed"]["recurrent_samples_per_s"])
-        lines.append(f"- Pooling and NLL: in the same training time SaShiMi's test NLL is "
-                     f"{bits[FLAT] - bits[POOLED]:.3f} bits below the flat S4 stack's "
-                     f"({'better' if bits[POOLED] < bits[FLAT] else 'not better'}).")
+        lines.append(f"- Pooling and NLL: in the same training time SaShiMi's test NLL is {bits[POOLED]:.3f} bits, the "
+                     f"flat S4 stack's {bits[FLAT]:.3f}: pooling "
+                     f"{'helps' if bits[POOLED] < bits[FLAT] else 'does not help'} here.")
         lines.append(f"- Pooling and speed: SaShiMi trains at {training:.1f}x the flat stack's tokens/s (so "
                      f"{done[POOLED]['steps']:,} steps to its {done[FLAT]['steps']:,} in the same time) and generates "
                      f"at {sampling:.1f}x its samples/s.")
@@ -220,8 +250,8 @@ def findings(results: dict, floor: float) -> list[str]:
         blow_up = "no window louder than the loudest real one" if all(
             span["stable"] for span in stability["spans"]) else "louder than the loudest real clip"
         noise = "" if longest["flatness"] is None or stability["real"]["flatness"] is None else (
-            f", and what sounds is {longest['flatness'] / max(stability['real']['flatness'], 1e-12):.0f}x as "
-            f"noise-like (spectral flatness) as real speech")
+            f"; what sounds has a spectral flatness of {longest['flatness']:.3f}, real speech "
+            f"{stability['real']['flatness']:.3f} (white noise about 0.56)")
         lines.append(f"- {name}: recurrent generation runs at {speed['speedup']:.1f}x the speed of re-running the "
                      f"prefix each step over {samples:,} samples ({'the same' if speed['same_codes'] else 'different'} "
                      f"codes from the same seed). Over {longest['seconds']:g} s: {blow_up}; "

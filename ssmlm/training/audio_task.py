@@ -3,7 +3,8 @@
 Data: `data.sources.NAME.train`, `.validation` and, optionally, `.test` are local WAV files, folders (a folder means
 its *.wav files, sorted) or globs. Every file is read with `read_wav` (8/16/24/32-bit PCM; several channels are
 averaged), resampled to 16 kHz where it has another rate (said once per split, with the number of files), and µ-law
-encoded. The rule for bad files: a file that `read_wav` refuses (not a PCM WAV, truncated, empty) is skipped, and a
+encoded. The rule for bad files: a file that `read_wav` refuses (not a PCM WAV, truncated, empty), or whose rate
+cannot be resampled, is skipped, and a
 split's skipped files are named in one warning line with their count; a split left with no readable file is a
 ConfigError naming its key. A silent file is data like any other (all code 128), trained on and scored.
 
@@ -47,7 +48,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from ..data.sources import ensure_corpus, reads_default_corpus, spec_list
-from ..data.speech.audio import LEVELS, SAMPLE_RATE, SILENCE, AudioFileError, mu_law_encode, read_wav, resample
+from ..data.speech.audio import LEVELS, SAMPLE_RATE, SILENCE, AudioFileError, mu_law_encode, read_resampled
 from ..model.modeling import SSMLMForCausalLM
 from ..model.ops.linear_cross_entropy import IGNORE_INDEX
 from .config import ConfigError, TrainConfig
@@ -92,11 +93,11 @@ def read_clips(paths: list[str], signature: list[tuple[int, int]]) -> Iterator[d
     Dataset.from_generator; `signature`, the files' sizes and modification times, is only part of the cache key)."""
     for path in paths:
         try:
-            audio, rate = read_wav(path)
+            audio, rate = read_resampled(path, SAMPLE_RATE)
         except AudioFileError as error:
             yield {"path": path, "error": str(error), "rate": 0, "codes": []}
             continue
-        codes = mu_law_encode(resample(audio, rate, SAMPLE_RATE)).to(torch.uint8).numpy()
+        codes = mu_law_encode(audio).to(torch.uint8).numpy()
         yield {"path": path, "error": None, "rate": rate, "codes": codes}
 
 

@@ -141,7 +141,8 @@ def source_text(spec: str | list[str]) -> str:
     if not all(is_local(item) for item in specs):
         return ", ".join(f"`{item}` (Hugging Face Hub)" for item in specs)
     files = matching_paths(specs)
-    return ", ".join(f"`{path}` ({len(list(path.glob('*.wav'))):,} WAV files)" if path.is_dir() else
+    return ", ".join(f"`{path}` ({sum(item.suffix.lower() == '.wav' for item in path.iterdir()):,} WAV files)"
+                     if path.is_dir() else
                      f"`{path}` ({path.stat().st_size:,} bytes)" for path in files)
 
 

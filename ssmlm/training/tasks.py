@@ -65,6 +65,10 @@ class Task:
     pipeline_tag: str  # the Hugging Face pipeline that uses the model, for the model card's metadata
 
     def load_documents_and_tokenizer(self, config: TrainConfig):
+        for domain, source in config.data.sources.items():
+            if source.test is not None:  # scored by the audio-lm task alone: refused rather than silently unused
+                raise ConfigError(f"data.sources.{domain}.test: only the audio-lm task scores a test split (task: "
+                                  f"{self.name})")
         model_dir = init_from_dir(config.training.init_from) if config.training.init_from else None
         if model_dir:  # found out now, before the data is prepared
             init_from_checked(check_model_dir, model_dir, tokenizer=not config.tokenizer.path)
@@ -88,8 +92,9 @@ class Task:
                 raise ConfigError(f"model.{key}: {value!r} here, but {getattr(model.config, key, None)!r} in the "
                                   f"model of training.init_from={start}; leave it out")
         if model.config.vocab_size != len(tokenizer):
-            raise ConfigError(f"tokenizer.path: its {len(tokenizer)} tokens are not the {model.config.vocab_size} of "
-                              f"the model in training.init_from={start}")
+            vocabulary = "tokenizer.path's" if config.tokenizer.path else f"the {self.name} task's"
+            raise ConfigError(f"training.init_from={start}: its model has {model.config.vocab_size} tokens, "
+                              f"{vocabulary} vocabulary {len(tokenizer)}")
         return model
 
 

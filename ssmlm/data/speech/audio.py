@@ -140,10 +140,20 @@ def read_wav(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return _decode_pcm(data, sample_width, channels), rate
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
-    """read_wav, resampled to `sample_rate` where the file has another rate: float64 mono in [-1, 1]."""
+def read_resampled(path: str | os.PathLike, sample_rate: int) -> tuple[torch.Tensor, int]:
+    """read_wav, resampled to `sample_rate` where the file has another rate: (float64 mono audio in [-1, 1], the
+    file's own rate). AudioFileError, naming the file, for a file read_wav refuses or whose rate cannot be resampled
+    (a ratio of rates that needs too large a filter bank)."""
     audio, rate = read_wav(path)
-    return resample(audio, rate, sample_rate)
+    try:
+        return resample(audio, rate, sample_rate), rate
+    except ValueError as error:
+        raise AudioFileError(f"{path}: {error}") from None
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
+    """read_resampled's audio alone."""
+    return read_resampled(path, sample_rate)[0]
 
 
 def pcm16_bytes(audio: torch.Tensor) -> bytes:

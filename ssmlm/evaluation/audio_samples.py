@@ -45,8 +45,9 @@ class GeneratedClip:
     def bits_per_sample(self) -> float:
         return -self.log_likelihood / math.log(2) / len(self.codes)
 
-    def audio(self, with_prompt: bool = True) -> torch.Tensor:
-        return mu_law_decode(torch.cat([self.prompt, self.codes]) if with_prompt else self.codes)
+    def audio(self) -> torch.Tensor:
+        """The prompt, then the generated codes, as audio."""
+        return mu_law_decode(torch.cat([self.prompt, self.codes]))
 
 
 class StepProgress(BaseStreamer):

@@ -207,7 +207,7 @@ def report(results: dict) -> str:
     real = next(iter(generation.values()))["stability"]["real"] if generation else None
     if real:
         lines.append(f"| real test clips | {real['loudest_rms']:.3f} | {real['sounding_share']:.2f} | "
-                     f"{format_flatness(real['flatness'])} | {real['extreme_share']:.2%} | |")
+                     f"{per_span([real], 'flatness', '{:.3f}')} | {real['extreme_share']:.2%} | |")
     for name, result in generation.items():
         spans_of = result["stability"]["spans"]
         lines.append(f"| {name} | {per_span(spans_of, 'loudest_rms', '{:.3f}')} | "
@@ -216,10 +216,6 @@ def report(results: dict) -> str:
                      f"{'yes' if all(span['stable'] for span in spans_of) else 'no'} |")
     lines += ["", "## What it shows", ""] + findings(results, floor)
     return "\n".join(lines) + "\n"
-
-
-def format_flatness(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def per_span(spans: list[dict], key: str, form: str) -> str:

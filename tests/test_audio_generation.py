@@ -143,7 +143,7 @@ def test_the_audio_study_runs_end_to_end_quick(tmp_path, capsys):
     out = tmp_path / "report"
     assert audio_study.main(["--out", str(out), "--data", str(data), "--quick"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["sashimi", "flat-s4", "gss"]
+    assert list(results["runs"]) == ["sashimi", "flat-s4", "gss", "transformer"]
     for name, run in results["runs"].items():
         assert run["status"] == "ok" and run["test"]["samples"] == 800 and run["data"]["unigram_bits"] > 0
         generation = results["generation"][name]
@@ -151,7 +151,7 @@ def test_the_audio_study_runs_end_to_end_quick(tmp_path, capsys):
         assert len(generation["stability"]["spans"]) == 2 and (out / name / "clip-0.wav").exists()
         assert (out / "runs" / name / "generated" / "generation.json").exists()
     readme = (out / "README.md").read_text()
-    assert "| sashimi |" in readme and "| flat-s4 |" in readme and "| gss |" in readme
+    assert "| sashimi |" in readme and "| flat-s4 |" in readme and "| gss |" in readme and "| transformer |" in readme
     assert "Pooling and NLL" in readme and (out / "clips.png").stat().st_size > 0
     # Done before: a second call trains nothing; other settings are refused, not served the quick runs.
     capsys.readouterr()

@@ -208,9 +208,13 @@ class AttentionBlock(Block):
         mask = self._span_mask(qpos.unsqueeze(-1), kpos.unsqueeze(-2))  # (batch, blocks, w, 2w)
         own = torch.arange(w, device=q.device)
         mask[:, :, own, w + own] = True
-        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask.unsqueeze(1),
+        # The blocks join the batch, 4-D as SDPA's fused CPU kernel takes them (5-D inputs take its slower math path).
+        batch, heads, blocks = q_blocks.shape[:3]
+        q_blocks, k_blocks, v_blocks = (t.transpose(1, 2).reshape(batch * blocks, heads, *t.shape[3:])
+                                        for t in (q_blocks, k_blocks, v_blocks))
+        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask.flatten(0, 1).unsqueeze(1),
                                              dropout_p=self._dropout_p())
-        return out.flatten(2, 3)[:, :, :length]
+        return out.reshape(batch, blocks, heads, w, -1).transpose(1, 2).flatten(2, 3)[:, :, :length]
 
     def _attend_dense(self, q, k, v, mask):
         """Queries against all keys under a (batch, queries, keys) mask."""

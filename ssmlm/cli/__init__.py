@@ -9,7 +9,8 @@ and runnable as `python -m ssmlm.cli.NAME`:
     ssmlm-build-corpus  build_corpus.py   build or verify the books/code/math corpus (ssmlm/data/corpus/)
     ssmlm-build-speech-corpus  build_speech_corpus.py  build or verify the spoken-digits corpus (ssmlm/data/speech/)
     ssmlm-study         study.py          train, evaluate and time every model of a study plan (ssmlm/study/)
-    ssmlm-audio-study   audio_study.py    SaShiMi against a flat S4 stack and a GSS stack on audio (ssmlm/study/)
+    ssmlm-audio-study   audio_study.py    SaShiMi against flat S4, GSS and Transformer stacks on audio (ssmlm/study/)
+    ssmlm-recall        recall.py         the synthetic recall suite over every kernel and block (ssmlm/study/)
 
 `train.py` and `generate.py` at the top of a checkout are two-line wrappers of ssmlm-train and ssmlm-generate.
 The list above is checked against pyproject.toml's console scripts (tests/test_code_shape.py).

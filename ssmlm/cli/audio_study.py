@@ -1,6 +1,6 @@
-"""`ssmlm-audio-study` (also `python -m ssmlm.cli.audio_study`): SaShiMi against a flat S4 stack and a GSS stack of
-about its parameter count on the spoken-digits corpus, the same training time each; test NLL, training and
-generation speed, and the stability of long generations (ssmlm/study/audio.py says how).
+"""`ssmlm-audio-study` (also `python -m ssmlm.cli.audio_study`): SaShiMi against a flat S4 stack, a GSS stack and a
+Transformer of about its parameter count on the spoken-digits corpus, the same training time each; test NLL,
+training and generation speed, and the stability of long generations (ssmlm/study/audio.py says how).
 
     ssmlm-audio-study --out reports/sashimi-digits                      # about 8 minutes of training per model
     ssmlm-audio-study --out /tmp/audio-study --data DIR --quick         # end to end at a tiny size
@@ -23,8 +23,9 @@ from .study import run_to_a_stop
 
 
 def build_parser(prog: str = "ssmlm-audio-study") -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=prog, description="SaShiMi against a flat S4 stack and a GSS stack on spoken "
-                                                   "digits: NLL, speed, and the stability of long generations.")
+    parser = ArgumentParser(prog=prog, description="SaShiMi against a flat S4 stack, a GSS stack and a "
+                                                   "Transformer on spoken digits: NLL, speed, and the stability of "
+                                                   "long generations.")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the report, its clips and picture go")
     parser.add_argument("--runs", metavar="DIR", help="where the training runs go (default OUT/runs)")
     parser.add_argument("--minutes", type=float, default=8.0, help="training time per model (default 8)")

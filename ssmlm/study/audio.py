@@ -19,7 +19,6 @@ OUT/MODEL/clip-K.wav.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ..evaluation import audio_samples
 from ..model.modeling import SSMLMForCausalLM
 from ..training import ConfigError, load_config
 from ..training.audio_task import audio_files
-from .records import RUN_RECORD, read_json, write_json
+from .records import RUN_RECORD, claim_runs_folder, read_json, write_json
 from .runner import train_and_record
 
 MODELS = {  # name in the report: the shipped config
@@ -78,20 +77,6 @@ class AudioStudy:
 
     def settings_of(self, *more: str) -> list[str]:
         return [*self.settings.run_settings, *self.data_settings(), f"training.seed={self.settings.seed}", *more]
-
-    def check_runs(self) -> None:
-        """The runs folder holds this study's runs, of these settings, or none: a run done before is only reused
-        when it was trained as this study would train it."""
-        stamp = {"settings": json.loads(json.dumps(vars(self.settings))), "data": str(self.data)}
-        path = self.runs / STAMP
-        if (before := read_json(path)) is None:
-            write_json(path, stamp)
-        elif before != stamp:
-            changed = sorted(key for key in {**before["settings"], **stamp["settings"]}
-                             if before["settings"].get(key) != stamp["settings"].get(key))
-            changed += ["data"] if before["data"] != stamp["data"] else []
-            raise ConfigError(f"{self.runs} holds runs of other settings ({', '.join(changed)} differ); pass another "
-                              f"--runs, or remove that folder")
 
     def step_seconds(self, name: str) -> float:
         """Seconds per training step: the median of a short probe run's steps (no test split)."""
@@ -144,7 +129,7 @@ class AudioStudy:
         return result
 
     def run(self) -> dict:
-        self.check_runs()
+        claim_runs_folder(self.runs, {"settings": vars(self.settings), "data": str(self.data)}, STAMP)
         runs = {name: self.train(name) for name in MODELS}
         real = self.real_clips()
         generation = {name: self.generation(name, real) for name in MODELS if runs[name]["status"] == "ok"}
@@ -173,22 +158,24 @@ def report(results: dict) -> str:
         f"Written by `ssmlm-audio-study` (ssmlm/study/audio.py); every number below is in `results.json`. The models "
         f"are the shipped configs {', '.join(f'`{config}`' for config in settings['models'].values())}, trained on "
         f"the same data (the spoken-digits corpus, test voices unheard) with the same optimizer, schedule and batch, "
-        f"each for about {settings['minutes']:g} minutes on this machine (steps = the budget over its step time). "
+        f"each for about {settings['minutes']:g} minutes on this machine (steps = the budget over its step time "
+        f"in a short probe; `seconds` is the whole run, data loading, validation and the test pass included). "
         f"NLL is in bits per sample on the whole test split; the unigram entropy of the training data's µ-law codes, "
         f"the floor a model must beat to have learned anything beyond the codes' frequencies, is {floor:.3f} bits. "
         f"Generation speed is one clip of {samples:,} samples, recurrently and by re-running the whole prefix each "
         f"step.",
         "",
-        "| model | parameters | steps | training tokens/s | test bits/sample | recurrent samples/s | re-running "
-        "samples/s | speedup |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | steps | seconds | training tokens/s | test bits/sample | recurrent samples/s | "
+        "re-running samples/s | speedup |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
         if run["status"] != "ok":
-            lines.append(f"| {name} | | {run['steps']:,} | | {run['status']} | | | |")
+            lines.append(f"| {name} | | {run['steps']:,} | | | {run['status']} | | | |")
             continue
         speed = generation[name]["speed"]
-        lines.append(f"| {name} | {run['parameters']:,} | {run['steps']:,} | {run['train_tokens_per_second']:,.0f} | "
+        lines.append(f"| {name} | {run['parameters']:,} | {run['steps']:,} | {run['seconds']:,.0f} | "
+                     f"{run['train_tokens_per_second']:,.0f} | "
                      f"{run['test']['bits_per_sample']:.3f} | {speed['recurrent_samples_per_s']:,.0f} | "
                      f"{speed['reconvolving_samples_per_s']:,.0f} | {speed['speedup']:.1f}x |")
     spans = " / ".join(f"{seconds:g} s" for seconds in settings["clip_seconds"])

@@ -85,6 +85,7 @@ def test_every_kernel_and_block_of_the_registries_is_in_the_sweep_and_builds():
     (["--models", "gss-nope"], "--models: unknown gss-nope; the sweep's models are gss-dss,"),
     (["--steps", "3"], "--steps takes one value per length (2), got 1"),
     (["--task", "associative-recall", "--vocab", "3"], "vocab must be at least 4 for associative recall"),
+    (["--table1-steps", "0"], "--table1-steps must be at least 1, got 0"),
     (["--width", "6"], "transformer-small at --width 6, --layers 2, --vocab 16: SSMLMConfig.block_options.attention: "
                        "num_heads (4) must be positive and divide hidden_size (6)"),
     (["--models", "h3", "--config", "HEAD_DIM_3"], "head-dim-3.yaml at --width 16, --layers 2, --vocab 16: "

@@ -44,6 +44,7 @@ def build_parser(prog: str = "ssmlm-recall") -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=float, help="AdamW's peak rate (default 2e-3)")
     parser.add_argument("--ssm-learning-rate", type=float, help="the SSM parameters' peak rate (default 1e-3)")
     parser.add_argument("--workers", type=int, default=2, help="models trained at a time, one thread each (default 2)")
+    parser.add_argument("--table1-steps", type=int, help="training steps of each Table 1 model and task (default 3000)")
     parser.add_argument("--no-table1", action="store_true", help="skip the H3 paper's Table 1")
     parser.add_argument("--quick", action="store_true", help="a tiny sweep (the test suite's)")
     return parser
@@ -65,7 +66,7 @@ def settings_from(args, parser):
                   args.batch_sizes[index] if args.batch_sizes else defaults.get(length, last).batch_size)
             for index, length in enumerate(lengths)))
     given = {key: getattr(args, key) for key in ("pairs", "width", "layers", "vocab", "learning_rate",
-                                                  "ssm_learning_rate") if getattr(args, key) is not None}
+                                                  "ssm_learning_rate", "table1_steps") if getattr(args, key) is not None}
     return replace(settings, task=args.task, **given)
 
 

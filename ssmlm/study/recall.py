@@ -148,6 +148,7 @@ def check_settings(settings: RecallSettings, models: dict[str, tuple[str, dict]]
     vocabulary, and every model's config at the width, depth and vocabulary asked."""
     tasks.check(settings.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {settings.task!r}")
     tasks.check(settings.width >= 1 and settings.layers >= 1, "--width and --layers must be at least 1")
+    tasks.check(settings.table1_steps >= 1, f"--table1-steps must be at least 1, got {settings.table1_steps}")
     for stage in settings.stages:
         tasks.check(stage.steps >= 1 and stage.batch_size >= 1, f"--steps and --batch-sizes must be at least 1, "
                                                                  f"got {stage.steps} and {stage.batch_size}")

@@ -29,7 +29,7 @@ import torch
 from ..data.speech.audio import SAMPLE_RATE, load_audio, write_wav
 from ..evaluation import audio_samples
 from ..model.modeling import SSMLMForCausalLM
-from ..training import ConfigError, load_config
+from ..training import load_config
 from ..training.audio_task import audio_files
 from .records import RUN_RECORD, claim_runs_folder, read_json, write_json
 from .runner import train_and_record

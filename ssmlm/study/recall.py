@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,7 +36,6 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmark.runs import machine_info
 from ..data import recall as tasks
-from ..model.blocks import BLOCKS
 from ..model.configuration import SSMLMConfig
 from ..model.kernels import KERNELS
 from ..model.modeling import SSMLMForCausalLM
